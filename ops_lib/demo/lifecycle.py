@@ -1,0 +1,334 @@
+"""The demo target's life: up (init, seed, services, live incidents), env, down.
+
+Its state — ports, credentials, process ids, what was planted — is one JSON file under
+``.opsbook/demo/`` (git-ignored, mode 0600). The credentials are generated per demo and are
+masked like any other target's.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from .. import paths
+from ..db import sqlalchemy_url
+from ..errors import DemoError
+from ..stripe_emulator.state import write_state as write_stripe_state
+from . import receiver, stripe_account
+from . import seed as demo_seed
+from .incidents import APP_NAMES
+from .postgres import PostgresCluster, embedded_bin_dir, free_port
+
+APP_DB = "app"
+APP_ROLE = "app"
+MONITOR_ROLE = "opsbook_monitor"
+# params/slow_queries/demo.yaml flags incidents this old
+INCIDENT_MIN_AGE_S = 2.0
+
+
+def demo_dir() -> Path:
+    return paths.home() / "demo"
+
+
+def state_path() -> Path:
+    return demo_dir() / "state.json"
+
+
+def manifest_path() -> Path:
+    return demo_dir() / "planted.json"
+
+
+@contextmanager
+def _lock():
+    demo_dir().mkdir(parents=True, exist_ok=True)
+    with open(demo_dir() / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _cluster(state: dict) -> PostgresCluster:
+    return PostgresCluster(Path(state["pg"]["data_dir"]), int(state["pg"]["port"]), Path(state["pg"]["bin_dir"]))
+
+
+def _write_state(state: dict) -> None:
+    path = state_path()
+    tmp = path.with_suffix(".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as handle:
+        json.dump(state, handle, indent=2)
+    tmp.replace(path)
+
+
+def _load_state() -> dict | None:
+    try:
+        return json.loads(state_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_state() -> dict | None:
+    """The running demo's state, or None when it is not up."""
+    state = _load_state()
+    if state is None or not _cluster(state).running:
+        return None
+    return state
+
+
+def target_of(state: dict, schema: str | None = None):
+    from ..target import Target, _schema_path
+
+    return Target(
+        database_url=state["database_url"],
+        stripe_api_key=state.get("stripe_api_key"),
+        stripe_webhook_secret=state.get("stripe_webhook_secret"),
+        stripe_api_base=state.get("stripe_api_base"),
+        webhook_url=state.get("webhook_url"),
+        schema_path=_schema_path(schema) if schema else paths.params_dir() / "schema" / "reference.yaml",
+        is_demo=True,
+    )
+
+
+def env_exports(state: dict) -> str:
+    """Shell lines that point any opsbook command (or a notebook) at this demo."""
+    lines = [f"export {name}={value}" for name, value in target_of(state).env().items()]
+    return "\n".join(lines)
+
+
+def ensure_up() -> dict:
+    state = read_state()
+    return state if state is not None else up()
+
+
+def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bool = True, quiet: bool = True) -> dict:
+    """Start the demo, creating and seeding it first when needed (or when ``fresh``)."""
+    with _lock():
+        state = _load_state()
+        if state is not None and fresh:
+            _stop(state, destroy=True)
+            state = None
+        if state is not None and not Path(state["pg"]["data_dir"], "PG_VERSION").exists():
+            state = None
+        if state is None:
+            state = _create(seed=seed, scale=scale, quiet=quiet)
+        else:
+            _cluster(state).start()
+            _start_services(state)
+        if incidents and not _alive(state.get("pids", {}).get("incidents")):
+            state.setdefault("pids", {})["incidents"] = _start_incidents(state)
+        _write_state(state)
+        return state
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _create(*, seed: int, scale: float, quiet: bool) -> dict:
+    started = time.monotonic()
+    cluster = PostgresCluster(demo_dir() / "pgdata", free_port(), embedded_bin_dir())
+    if cluster.data_dir.exists():
+        cluster.destroy()
+    _say(quiet, f"demo: initialising PostgreSQL in {cluster.data_dir}")
+    cluster.init().start()
+    app_password = secrets.token_urlsafe(18)
+    monitor_password = secrets.token_urlsafe(18)
+    admin = sa.create_engine(sqlalchemy_url(cluster.url()), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        # Role names are constants; passwords go through format() with %L quoting server-side.
+        conn.exec_driver_sql(
+            conn.execute(sa.text(f"SELECT format('CREATE ROLE {APP_ROLE} LOGIN PASSWORD %L', :pw)"), {"pw": app_password}).scalar()
+        )
+        conn.exec_driver_sql(
+            conn.execute(sa.text(f"SELECT format('CREATE ROLE {MONITOR_ROLE} LOGIN PASSWORD %L', :pw)"), {"pw": monitor_password}).scalar()
+        )
+        conn.exec_driver_sql(f"GRANT pg_monitor, pg_read_all_data TO {MONITOR_ROLE}")
+        # The app's own role sees every session (pg_monitor) and may reset statement statistics.
+        conn.exec_driver_sql(f"GRANT pg_monitor, pg_signal_backend TO {APP_ROLE}")
+        conn.exec_driver_sql(f"CREATE DATABASE {APP_DB} OWNER {APP_ROLE}")
+    admin.dispose()
+
+    data = demo_seed.build(seed=seed, scale=scale)
+    app_url = cluster.url(APP_DB, APP_ROLE, app_password)
+    super_app = sa.create_engine(sqlalchemy_url(cluster.url(APP_DB)))
+    _say(quiet, f"demo: seeding {len(data.organizations)} organisations, {data.usage_event_count} usage events")
+    with super_app.begin() as conn:
+        conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+    with super_app.begin() as conn:
+        conn.exec_driver_sql(f"SET LOCAL ROLE {APP_ROLE}")
+        demo_seed.load(conn, data)
+    with super_app.begin() as conn:
+        conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {APP_ROLE}")
+    planted = {"slow_queries": demo_seed.plant_slow_queries(super_app)}
+    with super_app.begin() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_statements_reset()")
+        conn.exec_driver_sql("SELECT pg_stat_reset()")
+    with super_app.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")  # the reset cleared the row estimates the index checks read
+    super_app.dispose()
+    _say(quiet, "demo: running the app's workload")
+    demo_seed.run_workload(app_url, data)
+    planted["slow_queries"]["slow_queries"] = list(demo_seed.SLOW_STATEMENTS)
+
+    receiver_port, emulator_port = free_port(), free_port()
+    state = {
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "seed": seed,
+        "scale": scale,
+        "pg": {"data_dir": str(cluster.data_dir), "port": cluster.port, "bin_dir": str(cluster.bin_dir)},
+        "database_url": app_url,
+        "monitor_url": cluster.url(APP_DB, MONITOR_ROLE, monitor_password),
+        "stripe_api_key": "sk_test_demo" + secrets.token_hex(12),
+        "stripe_webhook_secret": "whsec_" + secrets.token_hex(16),
+        "stripe_api_base": f"http://127.0.0.1:{emulator_port}",
+        "webhook_url": f"http://127.0.0.1:{receiver_port}{receiver.ENDPOINT_PATH}",
+        "ports": {"receiver": receiver_port, "emulator": emulator_port},
+        "pids": {},
+    }
+    _say(quiet, "demo: building the Stripe account and delivering its webhooks")
+    account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"])
+    write_stripe_state(stripe_state_path(), account)
+    _start_services(state)
+    super_app = sa.create_engine(sqlalchemy_url(cluster.url(APP_DB)))
+    stripe_account.deliver(plan, url=state["webhook_url"], secret=state["stripe_webhook_secret"],
+                           old_secret="whsec_" + secrets.token_hex(16), admin=super_app)
+    super_app.dispose()
+    planted["webhook_failure"] = stripe_account.planted(plan)
+    demo_seed.write_manifest(manifest_path(), planted)
+    _say(quiet, f"demo: ready in {time.monotonic() - started:.1f}s")
+    return state
+
+
+def stripe_state_path() -> Path:
+    return demo_dir() / "stripe.json"
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> int:
+    log = open(demo_dir() / f"{name}.log", "a")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        env={**os.environ, **env},  # secrets by environment: argv shows in ps
+        stdout=log,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc.pid
+
+
+def _wait_for_http(url: str, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError:
+            return  # it answers
+        except OSError:
+            time.sleep(0.1)
+    raise DemoError(f"the demo's {what} did not start; see {demo_dir()}")
+
+
+def _start_services(state: dict) -> None:
+    """The Stripe emulator and the demo app's webhook endpoint, unless already running."""
+    pids = state.setdefault("pids", {})
+    if not _alive(pids.get("emulator")):
+        pids["emulator"] = _spawn(
+            "stripe-emulator",
+            ["ops_lib.stripe_emulator", "--state", str(stripe_state_path()), "--port", str(state["ports"]["emulator"])],
+            {},
+        )
+    if not _alive(pids.get("receiver")):
+        pids["receiver"] = _spawn(
+            "webhook-receiver",
+            ["ops_lib.demo.receiver", "--port", str(state["ports"]["receiver"])],
+            {"DATABASE_URL": state["database_url"], "STRIPE_WEBHOOK_SECRETS": state["stripe_webhook_secret"]},
+        )
+    _wait_for_http(state["stripe_api_base"] + "/_emulator/health", "Stripe emulator")
+    _wait_for_http(state["webhook_url"].replace(receiver.ENDPOINT_PATH, "/health"), "webhook receiver")
+
+
+def _start_incidents(state: dict) -> int:
+    pid = _spawn("incidents", ["ops_lib.demo.incidents", "--lifetime", "3600"], {"DATABASE_URL": state["database_url"]})
+    _wait_for_incidents(state)
+    return pid
+
+
+def _wait_for_incidents(state: dict, timeout: float = 20) -> None:
+    """Return once the update is blocked and every incident is older than the demo's thresholds,
+    so a run right after sees all three."""
+    engine = sa.create_engine(sqlalchemy_url(state["database_url"]))
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with engine.connect() as conn:
+                ready = conn.execute(sa.text(
+                    """
+                    SELECT count(*) FILTER (WHERE application_name = :blocked AND wait_event_type = 'Lock') = 1
+                       AND count(*) FILTER (WHERE now() - coalesce(query_start, state_change) >= make_interval(secs => :age)) = 3
+                    FROM pg_stat_activity WHERE application_name = ANY(:names)
+                    """
+                ), {"blocked": APP_NAMES["blocked"], "names": list(APP_NAMES.values()), "age": INCIDENT_MIN_AGE_S}).scalar()
+            if ready:
+                return
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    raise DemoError("the demo's live incidents did not start; see .opsbook/demo/incidents.log")
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
+def _stop(state: dict, *, destroy: bool) -> None:
+    for pid in state.get("pids", {}).values():
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGTERM)
+            except OSError:
+                pass
+    cluster = _cluster(state)
+    if destroy:
+        cluster.destroy()
+    else:
+        cluster.stop()
+
+
+def down(*, destroy: bool = False) -> bool:
+    """Stop the demo (and delete its data with ``destroy``); False when nothing was running."""
+    with _lock():
+        state = _load_state()
+        if state is None:
+            return False
+        _stop(state, destroy=destroy)
+        state["pids"] = {}
+        if destroy:
+            state_path().unlink(missing_ok=True)
+        else:
+            _write_state(state)
+        return True
+
+
+def planted() -> dict:
+    try:
+        return json.loads(manifest_path().read_text())
+    except FileNotFoundError:
+        return {}

@@ -1,0 +1,202 @@
+"""The demo's Stripe account, consistent with the demo database, and its webhook incidents.
+
+``build`` turns the data set into the emulator's state (customers, products, prices,
+subscriptions, the last day's events, webhook endpoints) plus a plan of what the app received:
+which events are delivered to the demo app's endpoint, which fail there, which were stored by an
+older app version under a rotated-away secret, and which never arrive. ``deliver`` carries the
+plan out through the real endpoint, so the app's tables hold exactly what a real app would.
+"""
+from __future__ import annotations
+
+import json
+import random
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from ..stripe_emulator import objects as so
+from ..stripe_emulator.state import add_objects, new_state
+from ..webhooks.signature import sign
+from .seed import Dataset
+
+PLAN_PRICES = {"pro": 2_900, "team": 9_900}
+CREDIT_PACK = {"amount": 1_900, "credits": "1000"}
+
+# What the demo app handles; its endpoint is subscribed to too few of them (planted).
+HANDLED_EVENT_TYPES = (
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+)
+ENDPOINT_EVENT_TYPES = [t for t in HANDLED_EVENT_TYPES if t not in ("invoice.payment_failed", "checkout.session.async_payment_succeeded")]
+
+
+@dataclass
+class WebhookPlan:
+    delivered: list[dict] = field(default_factory=list)        # sent to the app, processed
+    fails_at_app: list[dict] = field(default_factory=list)     # sent while the org lacks its customer id
+    stored_with_old_secret: list[dict] = field(default_factory=list)
+    never_delivered: list[dict] = field(default_factory=list)
+    orphan_org_ids: list[int] = field(default_factory=list)
+    endpoint_id: str = ""
+    disabled_endpoint_id: str = ""
+
+
+def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, WebhookPlan]:
+    so.seed_ids(f"opsbook-demo-{data.seed}")
+    rng = random.Random(data.seed + 1)
+    now = int(data.now.timestamp())
+    state = new_state([api_key])
+    plan = WebhookPlan()
+
+    customers = {}
+    for org in data.organizations:
+        owner = next(u for u in data.users if u["organization_id"] == org["id"])
+        customers[org["id"]] = so.make_customer(
+            id=org["stripe_customer_id"], email=owner["email"], name=org["name"],
+            created=int(org["created_at"].timestamp()), metadata={"organization_id": str(org["id"])},
+        )
+    add_objects(state, *customers.values())
+
+    products = {
+        "pro": so.make_product(name="Pro", id="prod_demo_pro", created=now - 800 * 86400),
+        "team": so.make_product(name="Team", id="prod_demo_team", created=now - 800 * 86400),
+        "credits": so.make_product(name="1,000 credits", id="prod_demo_credits", created=now - 800 * 86400),
+    }
+    prices = {
+        plan_code: so.make_price(product=products[plan_code], unit_amount=amount, interval="month",
+                                 id=f"price_demo_{plan_code}_monthly", created=now - 800 * 86400)
+        for plan_code, amount in PLAN_PRICES.items()
+    }
+    prices["credits"] = so.make_price(product=products["credits"], unit_amount=CREDIT_PACK["amount"],
+                                      id="price_demo_credits", created=now - 800 * 86400)
+    add_objects(state, *products.values(), *prices.values())
+
+    for sub in data.subscriptions:
+        add_objects(state, so.make_subscription(
+            id=sub["stripe_subscription_id"], customer=customers[sub["organization_id"]],
+            items=[(prices[sub["plan_code"]], 1)], status=sub["status"], created=int(sub["created_at"].timestamp()),
+            current_period_start=int(sub["current_period_start"].timestamp()),
+            current_period_end=int(sub["current_period_end"].timestamp()),
+        ))
+
+    # The last day's credit purchases: most delivered and fulfilled, some not (planted).
+    buyers = rng.sample([o["id"] for o in data.organizations], 30)
+    purchases = []
+    for n, org_id in enumerate(buyers):
+        age = 600 + n * 2_700  # spread over the last ~23 hours, oldest last
+        created = now - age
+        session = so.make_checkout_session(
+            mode="payment", customer=customers[org_id], amount_total=CREDIT_PACK["amount"], currency="usd",
+            created=created, metadata={"credits": CREDIT_PACK["credits"], "organization_id": str(org_id)},
+        )
+        purchases.append((org_id, session))
+    events = []
+    for org_id, session in purchases:
+        event = so.make_event("checkout.session.completed", session, created=session["created"] + 2)
+        events.append((org_id, event))
+
+    # Planted: index → fate. Ages: 0 is 10 min old, 29 is ~22 h old.
+    never = {0, 1, 17}        # two still within test mode's retry window, one long past it
+    fails = {5}               # the org's customer id was saved after the payment
+    old_secret = {9, 12}      # stored by the previous app version, signed with the old secret
+    for i, (org_id, event) in enumerate(events):
+        if i in never:
+            event["pending_webhooks"] = 1
+            plan.never_delivered.append(event)
+        elif i in fails:
+            event["pending_webhooks"] = 1
+            plan.fails_at_app.append(event)
+            plan.orphan_org_ids.append(org_id)
+        elif i in old_secret:
+            event["pending_webhooks"] = 1
+            plan.stored_with_old_secret.append(event)
+        else:
+            plan.delivered.append(event)
+        add_objects(state, event)
+
+    endpoint = so.make_webhook_endpoint(
+        receiver_url, enabled_events=ENDPOINT_EVENT_TYPES, created=now - 400 * 86400,
+        description="demo app: orders, credits, subscriptions",
+    )
+    legacy = so.make_webhook_endpoint(
+        receiver_url.replace("/stripe/webhook", "/legacy/credits-webhook"), enabled_events=["checkout.session.completed"],
+        status="disabled", created=now - 700 * 86400, description="credits service (retired?)",
+    )
+    plan.endpoint_id, plan.disabled_endpoint_id = endpoint["id"], legacy["id"]
+    add_objects(state, endpoint, legacy)
+    return state, plan
+
+
+def post_event(url: str, event: dict, secret: str, timestamp: int | None = None) -> int:
+    body = json.dumps(event).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Stripe-Signature": sign(body, secret, timestamp),
+    })
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def deliver(plan: WebhookPlan, *, url: str, secret: str, old_secret: str, admin: Engine) -> None:
+    """Carry out the plan through the app's real endpoint (and, for the old-secret rows, its table)."""
+    for event in plan.delivered:
+        status = post_event(url, event, secret)
+        if status != 200:
+            raise RuntimeError(f"the demo app refused {event['id']}: HTTP {status}")
+    with admin.begin() as conn:
+        conn.execute(sa.text("UPDATE organizations SET stripe_customer_id = NULL WHERE id = ANY(:ids)"),
+                     {"ids": plan.orphan_org_ids})
+    for event in plan.fails_at_app:
+        post_event(url, event, secret)  # answered 500: recorded as failed
+    with admin.begin() as conn:
+        conn.execute(sa.text(
+            "UPDATE organizations SET stripe_customer_id = 'cus_demo' || lpad(id::text, 6, '0') WHERE id = ANY(:ids)"
+        ), {"ids": plan.orphan_org_ids})
+        # Delivered just now, but as Stripe would have: seconds after each event happened.
+        for event in plan.delivered + plan.fails_at_app:
+            conn.execute(sa.text(
+                "UPDATE webhook_events SET received_at = to_timestamp(:at), "
+                "processed_at = CASE WHEN processed_at IS NULL THEN NULL ELSE to_timestamp(:at + 1) END "
+                "WHERE stripe_event_id = :id"
+            ), {"id": event["id"], "at": event["created"] + 3})
+            conn.execute(sa.text("UPDATE orders SET created_at = to_timestamp(:at) WHERE stripe_event_id = :id"),
+                         {"id": event["id"], "at": event["created"] + 4})
+            conn.execute(sa.text("UPDATE credit_grants SET created_at = to_timestamp(:at) WHERE stripe_event_id = :id"),
+                         {"id": event["id"], "at": event["created"] + 4})
+        for event in plan.stored_with_old_secret:
+            body = json.dumps(event)
+            conn.execute(sa.text(
+                """
+                INSERT INTO webhook_events (stripe_event_id, type, status, error, raw_body, signature_header, received_at)
+                VALUES (:id, :type, 'failed', 'No signatures found matching the expected signature for payload',
+                        :body, :header, to_timestamp(:at))
+                """
+            ), {"id": event["id"], "type": event["type"], "body": body,
+                "header": sign(body, old_secret, event["created"] + 3), "at": event["created"] + 3})
+
+
+def planted(plan: WebhookPlan) -> dict:
+    ids = lambda events: [e["id"] for e in events]  # noqa: E731
+    not_processed = plan.never_delivered + plan.fails_at_app + plan.stored_with_old_secret
+    return {
+        "missing_events": ids(plan.never_delivered),
+        "failed_events": ids(plan.fails_at_app + plan.stored_with_old_secret),
+        "signature_mismatch": ids(plan.stored_with_old_secret),
+        "undelivered_events": ids(not_processed),
+        "unfulfilled_payments": ids(not_processed),
+        "endpoint_missing_event_types": [plan.endpoint_id],
+        "endpoint_disabled": [plan.disabled_endpoint_id],
+    }

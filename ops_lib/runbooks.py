@@ -1,0 +1,89 @@
+"""The runbooks opsbook knows: their notebook, parameters, and what of the target each one reads.
+
+The notebook's ``parameters`` cell holds the same defaults (a test keeps the two in step); this
+registry is what lets the CLI list and validate parameters without starting a kernel.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import paths
+from .errors import InvalidInvocation
+from .parameters import Param, ParamSpec
+
+SLOW_QUERY_ACTIONS = ("cancel_long_running", "cancel_root_blockers", "reset_statement_stats")
+
+
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    title: str
+    question: str
+    params: ParamSpec
+    entities: tuple[str, ...] = ()  # schema-mapping entities it reads; checked before the run
+    uses_stripe: bool = False
+
+    @property
+    def notebook(self) -> Path:
+        return paths.notebooks_dir() / f"{self.name}.ipynb"
+
+    def parameter_sets(self) -> list[Path]:
+        return sorted((paths.params_dir() / self.name).glob("*.yaml"))
+
+
+SLOW_QUERIES = Runbook(
+    name="slow_queries",
+    title="Slow queries, blocked sessions and index health",
+    question="Which statements cost the most, who is stuck or blocking, are connections saturated, "
+    "which indexes are unused, duplicated, invalid or missing?",
+    params=ParamSpec((
+        Param("min_mean_ms", float, 20.0, "a statement is slow at this mean time (PgHero: 20 ms)", minimum=0),
+        Param("min_calls", int, 100, "…and at least this many calls (PgHero: 100)", minimum=1),
+        Param("top_n", int, 10, "statements to list by total and by mean time", minimum=1, maximum=100),
+        Param("long_running_seconds", int, 60, "a query running longer than this is long-running", minimum=1),
+        Param("idle_in_transaction_seconds", int, 60, "a session idle in a transaction this long holds locks and snapshots", minimum=1),
+        Param("connection_warn_pct", float, 80.0, "warn when this share of usable connections is taken", minimum=1, maximum=100),
+        Param("min_cache_hit_ratio", float, 0.99, "tables and indexes should be served from memory this often", minimum=0, maximum=1),
+        Param("sequence_warn_pct", float, 75.0, "warn when a sequence has used this share of its column's range", minimum=1, maximum=100),
+        Param("explain_top", int, 3, "plans to show for the worst statements", minimum=0, maximum=20),
+        Param("remediate", list, [], "remediations to plan (and, with apply, perform)", choices=SLOW_QUERY_ACTIONS),
+        Param("apply", bool, False, "perform the planned remediations (default: dry run)"),
+    )),
+)
+
+# The event types the reference app handles; a real app lists its own in a parameter set.
+WEBHOOK_EVENT_TYPES = [
+    "checkout.session.completed",
+    "checkout.session.async_payment_succeeded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "customer.subscription.created",
+    "customer.subscription.updated",
+    "customer.subscription.deleted",
+    "payment_intent.succeeded",
+    "payment_intent.payment_failed",
+]
+
+WEBHOOK_FAILURE = Runbook(
+    name="webhook_failure",
+    title="Stripe webhooks failing: missing events, unfulfilled payments, and a safe replay",
+    question="Is the webhook secret right, is the endpoint enabled and subscribed, which events in the window "
+    "never arrived or failed, which paid customers got nothing — and replay them safely.",
+    params=ParamSpec((
+        Param("since_hours", int, 24, "the window to examine, in hours (Stripe keeps events 30 days)", minimum=1, maximum=720),
+        Param("event_types", list, WEBHOOK_EVENT_TYPES, "the event types the app must receive"),
+        Param("apply", bool, False, "replay the missing and failed events to OPSBOOK_WEBHOOK_URL (default: dry run)"),
+    )),
+    entities=("webhook_events", "fulfilments"),
+    uses_stripe=True,
+)
+
+RUNBOOKS: dict[str, Runbook] = {rb.name: rb for rb in (SLOW_QUERIES, WEBHOOK_FAILURE)}
+
+
+def get(name: str) -> Runbook:
+    try:
+        return RUNBOOKS[name]
+    except KeyError:
+        raise InvalidInvocation(f"unknown runbook {name!r}; known: {', '.join(RUNBOOKS)} (see `opsbook list`)") from None

@@ -1,0 +1,118 @@
+"""The schema mapping: where the target app keeps each logical entity opsbook reads.
+
+Entity and column names on the left are opsbook's (``organisations.stripe_customer_id``); the
+right-hand side is the app's. Identifiers from the mapping are checked against the live catalog
+and quoted before they reach SQL; values are always bound parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+from sqlalchemy.engine import Connection
+
+from .db import select_all
+from .errors import SchemaMappingError
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class TableMap:
+    entity: str
+    table: str  # "table" or "schema.table"
+    columns: dict[str, str]
+
+    @property
+    def schema_and_name(self) -> tuple[str, str]:
+        schema, _, name = self.table.rpartition(".")
+        return schema or "public", name
+
+    @property
+    def sql_table(self) -> str:
+        schema, name = self.schema_and_name
+        return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+    def col(self, logical: str) -> str:
+        try:
+            return quote_ident(self.columns[logical])
+        except KeyError:
+            raise SchemaMappingError(
+                f"the schema mapping has no column {logical!r} for entity {self.entity!r} — add it under "
+                f"entities.{self.entity}.columns"
+            ) from None
+
+    def has(self, logical: str) -> bool:
+        return logical in self.columns
+
+
+@dataclass(frozen=True)
+class SchemaMap:
+    path: Path
+    entities: dict[str, tuple[TableMap, ...]]
+
+    @classmethod
+    def load(cls, path: Path | str) -> "SchemaMap":
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise SchemaMappingError(f"schema mapping {path} does not exist — set OPSBOOK_SCHEMA to a params/schema/*.yaml file") from None
+        except yaml.YAMLError as err:
+            raise SchemaMappingError(f"schema mapping {path} is not valid YAML: {err}".splitlines()[0]) from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("entities"), dict):
+            raise SchemaMappingError(f"schema mapping {path} must have an 'entities:' mapping")
+        entities: dict[str, tuple[TableMap, ...]] = {}
+        for entity, spec in raw["entities"].items():
+            specs = spec if isinstance(spec, list) else [spec]
+            tables = []
+            for item in specs:
+                if not isinstance(item, dict) or "table" not in item or not isinstance(item.get("columns", {}), dict):
+                    raise SchemaMappingError(f"{path}: entities.{entity} needs 'table:' and a 'columns:' mapping")
+                tables.append(TableMap(entity, str(item["table"]), {str(k): str(v) for k, v in (item.get("columns") or {}).items()}))
+            entities[entity] = tuple(tables)
+        return cls(path, entities)
+
+    def tables(self, entity: str) -> tuple[TableMap, ...]:
+        try:
+            return self.entities[entity]
+        except KeyError:
+            raise SchemaMappingError(f"{self.path}: no entity {entity!r} — add entities.{entity} to the mapping") from None
+
+    def table(self, entity: str) -> TableMap:
+        return self.tables(entity)[0]
+
+    def validate(self, conn: Connection, entities: Iterable[str]) -> None:
+        """Every table and column the given entities name must exist; the first that does not is reported."""
+        wanted = [t for entity in entities for t in self.tables(entity)]
+        if not wanted:
+            return
+        rows = select_all(
+            conn,
+            """
+            SELECT c.table_schema, c.table_name, c.column_name
+            FROM information_schema.columns c
+            WHERE (c.table_schema, c.table_name) IN (SELECT unnest(CAST(:schemas AS text[])), unnest(CAST(:names AS text[])))
+            """,
+            schemas=[t.schema_and_name[0] for t in wanted],
+            names=[t.schema_and_name[1] for t in wanted],
+        )
+        present: dict[tuple[str, str], set[str]] = {}
+        for row in rows:
+            present.setdefault((row["table_schema"], row["table_name"]), set()).add(row["column_name"])
+        for t in wanted:
+            columns = present.get(t.schema_and_name)
+            if columns is None:
+                raise SchemaMappingError(
+                    f"{self.path}: entities.{t.entity} names table {t.table}, which does not exist in the target database — fix the mapping"
+                )
+            for logical, actual in t.columns.items():
+                if actual not in columns:
+                    raise SchemaMappingError(
+                        f"{self.path}: entities.{t.entity}.columns.{logical} names column {t.table}.{actual}, "
+                        "which does not exist — fix the mapping"
+                    )

@@ -1,0 +1,85 @@
+"""Masking of secrets in everything opsbook writes.
+
+The values of the target variables are masked wherever they appear, and so is anything shaped
+like a secret (Stripe keys, webhook secrets, passwords in URLs) even if no variable holds it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any, Iterable, Mapping
+from urllib.parse import urlsplit
+
+SECRET_VARIABLES = ("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "OPSBOOK_WEBHOOK_URL")
+
+MASK = "***"
+
+_PATTERNS = [
+    # Stripe secret and restricted keys, webhook signing secrets.
+    (re.compile(r"\b((?:sk|rk)_(?:live|test)_)[0-9A-Za-z_]{6,}"), r"\1" + MASK),
+    (re.compile(r"\bwhsec_[0-9A-Za-z_+/=]{6,}"), "whsec_" + MASK),
+    # user:password@ in any URL.
+    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>[^@\s\"']+)@"),
+     r"\g<scheme>\g<user>:" + MASK + "@"),
+    # libpq keyword form: password=...
+    (re.compile(r"(password\s*=\s*)('[^']*'|[^\s\"',;]+)", re.IGNORECASE), r"\1" + MASK),
+]
+
+
+def mask_url(url: str) -> str:
+    return mask_text(url, ())
+
+
+def mask_text(text: str, secrets: Iterable[str]) -> str:
+    for secret in sorted(set(s for s in secrets if s), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
+    """The literal values to hide: each variable's value and, for URLs, the password alone."""
+    env = os.environ if env is None else env
+    values: list[str] = []
+    for name in SECRET_VARIABLES:
+        value = env.get(name)
+        if not value:
+            continue
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.password:
+                values.append(parts.password)
+                # percent-decoded form too, as drivers may print it
+                from urllib.parse import unquote
+
+                values.append(unquote(parts.password))
+            if name == "OPSBOOK_WEBHOOK_URL" and parts.query:
+                values.append(parts.query)
+            continue  # the URL itself stays readable once its password is gone
+        values.append(value)
+    return [v for v in values if len(v) >= 4]
+
+
+class Masker:
+    def __init__(self, secrets: Iterable[str] = ()):
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> "Masker":
+        return cls([*secret_values(env), *extra])
+
+    def text(self, text: str) -> str:
+        return mask_text(text, self.secrets)
+
+    def obj(self, value: Any) -> Any:
+        """Mask every string inside a JSON-like structure (keys included)."""
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.obj(k): self.obj(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.obj(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self.obj(v) for v in value)
+        return value

@@ -1,0 +1,103 @@
+"""The target a run looks at, chosen by environment variables only (never by notebook parameters).
+
+With none of the target variables set, the target is the local demo, started if it is not
+running, so Run All works in JupyterLab on a fresh checkout.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from . import paths
+from .errors import ConfigurationError
+from .secrets import Masker, mask_url
+
+TARGET_VARIABLES = (
+    "DATABASE_URL",
+    "STRIPE_API_KEY",
+    "STRIPE_WEBHOOK_SECRET",
+    "STRIPE_API_BASE",
+    "OPSBOOK_WEBHOOK_URL",
+    "OPSBOOK_SCHEMA",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    database_url: str | None = field(repr=False)
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    webhook_url: str | None = field(default=None, repr=False)
+    schema_path: Path = field(default_factory=lambda: paths.params_dir() / "schema" / "reference.yaml")
+    is_demo: bool = False
+
+    def env(self) -> dict[str, str]:
+        """The variables that select this target, for a kernel or a shell."""
+        pairs = {
+            "DATABASE_URL": self.database_url,
+            "STRIPE_API_KEY": self.stripe_api_key,
+            "STRIPE_WEBHOOK_SECRET": self.stripe_webhook_secret,
+            "STRIPE_API_BASE": self.stripe_api_base,
+            "OPSBOOK_WEBHOOK_URL": self.webhook_url,
+            "OPSBOOK_SCHEMA": str(self.schema_path),
+            "OPSBOOK_DEMO": "1" if self.is_demo else None,
+        }
+        return {k: v for k, v in pairs.items() if v}
+
+    @property
+    def stripe_mode(self) -> str | None:
+        if not self.stripe_api_key:
+            return None
+        from .stripe_api import mode_of
+
+        return mode_of(self.stripe_api_key, self.stripe_api_base)
+
+    def describe(self) -> dict:
+        """The run's target line: where, never with what credentials."""
+        return {
+            "database": mask_url(self.database_url) if self.database_url else None,
+            "stripe": self.stripe_mode,
+            "demo": self.is_demo,
+        }
+
+    def masker(self) -> Masker:
+        return Masker.from_env(self.env())
+
+    def require_database(self) -> str:
+        if not self.database_url:
+            raise ConfigurationError(
+                "DATABASE_URL is not set — export DATABASE_URL=postgresql://user:password@host:5432/db "
+                "(or unset every target variable to use the demo)"
+            )
+        return self.database_url
+
+
+def from_env(env: Mapping[str, str] | None = None, *, start_demo: bool = True) -> Target:
+    env = os.environ if env is None else env
+    if not any(env.get(name) for name in TARGET_VARIABLES if name != "OPSBOOK_SCHEMA"):
+        from .demo import lifecycle
+
+        state = lifecycle.ensure_up() if start_demo else lifecycle.read_state()
+        if state is None:
+            raise ConfigurationError("no target variables are set and the demo is not running — run `opsbook demo up`")
+        return lifecycle.target_of(state, schema=env.get("OPSBOOK_SCHEMA"))
+    schema = env.get("OPSBOOK_SCHEMA")
+    schema_path = _schema_path(schema) if schema else paths.params_dir() / "schema" / "reference.yaml"
+    return Target(
+        database_url=env.get("DATABASE_URL") or None,
+        stripe_api_key=env.get("STRIPE_API_KEY") or None,
+        stripe_webhook_secret=env.get("STRIPE_WEBHOOK_SECRET") or None,
+        stripe_api_base=env.get("STRIPE_API_BASE") or None,
+        webhook_url=env.get("OPSBOOK_WEBHOOK_URL") or None,
+        schema_path=schema_path,
+        is_demo=env.get("OPSBOOK_DEMO") == "1",
+    )
+
+
+def _schema_path(value: str) -> Path:
+    """OPSBOOK_SCHEMA is a path, or a name under params/schema/ (checked when a runbook loads it)."""
+    candidate = Path(value)
+    return candidate if candidate.suffix else paths.params_dir() / "schema" / f"{value}.yaml"

@@ -1,0 +1,233 @@
+"""Replaying Stripe events the app missed or failed, to its webhook endpoint, as Stripe sends them.
+
+Each event goes out as Stripe delivers it: ``POST`` to the app's URL (``OPSBOOK_WEBHOOK_URL``)
+with the event JSON as the body (``json.dumps(event)`` of the event as the API returns it),
+``Content-Type: application/json``, Stripe's ``User-Agent`` and a ``Stripe-Signature`` computed
+now with the current signing secret (``STRIPE_WEBHOOK_SECRET``), so the app verifies it like any
+delivery. Events go out one at a time, oldest first, as the app would have received them.
+
+Safety:
+
+* the default is a dry run: the ``ActionLog`` shows exactly what would be sent (event, type,
+  created, URL) and nothing is sent;
+* with ``apply=True``, the app's status of each event is read again just before sending it: an
+  event already processed (by Stripe's own retry, an earlier replay, a concurrent run) is
+  skipped with the outcome "already processed", so applying twice sends nothing the second time
+  (and the app is idempotent by event id besides);
+* every event actually sent is recorded in the audit log with its outcome;
+* neither the secret nor the signature ever appears in an action, an outcome or an error; the
+  URL is shown without credentials or query string.
+"""
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from typing import Mapping, Sequence
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Connection
+
+from ..audit import AuditLog
+from ..db import select_all, select_value
+from ..errors import ConfigurationError
+from ..findings import Action, ActionLog
+from ..schema_map import SchemaMap
+from ..stripe_api import mask_secrets
+from .checks import STATUS_PROCESSED, _display_url
+from .signature import HEADER, sign
+
+ACTION = "replay_webhook_event"
+USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
+DEFAULT_REASON = "replay of Stripe events the app missed or failed (webhook_failure runbook)"
+DEFAULT_TIMEOUT_S = 10  # Stripe waits a few seconds for an answer; a slow app is a finding too
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def replay_candidates(events: Sequence[Mapping], received: Sequence[Mapping]) -> list[dict]:
+    """The window's events the app has not processed — missing, failed, or left half-done —
+    oldest first."""
+    status = {r["stripe_event_id"]: r.get("status") for r in received}
+    return [dict(e) for e in sorted(events, key=_order) if status.get(e["id"]) != STATUS_PROCESSED]
+
+
+def plan_replay(events: Sequence[Mapping], received: Sequence[Mapping], *, url: str | None = None,
+                reason: str = DEFAULT_REASON) -> ActionLog:
+    """The dry run: one planned action per event that would be replayed, in the order it would go."""
+    status = {r["stripe_event_id"]: r.get("status") for r in received}
+    return ActionLog(
+        _action(event, url, reason, app_status=status.get(event["id"]))
+        for event in replay_candidates(events, received)
+    )
+
+
+def replay_events(
+    events: Sequence[Mapping],
+    *,
+    url: str | None,
+    secret: str | None,
+    conn: Connection,
+    schema: SchemaMap,
+    apply: bool = False,
+    audit: AuditLog | None = None,
+    reason: str = DEFAULT_REASON,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> ActionLog:
+    """Replay ``events`` (e.g. ``replay_candidates(...)``) to the app, oldest first.
+
+    Without ``apply`` nothing is sent: the plan, with events the app has processed in the
+    meantime marked "would skip: already processed". With ``apply`` each event's status is read
+    again right before it is sent, and processed ones are skipped.
+    """
+    reason = (reason or "").strip() or DEFAULT_REASON
+    ordered = sorted(events, key=_order)
+    if apply:
+        _require(url, secret)
+    table = schema.table("webhook_events")
+    log = ActionLog()
+    if not apply:
+        statuses = _statuses(conn, table, [e["id"] for e in ordered])
+        for event in ordered:
+            app_status = statuses.get(event["id"])
+            action = _action(event, url, reason, app_status=app_status)
+            if app_status == STATUS_PROCESSED:
+                action.outcome = "would skip: already processed"
+            log.append(action)
+        return log
+    status_sql = (
+        f"SELECT {table.col('status')} FROM {table.sql_table} WHERE {table.col('stripe_event_id')} = :event_id"
+    )
+    for event in ordered:
+        # Read committed: each read sees what the app (or Stripe's retry) committed meanwhile.
+        app_status = select_value(conn, status_sql, event_id=event["id"])
+        action = _action(event, url, reason, app_status=app_status)
+        log.append(action)
+        if app_status == STATUS_PROCESSED:
+            action.outcome = "already processed"
+            continue
+        action.applied = True
+        action.outcome = _send(url, secret, event, timeout)
+        action.detail["sent_at"] = datetime.now(timezone.utc)
+        if audit is not None:
+            audit.record(action)
+    return log
+
+
+# --------------------------------------------------------------------------- sending
+
+
+def body_of(event: Mapping) -> bytes:
+    """The body Stripe sends: the event's JSON."""
+    return json.dumps(event).encode("utf-8")
+
+
+def _send(url: str, secret: str, event: Mapping, timeout: float) -> str:
+    body = body_of(event)
+    request = urllib.request.Request(
+        url,
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json", HEADER: sign(body, secret), "User-Agent": USER_AGENT},
+    )
+    try:
+        with _opener(url).open(request, timeout=timeout) as response:
+            status = response.status
+            answer = response.read(4096)
+    except urllib.error.HTTPError as err:
+        try:
+            answer = err.read(4096)
+        except Exception:
+            answer = b""
+        return mask_secrets(f"app answered HTTP {err.code}: {_first_line(answer) or err.reason}")
+    except (urllib.error.URLError, OSError) as err:
+        why = getattr(err, "reason", None) or err
+        return mask_secrets(f"unreachable: {_one_line(str(why))}")
+    if 200 <= status < 300:
+        return f"delivered (HTTP {status})"
+    return mask_secrets(f"app answered HTTP {status}: {_first_line(answer)}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Stripe does not follow redirects: a 3xx is a failed delivery, and so it is here."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None
+
+
+def _opener(url: str) -> urllib.request.OpenerDirector:
+    handlers: list = [_NoRedirect()]
+    if (urlsplit(url).hostname or "") in _LOOPBACK:
+        handlers.append(urllib.request.ProxyHandler({}))  # never send a local app through a proxy
+    return urllib.request.build_opener(*handlers)
+
+
+def _first_line(raw: bytes) -> str:
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        error = document.get("error")
+        if isinstance(error, dict):
+            error = error.get("message")
+        message = error or document.get("message")
+        if isinstance(message, str) and message.strip():
+            text = message
+    return _one_line((text.splitlines() or [""])[0])
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require(url: str | None, secret: str | None) -> None:
+    missing = [name for name, value in (("OPSBOOK_WEBHOOK_URL", url), ("STRIPE_WEBHOOK_SECRET", secret))
+               if not value or not str(value).strip()]
+    if missing:
+        what = {
+            "OPSBOOK_WEBHOOK_URL": "OPSBOOK_WEBHOOK_URL (the app's webhook endpoint URL)",
+            "STRIPE_WEBHOOK_SECRET": "STRIPE_WEBHOOK_SECRET (the endpoint's whsec_ signing secret)",
+        }
+        raise ConfigurationError(
+            f"Cannot replay webhook events: set {' and '.join(what[m] for m in missing)} in the environment, "
+            "or run with apply=False to see the plan"
+        )
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ConfigurationError(f"OPSBOOK_WEBHOOK_URL must be an http(s) URL, not {_display_url(url)!r}")
+
+
+def _statuses(conn: Connection, table, ids: list[str]) -> dict[str, str]:
+    if not ids:
+        return {}
+    column = table.col("stripe_event_id")
+    rows = select_all(
+        conn,
+        f"SELECT {column} AS stripe_event_id, {table.col('status')} AS status FROM {table.sql_table} "
+        f"WHERE {column} = ANY(CAST(:ids AS text[]))",
+        ids=ids,
+    )
+    return {row["stripe_event_id"]: row["status"] for row in rows}
+
+
+def _action(event: Mapping, url: str | None, reason: str, *, app_status: str | None) -> Action:
+    return Action(
+        action=ACTION,
+        target=event["id"],
+        reason=reason,
+        detail={
+            "type": event.get("type"),
+            "created": datetime.fromtimestamp(event["created"], tz=timezone.utc),
+            "url": _display_url(url) if url else "(OPSBOOK_WEBHOOK_URL not set)",
+            "app_status": app_status or "not received",
+        },
+    )
+
+
+def _order(event: Mapping) -> tuple:
+    return event["created"], event["id"]

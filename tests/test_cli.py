@@ -1,0 +1,134 @@
+"""The command line: what it prints and the exit code for every outcome."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ops_lib.demo.postgres import free_port
+from ops_lib.runner import exit_code_for
+from ops_lib.target import TARGET_VARIABLES
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def opsbook(*args, env=None, out=None):
+    base = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
+    base.update(env or {})
+    if out is not None:
+        base["OPSBOOK_OUTPUTS"] = str(out)
+    return subprocess.run([sys.executable, "-m", "ops_lib.cli", *args], capture_output=True, text=True, env=base, timeout=300)
+
+
+def test_list_shows_every_runbook_with_its_parameters():
+    done = opsbook("list")
+    assert done.returncode == 0
+    assert "slow_queries" in done.stdout and "min_mean_ms" in done.stdout and "default 20.0" in done.stdout
+
+
+def test_an_unknown_runbook_exits_3_with_one_line(tmp_path):
+    done = opsbook("run", "no_such_runbook", out=tmp_path)
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "unknown runbook 'no_such_runbook'; known: slow_queries" in lines[0]
+
+
+def test_a_bad_flag_exits_3_not_argparses_2(tmp_path):
+    assert opsbook("run", "slow_queries", "--fail-on", "sometimes", out=tmp_path).returncode == 3
+
+
+def test_a_wrong_parameter_exits_3_and_is_recorded_as_an_invalid_run(tmp_path, demo):
+    done = opsbook("run", "slow_queries", "-p", "min_calls", "0", out=tmp_path)
+    assert done.returncode == 3
+    assert "parameter 'min_calls' from -p min_calls: 0 is below the minimum 1" in done.stderr
+    ledger = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    assert ledger[-1]["status"] == "invalid" and "notebook" not in ledger[-1]
+    assert not list(tmp_path.rglob("*.ipynb")), "nothing may execute"
+
+
+def test_an_unreachable_database_exits_3_and_says_how_to_fix_it(tmp_path):
+    url = f"postgresql://app:hunter2secret@127.0.0.1:{free_port()}/app"
+    done = opsbook("run", "slow_queries", env={"DATABASE_URL": url}, out=tmp_path)
+    assert done.returncode == 3
+    line = done.stderr.strip()
+    assert "cannot connect to postgresql://app:***@127.0.0.1" in line and "check DATABASE_URL" in line
+    assert "hunter2secret" not in done.stderr + done.stdout
+    assert "hunter2secret" not in "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
+
+
+def test_a_healthy_database_exits_0(tmp_path, database18):
+    done = opsbook("run", "slow_queries", env={"DATABASE_URL": database18.url}, out=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    assert record["status"] == "ok" and record["findings"] == []
+    assert {c["check"] for c in record["checks"]} >= {"slow_queries", "blocked_queries", "unused_indexes"}
+
+
+@pytest.mark.parametrize(
+    "status, severity, fail_on, code",
+    [("ok", "ok", "warning", 0), ("findings", "info", "warning", 0), ("findings", "warning", "warning", 1),
+     ("findings", "warning", "critical", 0), ("findings", "info", "info", 1), ("error", "ok", "warning", 2),
+     ("invalid", "ok", "warning", 3)],
+)
+def test_exit_codes_follow_status_severity_and_fail_on(status, severity, fail_on, code):
+    assert exit_code_for(status, severity, fail_on) == code
+
+
+def test_a_failing_cell_exits_2_and_the_archived_notebook_marks_it(tmp_path, demo):
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "params", root / "params")
+    nb = nbformat.read(root / "notebooks" / "slow_queries.ipynb", as_version=4)
+    nb.cells.insert(6, nbformat.v4.new_code_cell("raise RuntimeError('the index catalogue is on fire')"))
+    nbformat.write(nb, root / "notebooks" / "slow_queries.ipynb")
+    out = tmp_path / "out"
+    done = opsbook("run", "slow_queries", env={"OPSBOOK_ROOT": str(root)}, out=out)
+    assert done.returncode == 2
+    assert "RuntimeError: the index catalogue is on fire" in done.stderr
+    record = json.loads(next(out.rglob("*.json")).read_text())
+    assert record["status"] == "error"
+    archived = nbformat.read(out / record["notebook"], as_version=4)
+    failed = [c for c in archived.cells if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.outputs)]
+    assert len(failed) == 1 and "on fire" in failed[0].source
+    assert any("papermill-error-cell-tag" in c.metadata.get("tags", []) for c in archived.cells)
+    assert archived.cells[0].source.startswith("# Verdict: error")
+    # the checks before the failure still count
+    assert {c["check"] for c in record["checks"]} >= {"pg_stat_statements_missing"}
+
+
+def test_history_and_show_read_the_archive(tmp_path, database18):
+    assert opsbook("run", "slow_queries", env={"DATABASE_URL": database18.url}, out=tmp_path).returncode == 0
+    history = opsbook("history", out=tmp_path)
+    assert history.returncode == 0 and "slow_queries" in history.stdout
+    run_id = history.stdout.split()[3]
+    shown = opsbook("show", run_id, out=tmp_path)
+    assert shown.returncode == 0 and run_id in shown.stdout
+    as_json = json.loads(opsbook("show", run_id, "--json", out=tmp_path).stdout)
+    assert as_json["run_id"] == run_id
+    assert opsbook("show", "slow_queries-nope", out=tmp_path).returncode == 3
+
+
+def test_no_secret_reaches_any_archived_file(tmp_path, demo):
+    secrets = {
+        "STRIPE_API_KEY": "sk_test_4eC39HqLyjWDarjtT1zdp7dcSECRET",
+        "STRIPE_WEBHOOK_SECRET": "whsec_SECRETsecretSECRET1234",
+        "OPSBOOK_WEBHOOK_URL": "http://127.0.0.1:9/hooks?token=tok_SECRET_in_query",
+    }
+    env = {"DATABASE_URL": demo["database_url"], **secrets}
+    done = opsbook("run", "slow_queries", "-f", str(REPO / "params/slow_queries/demo.yaml"), env=env, out=tmp_path)
+    assert done.returncode in (0, 1), done.stderr
+    password = demo["database_url"].split(":")[2].split("@")[0]
+    needles = [password, *secrets.values(), "tok_SECRET_in_query"]
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert {p.suffix for p in files} >= {".ipynb", ".html", ".json", ".jsonl"}
+    for path in files:
+        text = path.read_text()
+        for needle in needles:
+            assert needle not in text, f"{needle!r} leaked into {path.name}"
+    for needle in needles:
+        assert needle not in done.stdout + done.stderr
