@@ -54,13 +54,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="print the run's JSON")
     show.add_argument("--out", help="archive folder (default: outputs/)")
 
-    lab = sub.add_parser("lab", help="JupyterLab on notebooks/ against the current target")
-    lab.add_argument("lab_args", nargs=argparse.REMAINDER)
+    sub.add_parser("lab", help="JupyterLab on notebooks/ against the current target (other options go to jupyter lab)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "lab":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.lab_args = extra
     try:
         return COMMANDS[args.command](args)
     except OpsbookError as err:

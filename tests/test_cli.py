@@ -132,3 +132,45 @@ def test_no_secret_reaches_any_archived_file(tmp_path, demo):
             assert needle not in text, f"{needle!r} leaked into {path.name}"
     for needle in needles:
         assert needle not in done.stdout + done.stderr
+
+
+def test_a_cell_over_the_timeout_fails_the_run_with_exit_2(tmp_path, demo):
+    root = tmp_path / "checkout"
+    shutil.copytree(REPO / "notebooks", root / "notebooks")
+    shutil.copytree(REPO / "params", root / "params")
+    nb = nbformat.read(root / "notebooks" / "slow_queries.ipynb", as_version=4)
+    nb.cells.insert(4, nbformat.v4.new_code_cell("import time\ntime.sleep(30)"))
+    nbformat.write(nb, root / "notebooks" / "slow_queries.ipynb")
+    done = opsbook("run", "slow_queries", "--timeout", "2", env={"OPSBOOK_ROOT": str(root)}, out=tmp_path / "out")
+    assert done.returncode == 2
+    assert "timed out" in done.stderr.lower() or "timeout" in done.stderr.lower(), done.stderr
+    record = json.loads(next((tmp_path / "out").rglob("*.json")).read_text())
+    assert record["status"] == "error" and (tmp_path / "out" / record["notebook"]).is_file()
+
+
+def test_lab_serves_jupyterlab_on_the_notebooks(tmp_path, demo):
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ops_lib.cli", "lab", "--no-browser", f"--port={port}", "--IdentityProvider.token=",
+         "--allow-root"],
+        env={**env, "JUPYTER_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/slow_queries.ipynb", timeout=2) as resp:
+                    assert json.load(resp)["name"] == "slow_queries.ipynb"
+                    break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

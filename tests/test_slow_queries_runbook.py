@@ -106,3 +106,24 @@ def test_the_run_json_follows_the_contract(demo_run):
     assert record["versions"]["postgres"].startswith("18")
     for finding in record["findings"]:
         assert set(finding) >= {"check", "severity", "title", "count"}
+
+
+def test_the_notebook_finds_planted_problems_on_postgresql_15(pg15, tmp_path):
+    from .conftest import Database
+
+    db = Database(pg15)
+    try:
+        db.execute("CREATE TABLE accounts (id serial PRIMARY KEY, email text, created_at timestamptz)")
+        db.execute("CREATE INDEX accounts_email_idx ON accounts (email)")
+        db.execute("CREATE INDEX accounts_email_created_idx ON accounts (email, created_at)")
+        db.execute("SELECT setval('accounts_id_seq', 2100000000)")
+        result = runner.run("slow_queries", env={"DATABASE_URL": db.url}, outputs=tmp_path)
+    finally:
+        db.drop()
+    assert result.record["versions"]["postgres"].startswith("15")
+    found = by_check(result.record)
+    assert found["duplicate_indexes"]["items"] == ["accounts_email_idx"]
+    assert found["sequence_overflow_risk"]["severity"] == "critical"
+    nb = nbformat.read(tmp_path / result.record["notebook"], as_version=4)
+    plans = next(c for c in nb.cells if c.cell_type == "code" and "statement_plans" in c.source)
+    assert "needs PostgreSQL 16+" in json.dumps(plans.outputs)

@@ -1,0 +1,243 @@
+"""What the app believes and what Stripe says, joined per organisation by Stripe customer id.
+
+The notebook reads each side once:
+
+* ``read_app``: the app's organisations and subscriptions, through the schema mapping (two
+  queries, whatever the number of customers);
+* ``fetch_stripe``: every Stripe customer and every subscription, ``status=all`` pushed to the
+  API (Stripe hides canceled subscriptions otherwise), as plain dicts;
+
+and ``join_accounts`` joins them in Python by customer id into one row per organisation, with
+the billing period its usage is counted over:
+
+* a subscriber's period is its subscription's current period as Stripe reports it
+  (``current_period_start``/``current_period_end``, UTC, half-open ``[start, end)``): Stripe
+  bills by it. When Stripe has no live subscription but the app does (the app still grants
+  access), the app's own record of the period is used;
+* an organisation with no live subscription (a free one) is counted over the current UTC
+  calendar month, ``[first day 00:00, first day of next month 00:00)``: it has no billing
+  anchor of its own, and a calendar month is what people (and most apps) mean by "per month".
+  An app that counts free usage otherwise should say so in its plans file's comment and in
+  the counters it stores; a different period shows up here as counter drift.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping
+
+from sqlalchemy.engine import Connection
+
+from ..db import select_all
+from ..findings import Metrics
+from ..schema_map import SchemaMap
+from ..stripe_api import list_customers, list_subscriptions
+from .plans import PlanBook
+
+# Stripe subscription statuses (API 2023-08-16).
+STRIPE_LIVE = ("active", "trialing", "past_due")           # Stripe considers the customer subscribed
+STRIPE_PAYING = ("active", "trialing")                      # ... and in good standing
+STRIPE_NO_ACCESS = ("canceled", "unpaid", "incomplete", "incomplete_expired", "paused")
+# The app's subscription statuses that grant access (the reference app mirrors Stripe's names).
+APP_ACCESS = ("active", "trialing", "past_due")
+
+PERIOD_STRIPE = "stripe subscription"
+PERIOD_APP = "app subscription (Stripe has none live)"
+PERIOD_CALENDAR = "calendar month (no subscription)"
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[dict]]:
+    """The app's organisations and subscriptions, under opsbook's logical column names."""
+    orgs = schema.table("organisations")
+    subs = schema.table("subscriptions")
+    org_cols = ["id", "name", "plan", "stripe_customer_id", "is_blocked"]
+    org_select = ", ".join(
+        f"{orgs.col(c)} AS {c}" if orgs.has(c) or c in ("id", "plan", "stripe_customer_id") else f"NULL AS {c}"
+        for c in org_cols
+    )
+    organisations = select_all(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")
+    sub_cols = ["organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
+                "current_period_start", "current_period_end"]
+    optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
+    sub_select = ", ".join(
+        f"{subs.col(c)} AS {c}" if subs.has(c) or c not in optional else f"NULL AS {c}" for c in sub_cols
+    )
+    subscriptions = select_all(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")
+    for row in organisations:
+        row["is_blocked"] = bool(row["is_blocked"]) if row["is_blocked"] is not None else None
+    for row in subscriptions:
+        for column in ("current_period_start", "current_period_end"):
+            row[column] = _utc(row[column])
+    return {"organisations": organisations, "subscriptions": subscriptions}
+
+
+def fetch_stripe(client) -> dict[str, list[dict]]:
+    """Every customer and every subscription (any status), read once per run."""
+    return {
+        "customers": list(list_customers(client)),
+        "subscriptions": list(list_subscriptions(client, status="all")),
+    }
+
+
+# --------------------------------------------------------------------------- periods
+
+
+def calendar_month(moment: datetime) -> tuple[datetime, datetime]:
+    """The UTC calendar month containing ``moment``: [first day 00:00, next first day 00:00)."""
+    moment = _utc(moment)
+    start = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+    return start, end
+
+
+def _utc(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        return datetime.fromtimestamp(value, tz=timezone.utc)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return value
+
+
+def _customer_of(subscription: Mapping[str, Any]) -> str | None:
+    customer = subscription.get("customer")
+    return customer.get("id") if isinstance(customer, Mapping) else customer
+
+
+def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    return sorted(subs, key=lambda s: (s.get(start_key) or epoch, str(s.get("id") or s.get("stripe_subscription_id"))),
+                  reverse=True)
+
+
+# --------------------------------------------------------------------------- the join
+
+
+@dataclass
+class Accounts:
+    """One row per organisation (``organisations``), plus what did not join."""
+
+    organisations: list[dict]
+    unlinked_customers: list[dict]         # Stripe customers no organisation points to
+    orphan_subscriptions: list[dict]       # Stripe subscriptions of such customers
+    stripe_subscriptions: list[dict]
+    app_subscriptions: list[dict]
+    unmapped: list[dict]                   # live Stripe subscriptions on a price no rule maps
+    plans: PlanBook
+    now: datetime
+    customer_ids: set[str] = field(default_factory=set)
+
+    def by_id(self) -> dict[str, dict]:
+        return {str(row["organisation_id"]): row for row in self.organisations}
+
+    def metrics(self) -> Metrics:
+        orgs = self.organisations
+        return Metrics(
+            organisations=len(orgs),
+            subscribers=sum(1 for o in orgs if o["period_source"] != PERIOD_CALENDAR),
+            free_organisations=sum(1 for o in orgs if o["period_source"] == PERIOD_CALENDAR),
+            stripe_customers=len(self.customer_ids),
+            stripe_subscriptions=len(self.stripe_subscriptions),
+            stripe_live_subscriptions=sum(1 for s in self.stripe_subscriptions if s.get("status") in STRIPE_LIVE),
+            app_subscriptions=len(self.app_subscriptions),
+            subscriptions_on_unmapped_prices=len(self.unmapped),
+        )
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        return self.metrics()._repr_mimebundle_(include, exclude)
+
+
+def _stripe_view(sub: Mapping[str, Any], plans: PlanBook) -> dict:
+    plan, price_ids = plans.plan_for_subscription(sub)
+    return {
+        "id": sub["id"],
+        "status": sub.get("status"),
+        "plan": plan,
+        "price_ids": price_ids,
+        "current_period_start": _utc(sub.get("current_period_start")),
+        "current_period_end": _utc(sub.get("current_period_end")),
+        "customer": _customer_of(sub),
+    }
+
+
+def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
+                  now: datetime) -> Accounts:
+    """The app's organisations joined with Stripe by customer id, each with its billing period.
+
+    Per organisation: its Stripe subscriptions (any status) and live ones, the app's
+    subscriptions, the *primary* subscription (the live Stripe one that started last, else the
+    app's live one), the plan Stripe's price sells, and the period usage is counted over.
+    """
+    now = _utc(now)
+    customers = {c["id"]: c for c in stripe.get("customers", [])}
+    stripe_subs = [_stripe_view(s, plans) for s in stripe.get("subscriptions", [])]
+    subs_by_customer: dict[str, list[dict]] = {}
+    for sub in stripe_subs:
+        subs_by_customer.setdefault(sub["customer"], []).append(sub)
+    app_subs_by_org: dict[str, list[dict]] = {}
+    for sub in app.get("subscriptions", []):
+        app_subs_by_org.setdefault(str(sub["organisation_id"]), []).append(sub)
+
+    rows = []
+    linked: set[str] = set()
+    unmapped = []
+    for org in app.get("organisations", []):
+        customer_id = org.get("stripe_customer_id") or None
+        if customer_id:
+            linked.add(customer_id)
+        s_subs = subs_by_customer.get(customer_id, []) if customer_id else []
+        s_live = _newest_first([s for s in s_subs if s["status"] in STRIPE_LIVE], "current_period_start")
+        a_subs = app_subs_by_org.get(str(org["id"]), [])
+        a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start")
+        primary = s_live[0] if s_live else None
+        if primary is not None and primary["current_period_start"] and primary["current_period_end"]:
+            start, end, source = primary["current_period_start"], primary["current_period_end"], PERIOD_STRIPE
+        elif a_live and a_live[0].get("current_period_start") and a_live[0].get("current_period_end"):
+            start, end, source = a_live[0]["current_period_start"], a_live[0]["current_period_end"], PERIOD_APP
+        else:
+            (start, end), source = calendar_month(now), PERIOD_CALENDAR
+        for sub in s_live:
+            if sub["plan"] is None:
+                unmapped.append({"organisation_id": org["id"], "stripe_customer_id": customer_id,
+                                 "subscription": sub["id"], "status": sub["status"],
+                                 "price_ids": ", ".join(sub["price_ids"])})
+        app_plan = org.get("plan")
+        rows.append({
+            "organisation_id": org["id"],
+            "name": org.get("name"),
+            "app_plan": app_plan,
+            "app_plan_paid": plans.is_paid(app_plan),
+            "is_blocked": org.get("is_blocked"),
+            "stripe_customer_id": customer_id,
+            "customer_exists": (customer_id in customers) if customer_id else None,
+            "stripe_subscriptions": s_subs,
+            "stripe_live": s_live,
+            "app_subscriptions": a_subs,
+            "app_live": a_live,
+            "stripe_plan": primary["plan"] if primary else None,
+            "stripe_status": primary["status"] if primary else None,
+            "primary_subscription": primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
+            "period_start": start,
+            "period_end": end,
+            "period_source": source,
+            "usage_limit": plans.limit(app_plan),
+        })
+    unlinked = [c for cid, c in customers.items() if cid not in linked]
+    orphan_subs = [s for s in stripe_subs if s["customer"] not in linked]
+    return Accounts(
+        organisations=rows,
+        unlinked_customers=unlinked,
+        orphan_subscriptions=orphan_subs,
+        stripe_subscriptions=stripe_subs,
+        app_subscriptions=list(app.get("subscriptions", [])),
+        unmapped=unmapped,
+        plans=plans,
+        now=now,
+        customer_ids=set(customers),
+    )

@@ -1,0 +1,153 @@
+"""MRR movements per month and per customer, and the identity they must satisfy.
+
+Between two moments (a month's first instant and its last, or the period's start and now),
+each customer's MRR in each currency moves in one of five ways:
+
+* **new** — from nothing, for a customer who never had MRR before;
+* **reactivation** — from nothing, for a customer who had MRR before (a churned customer returning);
+* **expansion** — up (an upgrade, more seats, a discount ending; or a first subscription in a
+  second currency while the customer already pays in another);
+* **contraction** — down (a downgrade, fewer seats, a cancelled subscription while another stays);
+* **churn** — to nothing, and only when the customer has no other paying subscription left
+  (in any currency); otherwise the loss is a contraction.
+
+Per currency, *start + new + expansion + reactivation − contraction − churn = end*: the
+``mrr_identity_broken`` check holds every month to it, and to the history's last point being the
+current MRR. Snapshots are taken at month boundaries (ChartMogul's monthly view): a customer who
+churns and returns within one month shows only the net change.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Iterable, Sequence
+
+from . import money
+from .data import at
+from .mrr import ZERO, MRRBook
+from .period import Period, history_buckets
+
+MOVEMENTS = ("new", "expansion", "reactivation", "contraction", "churn")
+SIGN = {"new": 1, "expansion": 1, "reactivation": 1, "contraction": -1, "churn": -1}
+
+
+def classify(before: Fraction, after: Fraction, *, other_before: bool, other_after: bool,
+             had_mrr_before: bool) -> str | None:
+    """The movement of one customer's MRR in one currency; None when it did not move.
+
+    ``other_before``/``other_after``: the customer had MRR in another currency at the start/end;
+    ``had_mrr_before``: the customer had MRR at some time before the start.
+    """
+    if before == after:
+        return None
+    if before == 0:
+        if other_before:
+            return "expansion"
+        return "reactivation" if had_mrr_before else "new"
+    if after == 0:
+        return "contraction" if other_after else "churn"
+    return "expansion" if after > before else "contraction"
+
+
+def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
+    """Each customer whose MRR moved between ``start`` and ``end``, per currency (exact, minor units)."""
+    before, after = book.snapshot(start), book.snapshot(end)
+    paying_before = {c for c, _ in before}
+    paying_after = {c for c, _ in after}
+    rows = []
+    for customer, currency in sorted(set(before) | set(after)):
+        s, e = before.get((customer, currency), ZERO), after.get((customer, currency), ZERO)
+        first = book.first_positive(customer)
+        movement = classify(
+            s, e,
+            other_before=any(c == customer and cur != currency for c, cur in before),
+            other_after=any(c == customer and cur != currency for c, cur in after),
+            had_mrr_before=first is not None and first < start,
+        )
+        if movement is None:
+            continue
+        rows.append({"customer": customer, "currency": currency, "movement": movement,
+                     "start": s, "end": e, "change": e - s,
+                     "paying_before": customer in paying_before, "paying_after": customer in paying_after})
+    return rows
+
+
+def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Iterable[str] = ()) -> list[dict]:
+    """One row per currency for [start, end): start, each movement, end (exact, minor units)."""
+    before, after = book.snapshot(start), book.snapshot(end)
+    moves = customer_movements(book, start, end)
+    seen = {cur for _, cur in before} | {cur for _, cur in after} | {m["currency"] for m in moves} | set(currencies)
+    rows = []
+    for currency in sorted(seen):
+        row = {"currency": currency, "month": label, "from": start, "to": end,
+               "start": sum((v for (c, cur), v in before.items() if cur == currency), ZERO)}
+        for movement in MOVEMENTS:
+            row[movement] = sum((abs(m["change"]) for m in moves if m["currency"] == currency and m["movement"] == movement), ZERO)
+        row["end"] = sum((v for (c, cur), v in after.items() if cur == currency), ZERO)
+        row["customers_start"] = sum(1 for _, cur in before if cur == currency)
+        row["customers_end"] = sum(1 for _, cur in after if cur == currency)
+        rows.append(row)
+    return rows
+
+
+def history(book: MRRBook, period: Period, months: int = 12) -> list[dict]:
+    """The monthly movements of the chart's months, every currency present in any of them."""
+    buckets = history_buckets(period, months)
+    currencies: set[str] = set()
+    for _, start, end in buckets:
+        currencies |= {cur for _, cur in book.snapshot(start)} | {cur for _, cur in book.snapshot(end)}
+    rows = []
+    for label, start, end in buckets:
+        rows.extend(summarise(book, label, start, end, currencies))
+    return sorted(rows, key=lambda r: (r["currency"], r["from"]))
+
+
+def identity_gap(row: dict) -> Fraction:
+    """end − (start + new + expansion + reactivation − contraction − churn): zero when the movements add up."""
+    expected = row["start"] + sum(SIGN[m] * row[m] for m in MOVEMENTS)
+    return Fraction(row["end"]) - Fraction(expected)
+
+
+# --------------------------------------------------------------------------- display
+
+
+def history_table(rows: Sequence[dict]) -> list[dict]:
+    """The monthly movements in major units, with the identity's residue shown."""
+    out = []
+    for row in rows:
+        cur = row["currency"]
+        shown = {"currency": cur, "month": row["month"], "start_mrr": money.major(row["start"], cur)}
+        for movement in MOVEMENTS:
+            shown[movement] = money.major(SIGN[movement] * row[movement], cur)
+        shown["end_mrr"] = money.major(row["end"], cur)
+        shown["net_change"] = money.major(row["end"] - row["start"], cur)
+        shown["identity_residue"] = money.major(identity_gap(row), cur)
+        shown["customers_end"] = row["customers_end"]
+        out.append(shown)
+    return out
+
+
+def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[dict]:
+    names = {}
+    if book is not None:
+        for sub in book.subscriptions:
+            customer = sub.get("customer")
+            if isinstance(customer, dict):
+                names[customer["id"]] = customer.get("name") or customer.get("email")
+    order = {m: i for i, m in enumerate(MOVEMENTS)}
+    out = []
+    for row in sorted(rows, key=lambda r: (r["currency"], order[r["movement"]], -abs(r["change"]), r["customer"])):
+        cur = row["currency"]
+        out.append({
+            "customer": row["customer"], "name": names.get(row["customer"]), "currency": cur,
+            "movement": row["movement"], "mrr_before": money.major(row["start"], cur),
+            "mrr_after": money.major(row["end"], cur), "change": money.major(row["change"], cur),
+        })
+    return out
+
+
+def period_bounds(period: Period) -> tuple[int, int]:
+    return period.start_ts, period.until_ts
+
+
+__all__ = ["MOVEMENTS", "classify", "customer_movements", "summarise", "history", "identity_gap",
+           "history_table", "customer_table", "period_bounds", "at"]

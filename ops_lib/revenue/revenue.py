@@ -1,0 +1,209 @@
+"""Revenue in the period by plan and currency, and the payment success rate.
+
+* **Gross**: invoices paid in the period, dated by ``status_transitions.paid_at`` (not when they
+  were created: an invoice retried for a week is revenue the day it is paid), split across plans
+  by their lines; plus succeeded charges without an invoice (one-off payments), dated by creation.
+* **Refunds** and **disputes** are dated when they happened (their ``created``), whatever month
+  the charge was in; a refund counts once it has not failed or been cancelled.
+* **Fees** and **net** come from the balance transactions created in the period (what Stripe
+  actually took and paid out: processing fees, dispute fees, refunds and dispute withdrawals),
+  payouts and transfers left out. They are in the balance's settlement currency: a charge in
+  another currency is converted by Stripe at its ``exchange_rate``.
+* **Plans**: a line's price ``metadata.plan``, else its nickname, lookup key or product.
+
+The payment success rate is ``succeeded ÷ (succeeded + failed)`` over the charges created in the
+period; ``pending`` charges have no outcome yet and are left out.
+"""
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from datetime import datetime, timedelta, timezone
+from typing import Iterable, Mapping, Sequence
+
+from . import money
+from .data import StripeData, at, id_of
+from .mrr import plan_label
+from .period import Period
+
+ONE_OFF = "(one-off charges)"
+UNKNOWN = "(not an invoice of the period's data)"
+EXCLUDED_BALANCE_CATEGORIES = {"payout", "payout_reversal", "transfer", "transfer_reversal", "topup",
+                               "topup_reversal", "connect_collection_transfer", "connect_reserved_funds",
+                               "advance", "advance_funding", "anticipation_repayment"}
+REFUND_STATUSES_COUNTED = {"succeeded", "pending", "requires_action"}
+
+
+def invoice_plan_split(invoice: Mapping) -> list[tuple[str, int]]:
+    """``amount_paid`` split across the plans of its lines, in proportion to their amounts
+    (whole minor units; the remainder goes to the largest line)."""
+    paid = int(invoice.get("amount_paid") or 0)
+    lines = [l for l in (invoice.get("lines") or {}).get("data") or [] if (l.get("amount") or 0) > 0]
+    if not lines:
+        first = next(iter((invoice.get("lines") or {}).get("data") or []), None)
+        return [(plan_label(first.get("price")) if first else "(no lines)", paid)]
+    total = sum(l["amount"] for l in lines)
+    shares: dict[str, int] = defaultdict(int)
+    allocated = 0
+    for line in lines:
+        share = paid * line["amount"] // total
+        shares[plan_label(line.get("price"))] += share
+        allocated += share
+    largest = max(lines, key=lambda l: l["amount"])
+    shares[plan_label(largest.get("price"))] += paid - allocated
+    return list(shares.items())
+
+
+class _Attribution:
+    """Which plan a charge, refund or dispute belongs to, through its invoice."""
+
+    def __init__(self, data: StripeData):
+        self.invoice_by_id = {i["id"]: i for i in data.invoices}
+        self.invoice_by_charge = {id_of(i.get("charge")): i for i in data.invoices if i.get("charge")}
+        self.charges = {c["id"]: c for c in data.charges}
+        self.refunds = {r["id"]: r for r in data.refunds}
+        self.disputes = {d["id"]: d for d in data.disputes}
+
+    def plan_of_charge(self, charge_id: str | None) -> str:
+        if not charge_id:
+            return UNKNOWN
+        invoice = self.invoice_by_charge.get(charge_id)
+        charge = self.charges.get(charge_id)
+        if invoice is None and charge is not None and charge.get("invoice"):
+            invoice = self.invoice_by_id.get(id_of(charge["invoice"]))
+        if invoice is not None:
+            split = invoice_plan_split(invoice)
+            return max(split, key=lambda kv: kv[1])[0] if split else UNKNOWN
+        if charge is not None and not charge.get("invoice"):
+            return ONE_OFF
+        return UNKNOWN
+
+    def plan_of_balance(self, txn: Mapping) -> str:
+        source = id_of(txn.get("source")) or ""
+        if source in self.refunds:
+            return self.plan_of_charge(id_of(self.refunds[source].get("charge")))
+        if source in self.disputes:
+            return self.plan_of_charge(id_of(self.disputes[source].get("charge")))
+        if source.startswith(("ch_", "py_")):
+            return self.plan_of_charge(source)
+        return UNKNOWN if source else "(Stripe fees and adjustments)"
+
+
+def revenue_by_plan(data: StripeData) -> list[dict]:
+    """Per currency and plan: paid invoices, gross, refunds, disputes, fees, net (minor units)."""
+    period = data.period
+    who = _Attribution(data)
+    table: dict[tuple[str, str], dict] = {}
+
+    def row(currency: str, plan: str) -> dict:
+        return table.setdefault((currency.lower(), plan), {
+            "currency": currency.lower(), "plan": plan, "invoices_paid": 0, "gross": 0, "refunded": 0,
+            "disputed": 0, "fees": 0, "net": 0})
+
+    for invoice in data.invoices:
+        paid_at = (invoice.get("status_transitions") or {}).get("paid_at")
+        if invoice.get("status") != "paid" or not period.contains(paid_at):
+            continue
+        split = invoice_plan_split(invoice)
+        for n, (plan, amount) in enumerate(split):
+            r = row(invoice["currency"], plan)
+            r["gross"] += amount
+            r["invoices_paid"] += 1 if n == 0 else 0
+    for charge in data.charges_in_period:
+        if charge.get("status") == "succeeded" and not charge.get("invoice"):
+            row(charge["currency"], ONE_OFF)["gross"] += charge["amount"]
+    for refund in data.refunds:
+        if period.contains(refund.get("created")) and refund.get("status") in REFUND_STATUSES_COUNTED:
+            row(refund["currency"], who.plan_of_charge(id_of(refund.get("charge"))))["refunded"] += refund["amount"]
+    for dispute in data.disputes:
+        if period.contains(dispute.get("created")):
+            row(dispute["currency"], who.plan_of_charge(id_of(dispute.get("charge"))))["disputed"] += dispute["amount"]
+    for txn in data.balance_transactions:
+        if not period.contains(txn.get("created")) or txn.get("reporting_category") in EXCLUDED_BALANCE_CATEGORIES \
+                or txn.get("type") in EXCLUDED_BALANCE_CATEGORIES:
+            continue
+        r = row(txn["currency"], who.plan_of_balance(txn))
+        r["fees"] += txn.get("fee") or 0
+        r["net"] += txn.get("net") or 0
+    return sorted(table.values(), key=lambda r: (r["currency"], -r["gross"], r["plan"]))
+
+
+def revenue_totals(rows: Sequence[dict]) -> list[dict]:
+    totals: dict[str, dict] = {}
+    for r in rows:
+        t = totals.setdefault(r["currency"], {"currency": r["currency"], "invoices_paid": 0, "gross": 0,
+                                              "refunded": 0, "disputed": 0, "fees": 0, "net": 0})
+        for key in ("invoices_paid", "gross", "refunded", "disputed", "fees", "net"):
+            t[key] += r[key]
+    return [totals[c] for c in sorted(totals)]
+
+
+def revenue_table(rows: Sequence[dict], *, with_totals: bool = True) -> list[dict]:
+    """Major units, each currency's plans then its total."""
+    out = []
+    totals = {t["currency"]: t for t in revenue_totals(rows)}
+    for currency in sorted(totals):
+        for r in [r for r in rows if r["currency"] == currency] + ([dict(totals[currency], plan="TOTAL")] if with_totals else []):
+            out.append({"currency": currency, "plan": r["plan"], "invoices_paid": r["invoices_paid"],
+                        **{k: money.major(r[k], currency) for k in ("gross", "refunded", "disputed", "fees", "net")}})
+    return out
+
+
+# --------------------------------------------------------------------------- payment success
+
+
+def success_rate(charges: Iterable[Mapping]) -> dict:
+    """Counts by status and ``succeeded ÷ (succeeded + failed)`` in percent (None without attempts)."""
+    counts = Counter(c.get("status") for c in charges)
+    decided = counts["succeeded"] + counts["failed"]
+    return {
+        "succeeded": counts["succeeded"], "failed": counts["failed"], "pending": counts["pending"],
+        "success_rate_pct": round(100 * counts["succeeded"] / decided, 2) if decided else None,
+    }
+
+
+def failures_by_code(charges: Iterable[Mapping]) -> list[dict]:
+    failed = [c for c in charges if c.get("status") == "failed"]
+    by_code: dict[tuple[str, str], list[Mapping]] = defaultdict(list)
+    for charge in failed:
+        by_code[(charge.get("failure_code") or "(none)", charge["currency"])].append(charge)
+    rows = [{"failure_code": code, "currency": cur, "charges": len(items),
+             "amount": money.major(sum(c["amount"] for c in items), cur),
+             "share_of_failures_pct": round(100 * len(items) / len(failed), 1),
+             "example_message": items[0].get("failure_message")}
+            for (code, cur), items in by_code.items()]
+    return sorted(rows, key=lambda r: (-r["charges"], r["failure_code"], r["currency"]))
+
+
+def success_over_time(charges: Iterable[Mapping], period: Period) -> list[dict]:
+    """Charges per day (per week for periods over two months): succeeded, failed, rate."""
+    step = timedelta(days=7) if period.until - period.start > timedelta(days=62) else timedelta(days=1)
+    start = period.start.replace(hour=0, minute=0, second=0, microsecond=0)
+    buckets: dict[datetime, Counter] = {}
+    moment = start
+    while moment < period.until:
+        buckets[moment] = Counter()
+        moment += step
+    for charge in charges:
+        created = at(charge["created"])
+        index = int((created - start) / step)
+        key = start + index * step
+        if key in buckets:
+            buckets[key][charge.get("status")] += 1
+    rows = []
+    for key, counts in buckets.items():
+        decided = counts["succeeded"] + counts["failed"]
+        rows.append({"day": key, "succeeded": counts["succeeded"], "failed": counts["failed"], "pending": counts["pending"],
+                     "success_rate_pct": round(100 * counts["succeeded"] / decided, 2) if decided else None})
+    return rows
+
+
+def failed_charge_rows(charges: Iterable[Mapping]) -> list[dict]:
+    failed = sorted((c for c in charges if c.get("status") == "failed"), key=lambda c: (c["created"], c["id"]))
+    return [{"charge": c["id"], "created": at(c["created"]), "customer": id_of(c.get("customer")),
+             "invoice": id_of(c.get("invoice")), "amount": money.major(c["amount"], c["currency"]),
+             "currency": c["currency"], "failure_code": c.get("failure_code"),
+             "failure_message": c.get("failure_message")} for c in failed]
+
+
+def as_utc(ts: int) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
