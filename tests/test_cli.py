@@ -79,13 +79,19 @@ def test_exit_codes_follow_status_severity_and_fail_on(status, severity, fail_on
     assert exit_code_for(status, severity, fail_on) == code
 
 
-def test_a_failing_cell_exits_2_and_the_archived_notebook_marks_it(tmp_path, demo):
+def checkout_with_extra_cell(tmp_path, position: int, source: str) -> Path:
+    """A copy of the checkout whose slow_queries notebook has one more cell (for OPSBOOK_ROOT)."""
     root = tmp_path / "checkout"
     shutil.copytree(REPO / "notebooks", root / "notebooks")
     shutil.copytree(REPO / "params", root / "params")
     nb = nbformat.read(root / "notebooks" / "slow_queries.ipynb", as_version=4)
-    nb.cells.insert(6, nbformat.v4.new_code_cell("raise RuntimeError('the index catalogue is on fire')"))
+    nb.cells.insert(position, nbformat.v4.new_code_cell(source))
     nbformat.write(nb, root / "notebooks" / "slow_queries.ipynb")
+    return root
+
+
+def test_a_failing_cell_exits_2_and_the_archived_notebook_marks_it(tmp_path, demo):
+    root = checkout_with_extra_cell(tmp_path, 6, "raise RuntimeError('the index catalogue is on fire')")
     out = tmp_path / "out"
     done = opsbook("run", "slow_queries", env={"OPSBOOK_ROOT": str(root)}, out=out)
     assert done.returncode == 2
@@ -135,12 +141,7 @@ def test_no_secret_reaches_any_archived_file(tmp_path, demo):
 
 
 def test_a_cell_over_the_timeout_fails_the_run_with_exit_2(tmp_path, demo):
-    root = tmp_path / "checkout"
-    shutil.copytree(REPO / "notebooks", root / "notebooks")
-    shutil.copytree(REPO / "params", root / "params")
-    nb = nbformat.read(root / "notebooks" / "slow_queries.ipynb", as_version=4)
-    nb.cells.insert(4, nbformat.v4.new_code_cell("import time\ntime.sleep(30)"))
-    nbformat.write(nb, root / "notebooks" / "slow_queries.ipynb")
+    root = checkout_with_extra_cell(tmp_path, 4, "import time\ntime.sleep(30)")
     done = opsbook("run", "slow_queries", "--timeout", "2", env={"OPSBOOK_ROOT": str(root)}, out=tmp_path / "out")
     assert done.returncode == 2
     assert "timed out" in done.stderr.lower() or "timeout" in done.stderr.lower(), done.stderr
