@@ -23,6 +23,8 @@ class Runbook:
     params: ParamSpec
     entities: tuple[str, ...] = ()  # schema-mapping entities it reads; checked before the run
     uses_stripe: bool = False
+    # one cheap read the runbook's key must be allowed, made before the kernel starts
+    stripe_probe: str = "list_webhook_endpoints"
 
     @property
     def notebook(self) -> Path:
@@ -79,7 +81,48 @@ WEBHOOK_FAILURE = Runbook(
     uses_stripe=True,
 )
 
-RUNBOOKS: dict[str, Runbook] = {rb.name: rb for rb in (SLOW_QUERIES, WEBHOOK_FAILURE)}
+REVENUE_REPORT = Runbook(
+    name="revenue_report",
+    title="Revenue report: MRR and its movements, revenue, fees and payment success, reconciled with Stripe",
+    question="What are MRR and ARR per currency and how did they move (new, expansion, reactivation, contraction, "
+    "churn), what came in by plan after refunds, disputes and fees, how many payments succeed, and do the app's "
+    "payment records agree with Stripe?",
+    params=ParamSpec((
+        Param("period", str, "", 'the month to report, "YYYY-MM" or "previous" (UTC); empty: the current month so far'),
+        Param("start_date", str, "", 'or a range of days: its first day, "YYYY-MM-DD" (UTC); overrides period'),
+        Param("end_date", str, "", 'the range\'s last day, included, "YYYY-MM-DD" (UTC); empty: up to now'),
+        Param("currencies", list, [], 'currencies to include, e.g. ["usd", "eur"]; empty: all'),
+        Param("past_due_grace_days", int, 30, "a past_due subscription still counts as MRR this many days into its unpaid period", minimum=0, maximum=365),
+        Param("history_months", int, 12, "months of MRR history to chart, ending with the period's month", minimum=1, maximum=60),
+        Param("min_success_rate_pct", float, 99.0, "warn when fewer charges than this succeed: succeeded ÷ (succeeded + failed), in %", minimum=0, maximum=100),
+        Param("revenue_tolerance", float, 0.0, "largest amount difference, in major units (e.g. 0.50 for 50 cents), between a payment in the app and its Stripe charge that is not yet a mismatch", minimum=0),
+    )),
+    entities=("payments",),
+    uses_stripe=True,
+    stripe_probe="list_charges",
+)
+
+QUOTA_AUDIT = Runbook(
+    name="quota_audit",
+    title="Quota audit: usage against plan limits, drifted counters, the app against Stripe",
+    question="Who is over or near their plan's limit, whose stored usage counter drifted from real usage, whose plan or "
+    "subscription status in the app disagrees with Stripe, which customers do not map, who is billed twice — and reset "
+    "drifted counters safely.",
+    params=ParamSpec((
+        Param("near_limit_pct", float, 80.0, "report an organisation as near its limit from this share of it, in % (info)", minimum=1, maximum=100),
+        Param("drift_tolerance", int, 0, "a stored counter may differ from the recomputed usage by this many units before it is drift", minimum=0),
+        Param("duplicate_lookback_days", int, 90, "how many days back to look for usage events recorded twice under one idempotency key", minimum=1, maximum=3650),
+        Param("plans_file", str, "params/quota/plans.yaml", "plan limits and the Stripe price -> plan mapping (relative to the project, or absolute)"),
+        Param("plan_limits", str, "auto", "where limits come from: auto (the target's plan table if the mapping names one, else plans_file), database or params", choices=("auto", "database", "params")),
+        Param("apply", bool, False, "reset the drifted usage counters to the recomputed values (default: dry run)"),
+    )),
+    # plans and audit_log are read when the mapping names them, so a target without them still runs
+    entities=("organisations", "subscriptions", "usage_events", "usage_counters"),
+    uses_stripe=True,
+    stripe_probe="list_customers",
+)
+
+RUNBOOKS: dict[str, Runbook] = {rb.name: rb for rb in (SLOW_QUERIES, WEBHOOK_FAILURE, QUOTA_AUDIT, REVENUE_REPORT)}
 
 
 def get(name: str) -> Runbook:

@@ -94,7 +94,7 @@ def check_stripe_access(runbook: runbooks.Runbook, target: target_mod.Target) ->
         )
     client = stripe_api.make_client(target.stripe_api_key, target.stripe_api_base, max_network_retries=1)
     try:
-        next(iter(stripe_api.list_webhook_endpoints(client)), None)
+        next(iter(getattr(stripe_api, runbook.stripe_probe)(client)), None)
     except StripeAccessError as err:
         raise TargetUnreachable(str(err)) from None
     return stripe_api.API_VERSION

@@ -108,8 +108,20 @@ class Verdict:
         return head + f"<p>{len(rows)} of {len(self.findings)} checks found something.</p>" + rows_to_html(rows)
 
 
+def _show_figures_inline() -> None:
+    """In a kernel, display matplotlib figures left as a cell's value (JupyterLab and papermill alike)."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "kernel"):
+        shell.run_line_magic("matplotlib", "inline")
+
+
 def start(runbook: str, run_id: str | None = None, *, statement_timeout_ms: int = db.DEFAULT_STATEMENT_TIMEOUT_MS) -> RunContext:
     """The run's context; with no run_id (an interactive session) one is made up."""
+    _show_figures_inline()
     return RunContext(
         runbook=runbook,
         run_id=run_id or new_run_id(runbook),

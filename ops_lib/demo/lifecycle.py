@@ -26,7 +26,7 @@ from .. import paths
 from ..db import sqlalchemy_url
 from ..errors import DemoError
 from ..stripe_emulator.state import write_state as write_stripe_state
-from . import receiver, stripe_account
+from . import billing_history, quota_data, receiver, stripe_account
 from . import seed as demo_seed
 from .incidents import APP_NAMES
 from .postgres import PostgresCluster, embedded_bin_dir, free_port
@@ -171,15 +171,6 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
     with super_app.begin() as conn:
         conn.exec_driver_sql(f"GRANT EXECUTE ON FUNCTION pg_stat_statements_reset TO {APP_ROLE}")
     planted = {"slow_queries": demo_seed.plant_slow_queries(super_app)}
-    with super_app.begin() as conn:
-        conn.exec_driver_sql("SELECT pg_stat_statements_reset()")
-        conn.exec_driver_sql("SELECT pg_stat_reset()")
-    with super_app.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.exec_driver_sql("ANALYZE")  # the reset cleared the row estimates the index checks read
-    super_app.dispose()
-    _say(quiet, "demo: running the app's workload")
-    demo_seed.run_workload(app_url, data)
-    planted["slow_queries"]["slow_queries"] = list(demo_seed.SLOW_STATEMENTS)
 
     receiver_port, emulator_port = free_port(), free_port()
     state = {
@@ -198,13 +189,24 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
     }
     _say(quiet, "demo: building the Stripe account and delivering its webhooks")
     account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"])
+    planted["revenue_report"] = billing_history.plant(super_app, data, account)
+    planted["quota_audit"] = quota_data.plant(super_app, data, account)
     write_stripe_state(stripe_state_path(), account)
     _start_services(state)
-    super_app = sa.create_engine(sqlalchemy_url(cluster.url(APP_DB)))
     stripe_account.deliver(plan, url=state["webhook_url"], secret=state["stripe_webhook_secret"],
                            old_secret="whsec_" + secrets.token_hex(16), admin=super_app)
-    super_app.dispose()
     planted["webhook_failure"] = stripe_account.planted(plan)
+
+    # Statistics start now: what the seeding did is not the app's workload.
+    with super_app.begin() as conn:
+        conn.exec_driver_sql("SELECT pg_stat_reset()")
+    with super_app.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        conn.exec_driver_sql("ANALYZE")  # the reset cleared the row estimates the index checks read
+        conn.exec_driver_sql("SELECT pg_stat_statements_reset()")
+    super_app.dispose()
+    _say(quiet, "demo: running the app's workload")
+    demo_seed.run_workload(app_url, data)
+    planted["slow_queries"]["slow_queries"] = list(demo_seed.SLOW_STATEMENTS)
     demo_seed.write_manifest(manifest_path(), planted)
     _say(quiet, f"demo: ready in {time.monotonic() - started:.1f}s")
     return state

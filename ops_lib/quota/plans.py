@@ -37,7 +37,7 @@ class Plan:
     code: str
     name: str
     usage_limit: int | None  # units per billing period; None: unlimited
-    is_paid: bool
+    is_paid: bool | None  # None only while reading a plan table without an is_paid column
     source: str  # "params" or "database"
 
 
@@ -168,7 +168,7 @@ def read_plan_table(conn: Connection, schema: SchemaMap) -> dict[str, Plan]:
     )
     return {
         r["code"]: Plan(r["code"], r["name"] or r["code"], None if r["usage_limit"] is None else int(r["usage_limit"]),
-                        bool(r["is_paid"]) if r["is_paid"] is not None else False, "database")
+                        bool(r["is_paid"]) if r["is_paid"] is not None else None, "database")
         for r in rows
     }
 
@@ -197,6 +197,10 @@ def load_plans(conn: Connection | None, schema: SchemaMap | None, plans_file: st
                 "plan_limits=database needs a `plans` entity with code and usage_limit columns in the schema mapping "
                 "— add it, or use plan_limits=params")
         table_plans = read_plan_table(conn, schema)
+        for code, plan in list(table_plans.items()):
+            if plan.is_paid is None:  # the table does not say: the file does, else unpaid
+                from_file = parsed["plans"].get(code)
+                table_plans[code] = Plan(code, plan.name, plan.usage_limit, bool(from_file and from_file.is_paid), "database")
         for code, from_file in parsed["plans"].items():
             in_table = table_plans.get(code)
             if in_table is None:

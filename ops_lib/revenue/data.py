@@ -21,7 +21,7 @@ from typing import Iterable, Sequence
 from ..findings import Metrics
 from ..stripe_api import (list_balance_transactions, list_charges, list_disputes, list_invoices,
                           list_refunds, list_subscriptions)
-from .period import Period, add_months, history_buckets
+from .period import Period, history_buckets
 
 YEAR_LOOKBACK = timedelta(days=366)
 CHARGE_SLACK = timedelta(days=1)
@@ -49,6 +49,10 @@ class StripeData:
         return [c for c in self.charges if self.period.contains(c["created"])]
 
     def metrics(self) -> Metrics:
+        """What was read; embedded lists Stripe cut short (over 10 invoice lines or subscription items
+        in a listing) are counted, as the history and MRR see only what was served."""
+        truncated_lines = sum(1 for i in self.invoices if (i.get("lines") or {}).get("has_more"))
+        truncated_items = sum(1 for s in self.subscriptions if (s.get("items") or {}).get("has_more"))
         return Metrics({
             "period_start": self.period.start,
             "period_until": self.period.until,
@@ -59,6 +63,8 @@ class StripeData:
             "stripe_refunds_in_period": len(self.refunds),
             "stripe_disputes_in_period": len(self.disputes),
             "stripe_balance_transactions_in_period": len(self.balance_transactions),
+            **({"invoices_with_more_lines_than_served": truncated_lines} if truncated_lines else {}),
+            **({"subscriptions_with_more_items_than_served": truncated_items} if truncated_items else {}),
         })
 
 
@@ -96,5 +102,3 @@ def id_of(ref) -> str | None:
 def at(ts: int | None) -> datetime | None:
     return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
 
-
-__all__ = ["StripeData", "fetch_stripe", "normalise_currencies", "keep_currency", "id_of", "at", "add_months"]

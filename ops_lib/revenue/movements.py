@@ -13,8 +13,9 @@ each customer's MRR in each currency moves in one of five ways:
 
 Per currency, *start + new + expansion + reactivation − contraction − churn = end*: the
 ``mrr_identity_broken`` check holds every month to it, and to the history's last point being the
-current MRR. Snapshots are taken at month boundaries (ChartMogul's monthly view): a customer who
-churns and returns within one month shows only the net change.
+current MRR. Snapshots are taken at month boundaries (ChartMogul's monthly view), each in the
+last second before the boundary, so a change effective at 00:00 on the 1st belongs to the month it
+opens; a customer who churns and returns within one month shows only the net change.
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from fractions import Fraction
 from typing import Iterable, Sequence
 
 from . import money
-from .data import at
 from .mrr import ZERO, MRRBook
 from .period import Period, history_buckets
 
@@ -49,8 +49,9 @@ def classify(before: Fraction, after: Fraction, *, other_before: bool, other_aft
 
 
 def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
-    """Each customer whose MRR moved between ``start`` and ``end``, per currency (exact, minor units)."""
-    before, after = book.snapshot(start), book.snapshot(end)
+    """Each customer whose MRR moved in [start, end), per currency (exact, minor units): MRR as of
+    the last second before ``start`` against the last second before ``end``."""
+    before, after = book.snapshot_closing(start), book.snapshot_closing(end)
     paying_before = {c for c, _ in before}
     paying_after = {c for c, _ in after}
     rows = []
@@ -73,7 +74,7 @@ def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
 
 def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Iterable[str] = ()) -> list[dict]:
     """One row per currency for [start, end): start, each movement, end (exact, minor units)."""
-    before, after = book.snapshot(start), book.snapshot(end)
+    before, after = book.snapshot_closing(start), book.snapshot_closing(end)
     moves = customer_movements(book, start, end)
     seen = {cur for _, cur in before} | {cur for _, cur in after} | {m["currency"] for m in moves} | set(currencies)
     rows = []
@@ -94,7 +95,7 @@ def history(book: MRRBook, period: Period, months: int = 12) -> list[dict]:
     buckets = history_buckets(period, months)
     currencies: set[str] = set()
     for _, start, end in buckets:
-        currencies |= {cur for _, cur in book.snapshot(start)} | {cur for _, cur in book.snapshot(end)}
+        currencies |= {cur for _, cur in book.snapshot_closing(start)} | {cur for _, cur in book.snapshot_closing(end)}
     rows = []
     for label, start, end in buckets:
         rows.extend(summarise(book, label, start, end, currencies))
@@ -132,7 +133,7 @@ def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[di
         for sub in book.subscriptions:
             customer = sub.get("customer")
             if isinstance(customer, dict):
-                names[customer["id"]] = customer.get("name") or customer.get("email")
+                names[customer["id"]] = customer.get("name")
     order = {m: i for i, m in enumerate(MOVEMENTS)}
     out = []
     for row in sorted(rows, key=lambda r: (r["currency"], order[r["movement"]], -abs(r["change"]), r["customer"])):
@@ -144,10 +145,3 @@ def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[di
         })
     return out
 
-
-def period_bounds(period: Period) -> tuple[int, int]:
-    return period.start_ts, period.until_ts
-
-
-__all__ = ["MOVEMENTS", "classify", "customer_movements", "summarise", "history", "identity_gap",
-           "history_table", "customer_table", "period_bounds", "at"]

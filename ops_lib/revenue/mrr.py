@@ -211,7 +211,7 @@ class SubscriptionMRR:
 def _customer(sub: Mapping) -> tuple[str, str | None]:
     customer = sub.get("customer")
     if isinstance(customer, Mapping):
-        return customer["id"], customer.get("name") or customer.get("email")
+        return customer["id"], customer.get("name")
     return customer, None
 
 
@@ -401,6 +401,15 @@ class MRRBook:
 
     def subscriptions_at(self, moment: int) -> list[SubscriptionMRR]:
         return [self.at(sub, moment) for sub in self.subscriptions]
+
+    def closing(self, boundary: int) -> list[SubscriptionMRR]:
+        """Every subscription's MRR as a month (or the period) closed: in its last second before
+        ``boundary``. A change effective at a boundary — a subscription starting on the 1st at
+        00:00 — belongs to the month that begins there."""
+        return self.subscriptions_at(boundary - 1)
+
+    def snapshot_closing(self, boundary: int) -> dict[tuple[str, str], Fraction]:
+        return self.snapshot(boundary - 1)
 
     def snapshot(self, moment: int) -> dict[tuple[str, str], Fraction]:
         """MRR per (customer, currency) at ``moment``; customers with none are left out."""

@@ -63,7 +63,8 @@ def resolve_period(period: str = "", start_date: str = "", end_date: str = "", *
     """The notebook's period parameters as a Period.
 
     ``start_date``/``end_date`` ("YYYY-MM-DD", the end day included) win over ``period``
-    ("YYYY-MM"); with neither, the current month so far.
+    ("YYYY-MM", or "previous" for the last complete month: a report scheduled on the 1st); with
+    neither, the current month so far.
     """
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     period, start_date, end_date = (period or "").strip(), (start_date or "").strip(), (end_date or "").strip()
@@ -71,10 +72,15 @@ def resolve_period(period: str = "", start_date: str = "", end_date: str = "", *
         end = _day(end_date, "end_date") + timedelta(days=1) if end_date else now
         start = _day(start_date, "start_date") if start_date else month_start(end - timedelta(seconds=1))
         label = f"{start.date()} to {(end - timedelta(days=1)).date() if end_date else 'now'}"
+    elif period.lower() == "previous":
+        end = month_start(now)
+        start = add_months(end, -1)
+        label = start.strftime("%Y-%m")
     elif period:
         match = _MONTH.match(period)
         if not match or not 1 <= int(match.group(2)) <= 12:
-            raise ParameterError(f"parameter 'period': {period!r} is not a month like 2026-11 (or leave it empty for the current month)")
+            raise ParameterError(f"parameter 'period': {period!r} is not a month like 2026-11, nor 'previous' "
+                                 "(or leave it empty for the current month so far)")
         start = datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=timezone.utc)
         end = add_months(start, 1)
         label = period

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from datetime import datetime, timedelta, timezone
+from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
 from . import money
@@ -33,24 +34,33 @@ EXCLUDED_BALANCE_CATEGORIES = {"payout", "payout_reversal", "transfer", "transfe
 REFUND_STATUSES_COUNTED = {"succeeded", "pending", "requires_action"}
 
 
-def invoice_plan_split(invoice: Mapping) -> list[tuple[str, int]]:
-    """``amount_paid`` split across the plans of its lines, in proportion to their amounts
-    (whole minor units; the remainder goes to the largest line)."""
-    paid = int(invoice.get("amount_paid") or 0)
+def invoice_plan_shares(invoice: Mapping) -> list[tuple[str, Fraction]]:
+    """The plans an invoice bills, each with its share of the invoice (by its lines' positive amounts)."""
     lines = [l for l in (invoice.get("lines") or {}).get("data") or [] if (l.get("amount") or 0) > 0]
     if not lines:
         first = next(iter((invoice.get("lines") or {}).get("data") or []), None)
-        return [(plan_label(first.get("price")) if first else "(no lines)", paid)]
+        return [(plan_label(first.get("price")) if first else "(no lines)", Fraction(1))]
     total = sum(l["amount"] for l in lines)
-    shares: dict[str, int] = defaultdict(int)
-    allocated = 0
+    shares: dict[str, Fraction] = defaultdict(Fraction)
     for line in lines:
-        share = paid * line["amount"] // total
-        shares[plan_label(line.get("price"))] += share
-        allocated += share
-    largest = max(lines, key=lambda l: l["amount"])
-    shares[plan_label(largest.get("price"))] += paid - allocated
+        shares[plan_label(line.get("price"))] += Fraction(line["amount"], total)
     return list(shares.items())
+
+
+def allocate(amount: int, shares: Sequence[tuple[str, Fraction]]) -> list[tuple[str, int]]:
+    """``amount`` split by ``shares`` in whole minor units (the remainder to the largest share)."""
+    if not shares:
+        return []
+    parts = [(plan, int(amount * share)) for plan, share in shares]  # int() truncates toward zero
+    remainder = amount - sum(part for _, part in parts)
+    largest = max(range(len(shares)), key=lambda i: shares[i][1])
+    parts[largest] = (parts[largest][0], parts[largest][1] + remainder)
+    return parts
+
+
+def invoice_plan_split(invoice: Mapping) -> list[tuple[str, int]]:
+    """``amount_paid`` split across the plans of its lines, in proportion to their amounts."""
+    return allocate(int(invoice.get("amount_paid") or 0), invoice_plan_shares(invoice))
 
 
 class _Attribution:
@@ -63,29 +73,28 @@ class _Attribution:
         self.refunds = {r["id"]: r for r in data.refunds}
         self.disputes = {d["id"]: d for d in data.disputes}
 
-    def plan_of_charge(self, charge_id: str | None) -> str:
+    def shares_of_charge(self, charge_id: str | None) -> list[tuple[str, Fraction]]:
         if not charge_id:
-            return UNKNOWN
+            return [(UNKNOWN, Fraction(1))]
         invoice = self.invoice_by_charge.get(charge_id)
         charge = self.charges.get(charge_id)
         if invoice is None and charge is not None and charge.get("invoice"):
             invoice = self.invoice_by_id.get(id_of(charge["invoice"]))
         if invoice is not None:
-            split = invoice_plan_split(invoice)
-            return max(split, key=lambda kv: kv[1])[0] if split else UNKNOWN
+            return invoice_plan_shares(invoice)
         if charge is not None and not charge.get("invoice"):
-            return ONE_OFF
-        return UNKNOWN
+            return [(ONE_OFF, Fraction(1))]  # (an invoice naming it was handled above)
+        return [(UNKNOWN, Fraction(1))]
 
-    def plan_of_balance(self, txn: Mapping) -> str:
+    def shares_of_balance(self, txn: Mapping) -> list[tuple[str, Fraction]]:
         source = id_of(txn.get("source")) or ""
         if source in self.refunds:
-            return self.plan_of_charge(id_of(self.refunds[source].get("charge")))
+            return self.shares_of_charge(id_of(self.refunds[source].get("charge")))
         if source in self.disputes:
-            return self.plan_of_charge(id_of(self.disputes[source].get("charge")))
+            return self.shares_of_charge(id_of(self.disputes[source].get("charge")))
         if source.startswith(("ch_", "py_")):
-            return self.plan_of_charge(source)
-        return UNKNOWN if source else "(Stripe fees and adjustments)"
+            return self.shares_of_charge(source)
+        return [(UNKNOWN if source else "(Stripe fees and adjustments)", Fraction(1))]
 
 
 def revenue_by_plan(data: StripeData) -> list[dict]:
@@ -109,21 +118,25 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
             r["gross"] += amount
             r["invoices_paid"] += 1 if n == 0 else 0
     for charge in data.charges_in_period:
-        if charge.get("status") == "succeeded" and not charge.get("invoice"):
+        if charge.get("status") == "succeeded" and not charge.get("invoice") and charge["id"] not in who.invoice_by_charge:
             row(charge["currency"], ONE_OFF)["gross"] += charge["amount"]
     for refund in data.refunds:
         if period.contains(refund.get("created")) and refund.get("status") in REFUND_STATUSES_COUNTED:
-            row(refund["currency"], who.plan_of_charge(id_of(refund.get("charge"))))["refunded"] += refund["amount"]
+            for plan, amount in allocate(refund["amount"], who.shares_of_charge(id_of(refund.get("charge")))):
+                row(refund["currency"], plan)["refunded"] += amount
     for dispute in data.disputes:
         if period.contains(dispute.get("created")):
-            row(dispute["currency"], who.plan_of_charge(id_of(dispute.get("charge"))))["disputed"] += dispute["amount"]
+            for plan, amount in allocate(dispute["amount"], who.shares_of_charge(id_of(dispute.get("charge")))):
+                row(dispute["currency"], plan)["disputed"] += amount
     for txn in data.balance_transactions:
         if not period.contains(txn.get("created")) or txn.get("reporting_category") in EXCLUDED_BALANCE_CATEGORIES \
                 or txn.get("type") in EXCLUDED_BALANCE_CATEGORIES:
             continue
-        r = row(txn["currency"], who.plan_of_balance(txn))
-        r["fees"] += txn.get("fee") or 0
-        r["net"] += txn.get("net") or 0
+        shares = who.shares_of_balance(txn)
+        for plan, fee in allocate(txn.get("fee") or 0, shares):
+            row(txn["currency"], plan)["fees"] += fee
+        for plan, net in allocate(txn.get("net") or 0, shares):
+            row(txn["currency"], plan)["net"] += net
     return sorted(table.values(), key=lambda r: (r["currency"], -r["gross"], r["plan"]))
 
 

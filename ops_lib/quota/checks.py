@@ -1,0 +1,339 @@
+"""The quota_audit checks: plain data in (``Accounts``, the recomputed usage), a ``Finding`` out.
+
+Only ``duplicate_usage_events`` reads the database (one grouped statement over the lookback
+window). Items are stable ids: the organisation id for the per-organisation checks, the Stripe
+customer id for ``missing_customer_mapping`` and ``multiple_active_subscriptions``, the
+idempotency key for ``duplicate_usage_events``.
+
+The limit that applies to an organisation is its plan's *in the app* (what the app enforces);
+where the app's plan differs from what Stripe sells the customer, ``tier_mismatch`` says so.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Iterable
+
+from sqlalchemy.engine import Connection
+
+from ..db import select_all
+from ..findings import Finding
+from ..schema_map import SchemaMap
+from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
+
+DEFAULT_NEAR_LIMIT_PCT = 80.0
+
+
+def _sorted_ids(values: Iterable) -> list:
+    return sorted(values, key=lambda v: (not isinstance(v, int), v if isinstance(v, int) else str(v)))
+
+
+def _period(row: dict) -> dict:
+    return {"period_start": row["period_start"], "period_end": row["period_end"]}
+
+
+# --------------------------------------------------------------------------- usage against limits
+
+
+def over_limit(usage: list[dict]) -> Finding:
+    """Recomputed usage above the plan's hard limit: the app let usage through past the limit."""
+    rows = [
+        {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
+         "used": r["used"], "pct": r["pct"], "stored_counter": r["stored"], "is_blocked": r["is_blocked"], **_period(r)}
+        for r in usage if r["usage_limit"] is not None and r["used"] > r["usage_limit"]
+    ]
+    rows.sort(key=lambda r: -(r["pct"] or 0))
+    if not rows:
+        return Finding("over_limit", "ok", "No organisation has used more than its plan allows this period")
+    return Finding(
+        "over_limit", "warning",
+        f"{len(rows)} organisation(s) used more than their plan's limit this period: enforcement leaked",
+        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+        remediation="Find why the app accepted usage past the limit (a counter that lags the events, a code path "
+        "that does not check the limit, a plan change mid-period). Then upgrade the customer or enforce the limit; "
+        "a counter that drifted is reset below.",
+    )
+
+
+def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT) -> Finding:
+    """At or above ``threshold_pct`` of the limit and not over it: worth a heads-up (info)."""
+    rows = [
+        {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
+         "used": r["used"], "pct": r["pct"], **_period(r)}
+        for r in usage
+        if r["usage_limit"] and r["used"] <= r["usage_limit"] and r["used"] * 100.0 >= threshold_pct * r["usage_limit"]
+    ]
+    rows.sort(key=lambda r: -(r["pct"] or 0))
+    if not rows:
+        return Finding("near_limit", "ok", f"No organisation is at {threshold_pct:g} % of its limit or more")
+    return Finding(
+        "near_limit", "info", f"{len(rows)} organisation(s) have used {threshold_pct:g} % of their limit or more this period",
+        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+        remediation="Tell them before they hit the limit (and offer the next plan): a block they did not see coming is a support ticket.",
+    )
+
+
+def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
+    """The app's stored counter differs from the usage recomputed from the events (both shown)."""
+    rows = []
+    for r in usage:
+        stored, used = r["stored"], r["used"]
+        if stored is None:
+            if used <= tolerance:
+                continue
+            what = "no counter for this period: the app counts from zero"
+        elif abs(stored - used) <= tolerance:
+            continue
+        elif stored > used:
+            what = "counter too high: the app blocks or bills for usage that did not happen"
+        else:
+            what = "counter too low: usage goes unenforced and unbilled"
+        rows.append({"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"],
+                     "stored": stored, "recomputed": used, "difference": None if stored is None else stored - used,
+                     "usage_limit": r["usage_limit"], "what": what, **_period(r)})
+    if not rows:
+        return Finding("usage_counter_drift", "ok", "Every stored usage counter matches the usage recomputed from the events",
+                       note=f"tolerance {tolerance}" if tolerance else None)
+    return Finding(
+        "usage_counter_drift", "warning",
+        f"{len(rows)} stored usage counter(s) disagree with the usage recomputed from the events",
+        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+        remediation="Reset each counter to the recomputed value (the remediation below: dry run by default, apply=True "
+        "writes in one transaction and audits each change); then find the writer that drifts (lost increments, "
+        "double counting of retried events, a reset at the wrong period boundary).",
+        note=f"tolerance {tolerance}" if tolerance else None,
+    )
+
+
+# --------------------------------------------------------------------------- app against Stripe
+
+
+def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
+    """Stripe says active on a paid plan, yet the app blocks them or limits them as a free plan."""
+    used = {str(r["organisation_id"]): r for r in usage}
+    plans = accounts.plans
+    rows = []
+    for org in accounts.organisations:
+        if org["stripe_status"] not in STRIPE_PAYING or not plans.is_paid(org["stripe_plan"]):
+            continue
+        u = used.get(str(org["organisation_id"]), {})
+        paid_limit = plans.limit(org["stripe_plan"])
+        real = u.get("used")
+        reasons = []
+        if org["is_blocked"] and (paid_limit is None or real is None or real < paid_limit):
+            reason = f"blocked, though real usage {real} is under the {org['stripe_plan']} limit {paid_limit}"
+            stored = u.get("stored")
+            if stored is not None and paid_limit is not None and stored >= paid_limit and stored != real:
+                reason += f" (the stored counter says {stored}: see usage_counter_drift)"
+            reasons.append(reason)
+        if org["app_plan_paid"] is False:
+            reasons.append(f"the app has them on the unpaid plan {org['app_plan']!r}")
+        if reasons:
+            rows.append({"organisation_id": org["organisation_id"], "name": org["name"],
+                         "stripe_customer_id": org["stripe_customer_id"], "subscription": org["primary_subscription"],
+                         "stripe_status": org["stripe_status"], "stripe_plan": org["stripe_plan"],
+                         "app_plan": org["app_plan"], "is_blocked": org["is_blocked"],
+                         "used": real, "stored": u.get("stored"), "why": "; ".join(reasons)})
+    if not rows:
+        return Finding("paying_user_blocked", "ok", "No paying customer is blocked or limited as free by the app")
+    return Finding(
+        "paying_user_blocked", "critical",
+        f"{len(rows)} paying customer(s) blocked or limited as free by the app",
+        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+        remediation="Unblock them now (they pay for access); if a drifted counter tripped the block, reset it (below). "
+        "Then sync the plan from Stripe and find the missed webhook or the enforcement bug.",
+    )
+
+
+def tier_mismatch(accounts: Accounts) -> Finding:
+    """The app's plan differs from the plan of the price Stripe bills (live subscriptions)."""
+    rows = []
+    for org in accounts.organisations:
+        if not org["stripe_live"] or org["stripe_plan"] is None or org["stripe_plan"] == org["app_plan"]:
+            continue
+        primary = org["stripe_live"][0]
+        app_sub = next((s for s in org["app_subscriptions"] if s.get("stripe_subscription_id") == primary["id"]), None)
+        rows.append({"organisation_id": org["organisation_id"], "name": org["name"],
+                     "stripe_customer_id": org["stripe_customer_id"], "subscription": primary["id"],
+                     "stripe_status": primary["status"], "stripe_price": ", ".join(primary["price_ids"]),
+                     "stripe_plan": org["stripe_plan"], "app_plan": org["app_plan"],
+                     "app_subscription_plan": app_sub.get("plan") if app_sub else None,
+                     "app_subscription_price": app_sub.get("stripe_price_id") if app_sub else None})
+    note = _unmapped_note(accounts)
+    if not rows:
+        return Finding("tier_mismatch", "ok", "Every subscriber's plan in the app matches the plan Stripe bills", note=note)
+    return Finding(
+        "tier_mismatch", "warning",
+        f"{len(rows)} organisation(s) on a different plan in the app than the one Stripe bills",
+        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+        remediation="Stripe is what the customer pays for: set the app's plan from the subscription's price (replay the "
+        "missed customer.subscription.updated event, or update the plan by hand and log it), or fix the subscription "
+        "in Stripe if the app is right.",
+        note=note,
+    )
+
+
+def _unmapped_note(accounts: Accounts) -> str | None:
+    if not accounts.unmapped:
+        return None
+    prices = sorted({p for row in accounts.unmapped for p in row["price_ids"].split(", ") if p})
+    return (f"{len(accounts.unmapped)} live subscription(s) are on price(s) the plans file does not map "
+            f"({', '.join(prices)}): their tier cannot be checked — add them under stripe.prices or stripe.products")
+
+
+def status_mismatch(accounts: Accounts) -> Finding:
+    """Access in the app against the subscription's status in Stripe, both directions."""
+    rows = []
+    for org in accounts.organisations:
+        stripe_by_id = {s["id"]: s for s in org["stripe_subscriptions"]}
+        app_by_id = {s.get("stripe_subscription_id"): s for s in org["app_subscriptions"]}
+        for sub in org["app_live"]:
+            in_stripe = stripe_by_id.get(sub.get("stripe_subscription_id"))
+            stripe_status = in_stripe["status"] if in_stripe else None
+            if in_stripe is None or stripe_status in STRIPE_NO_ACCESS:
+                rows.append(_status_row(org, sub.get("stripe_subscription_id"), sub.get("status"),
+                                        stripe_status or "no such subscription",
+                                        "app active, Stripe not: free access"))
+        app_grants = bool(org["app_live"])
+        for sub in org["stripe_live"]:
+            in_app = app_by_id.get(sub["id"])
+            if in_app is not None and in_app.get("status") not in APP_ACCESS:
+                rows.append(_status_row(org, sub["id"], in_app.get("status"), sub["status"],
+                                        "Stripe active, app not: charged for nothing"))
+            elif in_app is None and not app_grants:
+                rows.append(_status_row(org, sub["id"], "no such subscription", sub["status"],
+                                        "Stripe active, app not: charged for nothing"))
+    if not rows:
+        return Finding("status_mismatch", "ok", "Subscription status agrees between the app and Stripe")
+    free = sum(1 for r in rows if r["direction"].endswith("free access"))
+    charged = len(rows) - free
+    return Finding(
+        "status_mismatch", "critical",
+        f"{len(rows)} subscription(s) where the app and Stripe disagree on access: "
+        f"{free} with free access, {charged} charged for nothing",
+        items=_sorted_ids({r["organisation_id"] for r in rows}), rows=rows,
+        remediation="Free access: end access in the app (the customer.subscription.deleted/updated event was missed — "
+        "replay it). Charged for nothing: restore access, or cancel the subscription in Stripe and refund the period "
+        "the customer could not use.",
+    )
+
+
+def _status_row(org: dict, subscription: str | None, app_status, stripe_status, direction: str) -> dict:
+    return {"organisation_id": org["organisation_id"], "name": org["name"],
+            "stripe_customer_id": org["stripe_customer_id"], "subscription": subscription,
+            "app_status": app_status, "stripe_status": stripe_status, "app_plan": org["app_plan"],
+            "direction": direction}
+
+
+def missing_customer_mapping(accounts: Accounts) -> Finding:
+    """Stripe customers no organisation points to, and organisations pointing to no customer."""
+    rows = []
+    live_by_customer: dict[str, int] = {}
+    for sub in accounts.stripe_subscriptions:
+        if sub["status"] in STRIPE_LIVE:
+            live_by_customer[sub["customer"]] = live_by_customer.get(sub["customer"], 0) + 1
+    for customer in accounts.unlinked_customers:
+        rows.append({"stripe_customer_id": customer["id"], "organisation_id": None,
+                     "email": customer.get("email"), "live_subscriptions": live_by_customer.get(customer["id"], 0),
+                     "direction": "Stripe customer that no organisation points to"})
+    for org in accounts.organisations:
+        if org["stripe_customer_id"] and org["customer_exists"] is False:
+            rows.append({"stripe_customer_id": org["stripe_customer_id"], "organisation_id": org["organisation_id"],
+                         "email": None, "live_subscriptions": 0,
+                         "direction": "organisation whose Stripe customer does not exist"})
+    if not rows:
+        return Finding("missing_customer_mapping", "ok", "Every Stripe customer maps to an organisation and back")
+    rows.sort(key=lambda r: r["stripe_customer_id"])
+    return Finding(
+        "missing_customer_mapping", "warning",
+        f"{len(rows)} customer mapping(s) broken between the app and Stripe",
+        items=sorted({r["stripe_customer_id"] for r in rows}), rows=rows,
+        remediation="A Stripe customer without an organisation: find its organisation (email, metadata) and store the "
+        "customer id on it — its payments reach nobody until then. An organisation whose customer does not exist: "
+        "the customer was deleted or the id is from another Stripe account or mode (test/live); clear or correct it.",
+    )
+
+
+def multiple_active_subscriptions(accounts: Accounts) -> Finding:
+    """A customer with more than one live subscription to a plan: usually billed twice."""
+    by_customer: dict[str, list[dict]] = {}
+    for sub in accounts.stripe_subscriptions:
+        if sub["status"] in STRIPE_LIVE and sub["plan"] is not None:
+            by_customer.setdefault(sub["customer"], []).append(sub)
+    org_of = {o["stripe_customer_id"]: o for o in accounts.organisations if o["stripe_customer_id"]}
+    rows = []
+    for customer, subs in sorted(by_customer.items()):
+        if len(subs) < 2:
+            continue
+        org = org_of.get(customer)
+        rows.append({"stripe_customer_id": customer, "organisation_id": org["organisation_id"] if org else None,
+                     "name": org["name"] if org else None, "live_subscriptions": len(subs),
+                     "subscriptions": ", ".join(s["id"] for s in subs),
+                     "plans": ", ".join(s["plan"] for s in subs), "statuses": ", ".join(s["status"] for s in subs)})
+    if not rows:
+        return Finding("multiple_active_subscriptions", "ok", "No customer has more than one live plan subscription")
+    return Finding(
+        "multiple_active_subscriptions", "critical",
+        f"{len(rows)} customer(s) with more than one live plan subscription: likely billed twice",
+        items=[r["stripe_customer_id"] for r in rows], rows=rows,
+        remediation="Keep the subscription the app uses, cancel the other in Stripe (prorated) and refund what was billed "
+        "twice; then make checkout refuse a second plan subscription for a customer who has one.",
+    )
+
+
+# --------------------------------------------------------------------------- usage events
+
+
+def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: datetime) -> Finding:
+    """Usage events recorded more than once under the same idempotency key since ``since``."""
+    events = schema.table("usage_events")
+    key, at, org = events.col("idempotency_key"), events.col("occurred_at"), events.col("organisation_id")
+    ids = f"array_agg(e.{events.col('id')}::text ORDER BY e.{at}, e.{events.col('id')})" if events.has("id") else "NULL"
+    quantity = f"sum(e.{events.col('quantity')})" if events.has("quantity") else "count(*)"
+    rows = select_all(
+        conn,
+        f"""
+        SELECT e.{key} AS idempotency_key, count(*) AS copies,
+               string_agg(DISTINCT e.{org}::text, ', ') AS organisation_ids,
+               {ids} AS event_ids, {quantity} AS total_quantity,
+               min(e.{at}) AS first_at, max(e.{at}) AS last_at
+        FROM {events.sql_table} e
+        WHERE e.{at} >= :since
+        GROUP BY e.{key}
+        HAVING count(*) > 1
+        ORDER BY min(e.{at}), e.{key}
+        """,
+        since=since,
+    )
+    for row in rows:
+        if isinstance(row.get("event_ids"), list):
+            row["event_ids"] = ", ".join(row["event_ids"])
+    if not rows:
+        return Finding("duplicate_usage_events", "ok", "No idempotency key was recorded twice in the lookback window",
+                       note=f"since {since:%Y-%m-%d %H:%M} UTC")
+    return Finding(
+        "duplicate_usage_events", "warning",
+        f"{len(rows)} idempotency key(s) recorded more than once: retried events counted twice",
+        items=sorted(r["idempotency_key"] for r in rows), rows=rows,
+        remediation="The recomputation above counts each key once. Delete the later copies (keep the first id), and make "
+        "the key unique (CREATE UNIQUE INDEX CONCURRENTLY … after the cleanup; an INVALID one left by a failed build "
+        "must be dropped first) so retries are refused.",
+        note=f"since {since:%Y-%m-%d %H:%M} UTC",
+    )
+
+
+def run_all(conn: Connection, schema: SchemaMap, accounts: Accounts, usage: list[dict], *,
+            near_limit_pct: float = DEFAULT_NEAR_LIMIT_PCT, drift_tolerance: int = 0,
+            duplicates_since: datetime) -> dict[str, Finding]:
+    """Every check, by id (what the notebook records cell by cell; for tests and scripts)."""
+    findings = [
+        over_limit(usage),
+        near_limit(usage, near_limit_pct),
+        usage_counter_drift(usage, drift_tolerance),
+        paying_user_blocked(accounts, usage),
+        tier_mismatch(accounts),
+        status_mismatch(accounts),
+        missing_customer_mapping(accounts),
+        multiple_active_subscriptions(accounts),
+        duplicate_usage_events(conn, schema, since=duplicates_since),
+    ]
+    return {f.check: f for f in findings}

@@ -1,0 +1,119 @@
+"""Figures for the quota_audit notebook: usage against the limit per plan, customers by plan.
+
+Built on ``matplotlib.figure.Figure`` directly (no pyplot): nothing global leaks across a
+scheduled run, and nothing depends on the backend. Each figure renders itself as PNG when a
+notebook displays it (IPython registers matplotlib's formatter only once pyplot is imported).
+"""
+from __future__ import annotations
+
+import io
+import random
+
+from matplotlib.figure import Figure as _Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter
+
+from .accounts import Accounts
+
+_OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
+_STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscription": "#9e9e9e",
+                   "plan differs": "#c62828"}
+
+
+class Figure(_Figure):
+    """A matplotlib Figure that displays itself as PNG in a notebook."""
+
+    def _repr_png_(self) -> bytes:
+        buffer = io.BytesIO()
+        self.savefig(buffer, format="png", dpi=100)
+        return buffer.getvalue()
+
+
+def _empty(message: str) -> Figure:
+    fig = Figure(figsize=(8, 2))
+    ax = fig.add_subplot()
+    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555")
+    ax.set_axis_off()
+    return fig
+
+
+def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> Figure:
+    """Each organisation's usage as a share of its plan's limit, one column per plan.
+
+    Dots above the 100 % line used more than their plan allows; between the dashed line and
+    100 % they are near it. Plans without a limit are listed in the title, not drawn.
+    """
+    limited = [r for r in usage if r["usage_limit"]]
+    if not limited:
+        return _empty("No organisation is on a plan with a usage limit")
+    plans = sorted({r["plan"] for r in limited}, key=lambda p: min(r["usage_limit"] for r in limited if r["plan"] == p))
+    jitter = random.Random(0)  # the same picture for the same data
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    top = 100.0
+    for x, plan in enumerate(plans):
+        rows = [r for r in limited if r["plan"] == plan]
+        xs = [x + jitter.uniform(-0.28, 0.28) for _ in rows]
+        ys = [100.0 * r["used"] / r["usage_limit"] for r in rows]
+        colours = [_OVER if y > 100 else _NEAR if y >= near_limit_pct else _OK for y in ys]
+        ax.scatter(xs, ys, c=colours, s=22, alpha=0.85, edgecolors="none")
+        for xi, yi, r in zip(xs, ys, rows):
+            if yi >= near_limit_pct:
+                ax.annotate(f" {r['organisation_id']}", (xi, yi), fontsize=8, va="center")
+        top = max(top, *ys)
+    ax.axhline(100, color=_OVER, linewidth=1)
+    ax.axhline(near_limit_pct, color=_NEAR, linewidth=1, linestyle="--")
+    labels = []
+    for plan in plans:
+        limits = sorted({r["usage_limit"] for r in limited if r["plan"] == plan})
+        count = sum(1 for r in limited if r["plan"] == plan)
+        labels.append(f"{plan}\nlimit {', '.join(f'{v:,}' for v in limits)}\n{count} org(s)")
+    ax.set_xticks(range(len(plans)), labels)
+    ax.set_xlim(-0.6, len(plans) - 0.4)
+    ax.set_ylim(0, top * 1.1)
+    ax.yaxis.set_major_formatter(PercentFormatter())
+    ax.set_ylabel("usage this period, % of the plan's limit")
+    unlimited = sorted({r["plan"] for r in usage if not r["usage_limit"]})
+    title = "Usage against the plan's limit, this billing period"
+    if unlimited:
+        title += f" (unlimited, not drawn: {', '.join(str(p) for p in unlimited)})"
+    ax.set_title(title)
+    return fig
+
+
+def customers_by_plan(accounts: Accounts) -> Figure:
+    """Organisations per plan in the app, split by what Stripe says about them."""
+    orgs = accounts.organisations
+    if not orgs:
+        return _empty("No organisations")
+    counts: dict[str, dict[str, int]] = {}
+    for org in orgs:
+        if org["stripe_plan"] is not None and org["stripe_plan"] != org["app_plan"]:
+            kind = "plan differs"
+        elif org["stripe_status"] in ("active", "trialing"):
+            kind = "paying"
+        elif org["stripe_status"] == "past_due":
+            kind = "past due"
+        else:
+            kind = "no live subscription"
+        per = counts.setdefault(str(org["app_plan"]), {})
+        per[kind] = per.get(kind, 0) + 1
+    plans = sorted(counts, key=lambda p: (-sum(counts[p].values()), p))
+    fig = Figure(figsize=(8, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    left = [0] * len(plans)
+    for kind, colour in _STRIPE_COLOURS.items():
+        values = [counts[p].get(kind, 0) for p in plans]
+        if not any(values):
+            continue
+        ax.barh(range(len(plans)), values, left=left, color=colour, label=kind)
+        left = [a + b for a, b in zip(left, values)]
+    for y, total in enumerate(left):
+        ax.annotate(f" {total}", (total, y), va="center", fontsize=9)
+    ax.set_yticks(range(len(plans)), plans)
+    ax.invert_yaxis()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("organisations")
+    ax.set_title("Organisations by plan in the app, and what Stripe says")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.margins(x=0.1)
+    return fig
