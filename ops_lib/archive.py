@@ -39,7 +39,7 @@ class Archive:
 
     @classmethod
     def default(cls, root: Path | str | None = None) -> "Archive":
-        return cls(Path(root) if root else paths.outputs_dir())
+        return cls((Path(root) if root else paths.outputs_dir()).resolve())  # kernels run in notebooks/
 
     def run_dir(self, runbook: str, run_id: str) -> Path:
         # run ids carry their UTC start: <runbook>-YYYYmmddTHHMMSSZ-<hex>

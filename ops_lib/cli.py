@@ -72,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("opsbook: interrupted", file=sys.stderr)
         return EXIT_EXECUTION_FAILED
+    except Exception as err:  # a bug of ours: still one masked line and a failure code, not a traceback
+        from .secrets import Masker
+
+        print(f"opsbook: unexpected {type(err).__name__}: {Masker.from_env().text(str(err)).strip().splitlines()[0] if str(err).strip() else ''}"
+              " (set OPSBOOK_DEBUG=1 for the traceback)", file=sys.stderr)
+        if os.environ.get("OPSBOOK_DEBUG"):
+            raise
+        return EXIT_EXECUTION_FAILED
 
 
 def cmd_list(args) -> int:

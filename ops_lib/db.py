@@ -10,7 +10,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import TargetUnreachable
+from .errors import ConfigurationError, TargetUnreachable
+from .secrets import mask_url
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 2_000
@@ -26,9 +27,19 @@ def sqlalchemy_url(url: str) -> sa.engine.URL:
 
     SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3; opsbook ships psycopg2.
     """
-    parsed = sa.engine.make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+    try:
+        parsed = sa.engine.make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
+        parsed.port  # a non-numeric port only fails when read
+    except (sa.exc.ArgumentError, ValueError):
+        raise ConfigurationError(
+            f"DATABASE_URL {mask_url(url)!r} is not a database URL — expected postgresql://user:password@host:5432/db"
+        ) from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg2")
+    if parsed.drivername != "postgresql+psycopg2":
+        raise ConfigurationError(
+            f"DATABASE_URL names {parsed.drivername}://, but opsbook reads PostgreSQL — expected postgresql://user:password@host:5432/db"
+        )
     return parsed
 
 
@@ -52,9 +63,14 @@ def make_engine(
         "statement_timeout": str(int(statement_timeout_ms)),
         "lock_timeout": str(int(lock_timeout_ms)),
         "idle_in_transaction_session_timeout": "60000",
+        "TimeZone": "UTC",  # windows and periods are UTC, whatever the server's default
     }
     options = " ".join(f"-c {name}={value}" for name, value in settings.items())
     return sa.create_engine(
+        # Read-only sessions run each statement in its own transaction: a notebook left idle in
+        # JupyterLab, or waiting on a long Stripe listing, holds no snapshot and is never killed
+        # by idle_in_transaction_session_timeout. Writable sessions keep explicit transactions.
+        
         sqlalchemy_url(url),
         connect_args={
             "application_name": application_name(runbook, run_id),
@@ -63,6 +79,7 @@ def make_engine(
         },
         pool_size=2,
         max_overflow=2,
+        **({"isolation_level": "AUTOCOMMIT"} if read_only else {}),
     )
 
 

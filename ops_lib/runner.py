@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import logging
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -134,7 +135,9 @@ def run(
         record["target"] = target.describe()
         record["versions"] = preflight(runbook, target, run_id)
     except InvalidInvocation as err:
-        record.update(error=masker.text(str(err)), finished_at=_iso(_utcnow()), exit_code=EXIT_INVALID, findings=[])
+        record.update(error=masker.text(str(err)), finished_at=_iso(_utcnow()), exit_code=EXIT_INVALID,
+                      findings=[], checks=[], metrics={}, actions=[],
+                      json=str(archive.files(name, run_id)["json"].relative_to(archive.root)))
         record["duration_s"] = round((_utcnow() - started).total_seconds(), 3)
         archive.record(masker.obj(record))
         raise
@@ -194,9 +197,12 @@ def _execute(runbook, params, run_id, target, nb_path: Path, masker: Masker, tim
     except PapermillExecutionError as err:
         return masker.text(f"cell {err.exec_count} raised {err.ename}: {_first_line(err.evalue)}")
     except Exception as err:  # the kernel died, timed out or never started
-        if not nb_path.exists():
+        line = masker.text(f"execution stopped: {type(err).__name__}: {_first_line(str(err))}")
+        if nb_path.exists():
+            _mark_stopped_cell(nb_path, type(err).__name__, line, masker)
+        else:
             _write_unstarted_notebook(runbook.notebook, nb_path, masker)
-        return masker.text(f"execution stopped: {type(err).__name__}: {_first_line(str(err))}")
+        return line
     finally:
         _maskers.pop(str(nb_path), None)
     return None
@@ -222,7 +228,20 @@ def kernel_environment(target: target_mod.Target) -> dict[str, str]:
 _ENGINE = "opsbook"
 
 
+_registration = threading.Lock()
+_registered = False
+
+
 def _register_papermill_extensions() -> None:
+    """Once per process: papermill keeps its handlers in a list that every run would grow."""
+    global _registered
+    with _registration:
+        if not _registered:
+            _register()
+            _registered = True
+
+
+def _register() -> None:
     from papermill.clientwrap import PapermillNotebookClient
     from papermill.engines import NBClientEngine, papermill_engines
     from papermill.iorw import papermill_io
@@ -265,6 +284,22 @@ class _MaskedNotebookHandler:
 
     def pretty_path(self, path):
         return str(self._path(path))
+
+
+def _mark_stopped_cell(nb_path: Path, ename: str, line: str, masker: Masker) -> None:
+    """papermill marks only cells that raised; a timeout or a dead kernel gets the same mark here,
+    on the last cell that started."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    started = [c for c in nb["cells"] if c.get("cell_type") == "code"
+               and c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    if not started:
+        return
+    cell = started[-1]
+    cell.setdefault("outputs", []).append({"output_type": "error", "ename": ename, "evalue": line, "traceback": [line]})
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if "papermill-error-cell-tag" not in tags:
+        tags.append("papermill-error-cell-tag")
+    atomic_write(nb_path, json.dumps(masker.obj(nb), indent=1, ensure_ascii=False) + "\n")
 
 
 def _write_unstarted_notebook(source: Path, nb_path: Path, masker: Masker) -> None:

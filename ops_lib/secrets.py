@@ -10,7 +10,7 @@ import re
 from typing import Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
-SECRET_VARIABLES = ("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "OPSBOOK_WEBHOOK_URL")
+SECRET_VARIABLES = ("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET", "OPSBOOK_WEBHOOK_URL", "PGPASSWORD")
 
 MASK = "***"
 
@@ -21,6 +21,8 @@ _PATTERNS = [
     # user:password@ in any URL.
     (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>[^@\s\"']+)@"),
      r"\g<scheme>\g<user>:" + MASK + "@"),
+    # SQL: CREATE/ALTER ROLE ... PASSWORD '...' (seen in pg_stat_activity and statement texts)
+    (re.compile(r"(\bPASSWORD\s+)'(?:[^']|'')*'", re.IGNORECASE), r"\1'" + MASK + "'"),
     # libpq keyword form: password=...
     (re.compile(r"(password\s*=\s*)('[^']*'|[^\s\"',;]+)", re.IGNORECASE), r"\1" + MASK),
 ]
@@ -58,6 +60,7 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
                 values.append(parts.query)
             continue  # the URL itself stays readable once its password is gone
         values.append(value)
+    # Shorter values would mask every occurrence of a common word; URL passwords are masked by shape anyway.
     return [v for v in values if len(v) >= 4]
 
 

@@ -100,4 +100,5 @@ def from_env(env: Mapping[str, str] | None = None, *, start_demo: bool = True) -
 def _schema_path(value: str) -> Path:
     """OPSBOOK_SCHEMA is a path, or a name under params/schema/ (checked when a runbook loads it)."""
     candidate = Path(value)
-    return candidate if candidate.suffix else paths.params_dir() / "schema" / f"{value}.yaml"
+    # absolute: the kernel runs in notebooks/, not where the variable was set
+    return candidate.resolve() if candidate.suffix else paths.params_dir() / "schema" / f"{value}.yaml"

@@ -146,7 +146,11 @@ def test_a_cell_over_the_timeout_fails_the_run_with_exit_2(tmp_path, demo):
     assert done.returncode == 2
     assert "timed out" in done.stderr.lower() or "timeout" in done.stderr.lower(), done.stderr
     record = json.loads(next((tmp_path / "out").rglob("*.json")).read_text())
-    assert record["status"] == "error" and (tmp_path / "out" / record["notebook"]).is_file()
+    assert record["status"] == "error"
+    archived = nbformat.read(tmp_path / "out" / record["notebook"], as_version=4)
+    marked = [c for c in archived.cells if "papermill-error-cell-tag" in c.metadata.get("tags", [])]
+    assert len(marked) == 1 and "time.sleep(30)" in marked[0].source
+    assert any(o.get("output_type") == "error" for o in marked[0].outputs)
 
 
 def test_lab_serves_jupyterlab_on_the_notebooks(tmp_path, demo):
@@ -175,3 +179,18 @@ def test_lab_serves_jupyterlab_on_the_notebooks(tmp_path, demo):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.parametrize("url", ["postgresql://app:pw@127.0.0.1:notaport/app", "mysql://app:pw@127.0.0.1/app"])
+def test_a_malformed_database_url_exits_3_with_one_line(tmp_path, url):
+    done = opsbook("run", "slow_queries", env={"DATABASE_URL": url}, out=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "DATABASE_URL" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_show_reads_an_invalid_run_too(tmp_path, demo):
+    assert opsbook("run", "slow_queries", "-p", "top_n", "0", out=tmp_path).returncode == 3
+    run_id = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["run_id"]
+    shown = opsbook("show", run_id, out=tmp_path)
+    assert shown.returncode == 0 and "invalid" in shown.stdout and "top_n" in shown.stdout

@@ -34,3 +34,8 @@ def test_nested_structures_are_masked_keys_included():
     masker = Masker.from_env(ENV)
     data = {"a": ["S3cr3t-pa55", {"S3cr3t-pa55": 1}], "n": 3}
     assert masker.obj(data) == {"a": ["***", {"***": 1}], "n": 3}
+
+
+def test_sql_password_literals_are_masked():
+    masked = Masker().text("ALTER ROLE app WITH LOGIN PASSWORD 'it''s-a-secret' VALID UNTIL 'infinity'")
+    assert "it''s-a-secret" not in masked and "PASSWORD '***'" in masked and "infinity" in masked

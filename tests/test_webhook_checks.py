@@ -70,9 +70,20 @@ def query(db, sql: str, **params) -> list[tuple]:
         return [tuple(row) for row in conn.execute(sa.text(sql), params)]
 
 
-def deliveries(caplog) -> int:
-    """POSTs the receiver answered (it logs one line per delivery)."""
-    return sum(1 for r in caplog.records if r.name == RECEIVER_LOG and " -> " in r.getMessage())
+def deliveries(caplog, settle: float = 0.5) -> int:
+    """POSTs the receiver answered (it logs one line per delivery, just after answering: so the
+    count is read again until it stops changing)."""
+    def count() -> int:
+        return sum(1 for r in caplog.records if r.name == RECEIVER_LOG and " -> " in r.getMessage())
+
+    seen = count()
+    deadline = time.monotonic() + settle
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+        now = count()
+        if now != seen:
+            seen, deadline = now, time.monotonic() + settle
+    return seen
 
 
 # --------------------------------------------------------------------------- configuration
