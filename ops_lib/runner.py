@@ -280,7 +280,7 @@ class _MaskedNotebookHandler:
     def write(self, buf, path):
         target = self._path(path)
         masker = _maskers.get(str(target)) or Masker.from_env()
-        atomic_write(target, json.dumps(masker.obj(json.loads(buf)), indent=1, ensure_ascii=False) + "\n")
+        atomic_write(target, masker.json_text(buf))
 
     def pretty_path(self, path):
         return str(self._path(path))
@@ -299,7 +299,7 @@ def _mark_stopped_cell(nb_path: Path, ename: str, line: str, masker: Masker) -> 
     tags = cell.setdefault("metadata", {}).setdefault("tags", [])
     if "papermill-error-cell-tag" not in tags:
         tags.append("papermill-error-cell-tag")
-    atomic_write(nb_path, json.dumps(masker.obj(nb), indent=1, ensure_ascii=False) + "\n")
+    atomic_write(nb_path, masker.json_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n"))
 
 
 def _write_unstarted_notebook(source: Path, nb_path: Path, masker: Masker) -> None:
@@ -346,7 +346,7 @@ def _finish_notebook(nb, record: dict, files: dict[str, Path], masker: Masker) -
     verdict = nbformat.v4.new_markdown_cell(verdict_markdown(record))
     verdict.metadata["tags"] = ["opsbook-verdict"]
     nb.cells.insert(0, verdict)
-    text = json.dumps(masker.obj(json.loads(nbformat.writes(nb))), indent=1, ensure_ascii=False) + "\n"
+    text = masker.json_text(nbformat.writes(nb))
     atomic_write(files["ipynb"], text)
     atomic_write(files["html"], masker.text(render_html(nbformat.reads(text, as_version=4))))
 

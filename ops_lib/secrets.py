@@ -5,6 +5,7 @@ like a secret (Stripe keys, webhook secrets, passwords in URLs) even if no varia
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Iterable, Mapping
@@ -19,7 +20,7 @@ _PATTERNS = [
     (re.compile(r"\b((?:sk|rk)_(?:live|test)_)[0-9A-Za-z_]{6,}"), r"\1" + MASK),
     (re.compile(r"\bwhsec_[0-9A-Za-z_+/=]{6,}"), "whsec_" + MASK),
     # user:password@ in any URL.
-    (re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s\"']*):(?P<pw>[^@\s\"']+)@"),
+    (re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]{0,30}://)(?P<user>[^:/@\s\"']*):(?P<pw>[^@\s\"']+)@"),
      r"\g<scheme>\g<user>:" + MASK + "@"),
     # SQL: CREATE/ALTER ROLE ... PASSWORD '...' (seen in pg_stat_activity and statement texts)
     (re.compile(r"(\bPASSWORD\s+)'(?:[^']|'')*'", re.IGNORECASE), r"\1'" + MASK + "'"),
@@ -74,6 +75,15 @@ class Masker:
 
     def text(self, text: str) -> str:
         return mask_text(text, self.secrets)
+
+    def json_text(self, text: str) -> str:
+        """Mask a JSON document as text, in one pass per pattern (a notebook is saved after every
+        cell, so walking its every string each time would cost more than the run). Each secret
+        is also masked in its JSON-escaped form, for values holding quotes, backslashes or
+        non-ASCII characters."""
+        escaped = {json.dumps(secret)[1:-1] for secret in self.secrets}
+        escaped |= {json.dumps(secret, ensure_ascii=False)[1:-1] for secret in self.secrets}
+        return mask_text(text, [*self.secrets, *escaped])
 
     def obj(self, value: Any) -> Any:
         """Mask every string inside a JSON-like structure (keys included)."""

@@ -39,3 +39,13 @@ def test_nested_structures_are_masked_keys_included():
 def test_sql_password_literals_are_masked():
     masked = Masker().text("ALTER ROLE app WITH LOGIN PASSWORD 'it''s-a-secret' VALID UNTIL 'infinity'")
     assert "it''s-a-secret" not in masked and "PASSWORD '***'" in masked and "infinity" in masked
+
+
+def test_secrets_are_masked_in_json_text_even_when_json_escapes_them():
+    import json
+
+    masker = Masker(['pa"ss\\\\word-ü'])
+    document = json.dumps({"output": 'login with pa"ss\\\\word-ü failed'})
+    masked = masker.json_text(document)
+    assert json.loads(masked)["output"] == "login with *** failed"
+    assert "word-" not in masked
