@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from . import paths
 from .errors import InvalidInvocation
@@ -25,6 +26,8 @@ class Runbook:
     uses_stripe: bool = False
     # one cheap read the runbook's key must be allowed, made before the kernel starts
     stripe_probe: str = "list_webhook_endpoints"
+    # checks of parameters against each other and the target, before the kernel starts (exit 3)
+    validate: Callable[[dict[str, Any], Any], None] | None = None
 
     @property
     def notebook(self) -> Path:
@@ -67,6 +70,25 @@ WEBHOOK_EVENT_TYPES = [
     "payment_intent.payment_failed",
 ]
 
+def _validate_webhook_failure(params: dict, target) -> None:
+    if params["apply"]:
+        from .webhooks.replay import require_replay_target
+
+        require_replay_target(target.webhook_url, target.stripe_webhook_secret)
+
+
+def _validate_revenue_report(params: dict, target) -> None:
+    from .revenue.period import resolve_period
+
+    resolve_period(params["period"], params["start_date"], params["end_date"])
+
+
+def _validate_quota_audit(params: dict, target) -> None:
+    from .quota.plans import read_plans_file
+
+    read_plans_file(params["plans_file"])
+
+
 WEBHOOK_FAILURE = Runbook(
     name="webhook_failure",
     title="Stripe webhooks failing: missing events, unfulfilled payments, and a safe replay",
@@ -79,6 +101,7 @@ WEBHOOK_FAILURE = Runbook(
     )),
     entities=("webhook_events", "fulfilments"),
     uses_stripe=True,
+    validate=_validate_webhook_failure,
 )
 
 REVENUE_REPORT = Runbook(
@@ -100,6 +123,7 @@ REVENUE_REPORT = Runbook(
     entities=("payments",),
     uses_stripe=True,
     stripe_probe="list_charges",
+    validate=_validate_revenue_report,
 )
 
 QUOTA_AUDIT = Runbook(
@@ -120,6 +144,7 @@ QUOTA_AUDIT = Runbook(
     entities=("organisations", "subscriptions", "usage_events", "usage_counters"),
     uses_stripe=True,
     stripe_probe="list_customers",
+    validate=_validate_quota_audit,
 )
 
 RUNBOOKS: dict[str, Runbook] = {rb.name: rb for rb in (SLOW_QUERIES, WEBHOOK_FAILURE, QUOTA_AUDIT, REVENUE_REPORT)}

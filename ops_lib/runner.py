@@ -133,6 +133,8 @@ def run(
         target = target_mod.from_env(env)
         masker = target.masker()
         record["target"] = target.describe()
+        if runbook.validate:
+            runbook.validate(params, target)
         record["versions"] = preflight(runbook, target, run_id)
     except InvalidInvocation as err:
         record.update(error=masker.text(str(err)), finished_at=_iso(_utcnow()), exit_code=EXIT_INVALID,

@@ -194,3 +194,21 @@ def test_show_reads_an_invalid_run_too(tmp_path, demo):
     run_id = json.loads((tmp_path / "runs.jsonl").read_text().splitlines()[-1])["run_id"]
     shown = opsbook("show", run_id, out=tmp_path)
     assert shown.returncode == 0 and "invalid" in shown.stdout and "top_n" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "runbook, args, env_drop, words",
+    [
+        ("revenue_report", ["-p", "period", "2026-13"], (), "parameter 'period'"),
+        ("quota_audit", ["-p", "plans_file", "params/quota/nope.yaml"], (), "plans file"),
+        ("webhook_failure", ["-p", "apply", "true"], ("OPSBOOK_WEBHOOK_URL",), "OPSBOOK_WEBHOOK_URL"),
+    ],
+)
+def test_parameters_checked_against_each_other_and_the_target_exit_3_before_running(tmp_path, demo, runbook, args, env_drop, words):
+    from ops_lib.demo import lifecycle
+
+    env = {k: v for k, v in lifecycle.target_of(demo).env().items() if k not in env_drop}
+    done = opsbook("run", runbook, *args, env=env, out=tmp_path)
+    assert done.returncode == 3, done.stderr
+    assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.rglob("*.ipynb"))

@@ -83,7 +83,7 @@ def replay_events(
     reason = (reason or "").strip() or DEFAULT_REASON
     ordered = sorted(events, key=_order)
     if apply:
-        _require(url, secret)
+        require_replay_target(url, secret)
     table = schema.table("webhook_events")
     log = ActionLog()
     if not apply:
@@ -186,7 +186,7 @@ def _one_line(text: str, limit: int = 200) -> str:
 # --------------------------------------------------------------------------- helpers
 
 
-def _require(url: str | None, secret: str | None) -> None:
+def require_replay_target(url: str | None, secret: str | None) -> None:
     missing = [name for name, value in (("OPSBOOK_WEBHOOK_URL", url), ("STRIPE_WEBHOOK_SECRET", secret))
                if not value or not str(value).strip()]
     if missing:
