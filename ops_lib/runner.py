@@ -11,7 +11,6 @@ import os
 import sys
 import logging
 import threading
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +25,6 @@ from .errors import (
     EXIT_INVALID,
     EXIT_OK,
     InvalidInvocation,
-    OpsbookError,
     ParameterError,
     StripeAccessError,
     TargetUnreachable,

@@ -122,7 +122,7 @@ def test_history_and_show_read_the_archive(tmp_path, database18):
 def test_no_secret_reaches_any_archived_file(tmp_path, demo):
     secrets = {
         "STRIPE_API_KEY": "sk_test_4eC39HqLyjWDarjtT1zdp7dcSECRET",
-        "STRIPE_WEBHOOK_SECRET": "whsec_SECRETsecretSECRET1234",
+        "STRIPE_WEBHOOK_SECRET": "whsec_SECRET-in-a-test-1234",
         "OPSBOOK_WEBHOOK_URL": "http://127.0.0.1:9/hooks?token=tok_SECRET_in_query",
     }
     env = {"DATABASE_URL": demo["database_url"], **secrets}

@@ -3,7 +3,7 @@ from ops_lib.secrets import Masker, mask_url
 
 ENV = {
     "DATABASE_URL": "postgresql://app:S3cr3t-pa55@db.internal:5432/app",
-    "STRIPE_API_KEY": "rk_live_abcdef1234567890",
+    "STRIPE_API_KEY": "rk_test_abcdef1234567890",
     "STRIPE_WEBHOOK_SECRET": "whsec_0123456789abcdef",
     "OPSBOOK_WEBHOOK_URL": "https://app.example/hooks/stripe?token=tok-998877",
 }
@@ -16,11 +16,11 @@ def test_url_passwords_are_masked_but_the_rest_stays_readable():
 def test_every_secret_value_is_masked_wherever_it_appears():
     masker = Masker.from_env(ENV)
     text = (
-        "connect failed for password S3cr3t-pa55; key rk_live_abcdef1234567890 "
+        "connect failed for password S3cr3t-pa55; key rk_test_abcdef1234567890 "
         "secret whsec_0123456789abcdef url https://app.example/hooks/stripe?token=tok-998877"
     )
     masked = masker.text(text)
-    for secret in ("S3cr3t-pa55", "rk_live_abcdef1234567890", "whsec_0123456789abcdef", "tok-998877"):
+    for secret in ("S3cr3t-pa55", "rk_test_abcdef1234567890", "whsec_0123456789abcdef", "tok-998877"):
         assert secret not in masked
 
 

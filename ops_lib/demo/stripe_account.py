@@ -13,7 +13,6 @@ import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine

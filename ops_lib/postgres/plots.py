@@ -1,14 +1,13 @@
 """Figures for the slow_queries notebook.
 
-Built on ``matplotlib.figure.Figure`` directly, not pyplot: no global figure registry, so
-nothing leaks across a scheduled run and nothing depends on the backend (Agg or inline). A
-Figure left as a cell's last expression is rendered by IPython's inline formatter.
+Figures are ``ops_lib.figures.Figure``: no pyplot state, and they display themselves as PNG.
 """
 from __future__ import annotations
 
 import textwrap
 
-from matplotlib.figure import Figure
+from ..figures import Figure, empty_figure
+
 
 _STATE_COLOURS = {
     "active": "#1565c0",
@@ -18,14 +17,6 @@ _STATE_COLOURS = {
     "fastpath function call": "#6a1b9a",
     "disabled": "#455a64",
 }
-
-
-def _empty(message: str, *, size=(8, 2)) -> Figure:
-    fig = Figure(figsize=size)
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555")
-    ax.set_axis_off()
-    return fig
 
 
 def _label(row: dict, width: int = 60) -> str:
@@ -38,7 +29,7 @@ def plot_top_statements(rows: list[dict], *, value: str = "total_ms", title: str
     """Horizontal bars of total execution time (or ``value``) per statement, biggest on top."""
     rows = [r for r in rows if r.get(value) is not None]
     if not rows:
-        return _empty("No statements recorded (pg_stat_statements empty or not available)")
+        return empty_figure("No statements recorded (pg_stat_statements empty or not available)")
     rows = sorted(rows, key=lambda r: r[value])
     fig = Figure(figsize=(10, max(2.0, 0.45 * len(rows) + 1)), layout="constrained")
     ax = fig.add_subplot()
@@ -63,7 +54,7 @@ def plot_connections_by_state(rows: list[dict], max_connections: int | None = No
     for ordinary roles, ``usable``, when given)."""
     rows = [r for r in rows if r.get("connections")]
     if not rows:
-        return _empty("No client connections")
+        return empty_figure("No client connections")
     fig = Figure(figsize=(10, 2.6), layout="constrained")
     ax = fig.add_subplot()
     left = 0

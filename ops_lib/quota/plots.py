@@ -6,34 +6,16 @@ notebook displays it (IPython registers matplotlib's formatter only once pyplot 
 """
 from __future__ import annotations
 
-import io
 import random
 
-from matplotlib.figure import Figure as _Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
+from ..figures import Figure, empty_figure
 from .accounts import Accounts
 
 _OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
 _STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscription": "#9e9e9e",
                    "plan differs": "#c62828"}
-
-
-class Figure(_Figure):
-    """A matplotlib Figure that displays itself as PNG in a notebook."""
-
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
-
-
-def _empty(message: str) -> Figure:
-    fig = Figure(figsize=(8, 2))
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555")
-    ax.set_axis_off()
-    return fig
 
 
 def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> Figure:
@@ -44,7 +26,7 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
     """
     limited = [r for r in usage if r["usage_limit"]]
     if not limited:
-        return _empty("No organisation is on a plan with a usage limit")
+        return empty_figure("No organisation is on a plan with a usage limit")
     plans = sorted({r["plan"] for r in limited}, key=lambda p: min(r["usage_limit"] for r in limited if r["plan"] == p))
     jitter = random.Random(0)  # the same picture for the same data
     fig = Figure(figsize=(10, 4.2), layout="constrained")
@@ -84,7 +66,7 @@ def customers_by_plan(accounts: Accounts) -> Figure:
     """Organisations per plan in the app, split by what Stripe says about them."""
     orgs = accounts.organisations
     if not orgs:
-        return _empty("No organisations")
+        return empty_figure("No organisations")
     counts: dict[str, dict[str, int]] = {}
     for org in orgs:
         if org["stripe_plan"] is not None and org["stripe_plan"] != org["app_plan"]:

@@ -1,17 +1,15 @@
 """Figures for the revenue report: MRR with its movements, revenue by plan, payment success over time.
 
-Built on ``matplotlib.figure.Figure`` directly (no pyplot state), one panel per currency: amounts
-in different currencies are never drawn on one axis. Each figure renders itself as PNG when a
-notebook displays it (see ``Figure`` below).
+One panel per currency: amounts in different currencies are never drawn on one axis. Figures
+are ``ops_lib.figures.Figure``: no pyplot state, and they display themselves as PNG.
 """
 from __future__ import annotations
 
-import io
 from typing import Sequence
 
-from matplotlib.figure import Figure as _Figure
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
+from ..figures import Figure, empty_figure
 from . import money
 from .movements import MOVEMENTS, SIGN
 
@@ -19,27 +17,6 @@ _COLOURS = {"new": "#2e7d32", "expansion": "#66bb6a", "reactivation": "#1565c0",
             "contraction": "#ef6c00", "churn": "#c62828", "mrr": "#212121",
             "succeeded": "#2e7d32", "failed": "#c62828", "gross": "#1565c0", "net": "#2e7d32",
             "fees": "#ef6c00", "refunded": "#c62828", "disputed": "#6a1b9a"}
-
-
-class Figure(_Figure):
-    """A matplotlib Figure that renders itself as PNG when displayed.
-
-    IPython registers matplotlib's PNG formatter only once pyplot is imported (which these
-    modules avoid), so without this a figure left as a cell's last expression shows as text.
-    """
-
-    def _repr_png_(self) -> bytes:
-        buffer = io.BytesIO()
-        self.savefig(buffer, format="png", dpi=100)
-        return buffer.getvalue()
-
-
-def _empty(message: str) -> Figure:
-    fig = Figure(figsize=(8, 2))
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555")
-    ax.set_axis_off()
-    return fig
 
 
 def _money_axis(ax, currency: str) -> None:
@@ -53,7 +30,7 @@ def plot_mrr_history(history: Sequence[dict]) -> Figure:
     ``history`` is ``movements.history`` (exact rows) or ``movements.history_table`` (display rows).
     """
     if not history:
-        return _empty("No MRR in the history's months")
+        return empty_figure("No MRR in the history's months")
     currencies = sorted({r["currency"] for r in history})
     fig = Figure(figsize=(10, 3.4 * len(currencies)), layout="constrained")
     axes = fig.subplots(len(currencies), 1, squeeze=False)[:, 0]
@@ -101,7 +78,7 @@ def plot_revenue_by_plan(rows: Sequence[dict]) -> Figure:
     """Per currency, per plan: gross, refunds, disputes, fees and net (``revenue.revenue_table`` rows)."""
     rows = [r for r in rows if r.get("plan") != "TOTAL"]
     if not rows:
-        return _empty("No revenue in the period")
+        return empty_figure("No revenue in the period")
     currencies = sorted({r["currency"] for r in rows})
     fig = Figure(figsize=(10, 0.6 + 1.1 * max(3, len(rows))), layout="constrained")
     axes = fig.subplots(len(currencies), 1, squeeze=False)[:, 0]
@@ -124,7 +101,7 @@ def plot_revenue_by_plan(rows: Sequence[dict]) -> Figure:
 def plot_success_rate(rows: Sequence[dict], *, threshold_pct: float = 99.0) -> Figure:
     """Charges per day (bars: succeeded, failed) and the success rate (line) against the threshold."""
     if not rows or not any(r["succeeded"] or r["failed"] for r in rows):
-        return _empty("No charge succeeded or failed in the period")
+        return empty_figure("No charge succeeded or failed in the period")
     labels = [r["day"].strftime("%m-%d") for r in rows]
     x = list(range(len(rows)))
     fig = Figure(figsize=(10, 3.5), layout="constrained")

@@ -8,20 +8,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import matplotlib.dates as mdates
-from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from ..figures import Figure, empty_figure
 
 OUTCOMES = ("processed", "retrying", "failed", "missing")
 _COLOURS = {"processed": "#2e7d32", "retrying": "#f9a825", "failed": "#c62828", "missing": "#6a1b9a"}
 _MAX_BARS = 24 * 31
-
-
-def _empty(message: str) -> Figure:
-    fig = Figure(figsize=(8, 2))
-    ax = fig.add_subplot()
-    ax.text(0.5, 0.5, message, ha="center", va="center", fontsize=11, color="#555555")
-    ax.set_axis_off()
-    return fig
 
 
 def _hour(value) -> datetime:
@@ -36,7 +29,7 @@ def plot_events_by_hour(rows: list[dict], *, title: str | None = None) -> Figure
     """Stacked bars of the window's Stripe events per hour, by outcome (``events_by_hour`` rows)."""
     rows = [r for r in rows if r.get("count")]
     if not rows:
-        return _empty("No Stripe events in the window")
+        return empty_figure("No Stripe events in the window")
     counts: dict[datetime, dict[str, int]] = {}
     for row in rows:
         per = counts.setdefault(_hour(row["hour"]), {})
