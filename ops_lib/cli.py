@@ -101,8 +101,10 @@ def _print_result(result, out: str | None) -> None:
     print(f"{r['run_id']}: {r['status']} ({r['severity']}) in {r.get('duration_s', 0):.1f}s — {counts}")
     if r.get("error"):
         print(f"  error: {r['error']}")
-    if r.get("html"):
-        print(f"  report: {Path(out or paths.outputs_dir()) / r['html']}")
+    root = Path(out or paths.outputs_dir()).resolve()
+    for label, key in (("report", "html"), ("json", "json")):
+        if r.get(key):
+            print(f"  {label}: {root / r[key]}")
 
 
 def cmd_run(args) -> int:

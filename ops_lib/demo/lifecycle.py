@@ -291,13 +291,15 @@ def _wait_for_incidents(state: dict, timeout: float = 20) -> None:
 
 
 def _alive(pid: int | None) -> bool:
+    """Our own child still running — not a reused pid after a reboot, not a zombie."""
     if not pid:
         return False
     try:
-        os.kill(pid, 0)
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
         return False
-    return True
+    return b"ops_lib" in cmdline and state != "Z"
 
 
 def _stop(state: dict, *, destroy: bool) -> None:

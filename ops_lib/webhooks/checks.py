@@ -59,6 +59,11 @@ STATUS_FAILED = "failed"
 # Stripe retries a failed delivery with exponential backoff for up to 3 days in live mode and
 # for a few hours in test mode (docs.stripe.com/webhooks#retries).
 RETRY_WINDOW_HOURS = {"live": 72, "test": 3, "emulator": 3}
+
+
+def retry_window_hours(mode: str | None) -> float:
+    """How long Stripe keeps retrying a delivery in this mode (live when unknown: the longest)."""
+    return RETRY_WINDOW_HOURS.get(mode or "live", RETRY_WINDOW_HOURS["live"])
 STRIPE_EVENT_RETENTION_HOURS = 720  # events are listed for 30 days
 MAX_TYPES_PER_REQUEST = 20  # Stripe's limit on `types[]`
 
