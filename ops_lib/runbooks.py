@@ -12,6 +12,7 @@ from typing import Any, Callable
 from . import paths
 from .errors import InvalidInvocation
 from .parameters import Param, ParamSpec
+from .webhooks.event_types import HANDLED_EVENT_TYPES
 
 SLOW_QUERY_ACTIONS = ("cancel_long_running", "cancel_root_blockers", "reset_statement_stats")
 
@@ -57,18 +58,6 @@ SLOW_QUERIES = Runbook(
     )),
 )
 
-# The event types the reference app handles; a real app lists its own in a parameter set.
-WEBHOOK_EVENT_TYPES = [
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-]
 
 def _validate_webhook_failure(params: dict, target) -> None:
     if params["apply"]:
@@ -96,7 +85,7 @@ WEBHOOK_FAILURE = Runbook(
     "never arrived or failed, which paid customers got nothing — and replay them safely.",
     params=ParamSpec((
         Param("since_hours", int, 24, "the window to examine, in hours (Stripe keeps events 30 days)", minimum=1, maximum=720),
-        Param("event_types", list, WEBHOOK_EVENT_TYPES, "the event types the app must receive"),
+        Param("event_types", list, list(HANDLED_EVENT_TYPES), "the event types the app must receive"),
         Param("apply", bool, False, "replay the missing and failed events to OPSBOOK_WEBHOOK_URL (default: dry run)"),
     )),
     entities=("webhook_events", "fulfilments"),

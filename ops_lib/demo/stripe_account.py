@@ -19,24 +19,14 @@ from sqlalchemy.engine import Engine
 
 from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import add_objects, new_state
+from ..webhooks.event_types import HANDLED_EVENT_TYPES
 from ..webhooks.signature import sign
 from .seed import Dataset
 
 PLAN_PRICES = {"pro": 2_900, "team": 9_900}
 CREDIT_PACK = {"amount": 1_900, "credits": "1000"}
 
-# What the demo app handles; its endpoint is subscribed to too few of them (planted).
-HANDLED_EVENT_TYPES = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-)
+# Its endpoint is subscribed to too few of the types the app handles (planted).
 ENDPOINT_EVENT_TYPES = [t for t in HANDLED_EVENT_TYPES if t not in ("invoice.payment_failed", "checkout.session.async_payment_succeeded")]
 
 

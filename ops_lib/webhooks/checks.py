@@ -35,20 +35,11 @@ from ..findings import Finding, Metrics
 from ..schema_map import SchemaMap
 from ..stripe_api import list_events, list_webhook_endpoints
 from .signature import SignatureError, parse_header
+from .event_types import HANDLED_EVENT_TYPES
 from .signature import check as check_signature
 
 # The event types the app handles (the runbook's default `event_types`).
-DEFAULT_EVENT_TYPES = (
-    "checkout.session.completed",
-    "checkout.session.async_payment_succeeded",
-    "invoice.paid",
-    "invoice.payment_failed",
-    "customer.subscription.created",
-    "customer.subscription.updated",
-    "customer.subscription.deleted",
-    "payment_intent.succeeded",
-    "payment_intent.payment_failed",
-)
+DEFAULT_EVENT_TYPES = HANDLED_EVENT_TYPES
 # Events whose delivery is what gives a paying customer what they bought.
 FULFILMENT_EVENT_TYPES = ("checkout.session.completed", "checkout.session.async_payment_succeeded")
 
