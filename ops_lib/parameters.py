@@ -120,16 +120,26 @@ class ParamSpec:
         return values
 
 
-def load_parameter_file(path: Path | str) -> dict[str, Any]:
+def load_yaml_mapping(path: Path | str, *, what: str, error: type[Exception],
+                      missing_hint: str = "", shape: str = "a mapping") -> dict:
+    """A YAML file that must hold a mapping; anything else is one line naming the file (and line)."""
     path = Path(path)
-    if not path.is_file():
-        raise ParameterError(f"parameter file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text()
+    except (FileNotFoundError, IsADirectoryError):
+        raise error(f"{what} {path} does not exist{missing_hint}") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ParameterError(f"parameter file {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise error(f"{what} {path} is not valid YAML{where}: {problem}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
-        raise ParameterError(f"parameter file {path} must be a mapping of name: value")
+        raise error(f"{what} {path} must be {shape}")
     return data
+
+
+def load_parameter_file(path: Path | str) -> dict[str, Any]:
+    return load_yaml_mapping(path, what="parameter file", error=ParameterError, shape="a mapping of name: value")

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-import yaml
 from sqlalchemy.engine import Connection
 
 from .db import select_all
 from .errors import SchemaMappingError
+from .parameters import load_yaml_mapping
 
 
 def quote_ident(name: str) -> str:
@@ -58,13 +58,11 @@ class SchemaMap:
     @classmethod
     def load(cls, path: Path | str) -> "SchemaMap":
         path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except FileNotFoundError:
-            raise SchemaMappingError(f"schema mapping {path} does not exist — set OPSBOOK_SCHEMA to a params/schema/*.yaml file") from None
-        except yaml.YAMLError as err:
-            raise SchemaMappingError(f"schema mapping {path} is not valid YAML: {err}".splitlines()[0]) from None
-        if not isinstance(raw, dict) or not isinstance(raw.get("entities"), dict):
+        raw = load_yaml_mapping(
+            path, what="schema mapping", error=SchemaMappingError,
+            missing_hint=" — set OPSBOOK_SCHEMA to a params/schema/*.yaml file", shape="a mapping with 'entities:'",
+        )
+        if not isinstance(raw.get("entities"), dict):
             raise SchemaMappingError(f"schema mapping {path} must have an 'entities:' mapping")
         entities: dict[str, tuple[TableMap, ...]] = {}
         for entity, spec in raw["entities"].items():

@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
 from sqlalchemy.engine import Connection
 
 from .. import paths
 from ..db import select_all
 from ..errors import ConfigurationError
 from ..findings import rows_to_html
+from ..parameters import load_yaml_mapping
 from ..schema_map import SchemaMap
 
 DEFAULT_PLANS_FILE = "params/quota/plans.yaml"
@@ -124,15 +124,10 @@ def _display(path: Path) -> str:
 def read_plans_file(path: str | Path | None = None) -> dict:
     """The file's plans and Stripe mapping, checked: one clear line for anything wrong."""
     path = resolve_path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigurationError(f"plans file {path} does not exist — set plans_file to a file like {DEFAULT_PLANS_FILE}") from None
-    except yaml.YAMLError as err:
-        raise ConfigurationError(f"plans file {path} is not valid YAML: {err}".splitlines()[0]) from None
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigurationError(f"plans file {path} must be a mapping with 'plans:' and 'stripe:'")
+    raw = load_yaml_mapping(
+        path, what="plans file", error=ConfigurationError,
+        missing_hint=f" — set plans_file to a file like {DEFAULT_PLANS_FILE}", shape="a mapping with 'plans:' and 'stripe:'",
+    )
     plans: dict[str, Plan] = {}
     for code, spec in (raw.get("plans") or {}).items():
         if not isinstance(spec, dict):
