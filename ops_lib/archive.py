@@ -6,16 +6,21 @@ rename), so a reader never sees half a file and concurrent runs never overwrite 
 from __future__ import annotations
 
 import fcntl
-import html
 import json
 import os
+import re
+import socket
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
+from .errors import ConfigurationError, clip
 from .findings import severity_rank
+from .literal import html_attr, html_text
+
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -36,10 +41,41 @@ def atomic_write(path: Path, text: str) -> None:
 @dataclass
 class Archive:
     root: Path
+    # ledger lines that could not be read (a torn write, a stray edit), by line number
+    unreadable_lines: list[int] = field(default_factory=list, compare=False)
 
     @classmethod
     def default(cls, root: Path | str | None = None) -> "Archive":
         return cls((Path(root) if root else paths.outputs_dir()).resolve())  # kernels run in notebooks/
+
+    @classmethod
+    def open(cls, root: Path | str | None = None) -> "Archive":
+        """The archive a run will write to, checked before anything runs: a local folder that
+        exists or can be made, and that this user may write."""
+        given = str(root) if root else (os.environ.get("OPSBOOK_OUTPUTS") or str(paths.outputs_dir()))
+        origin = "--out" if root else "OPSBOOK_OUTPUTS" if os.environ.get("OPSBOOK_OUTPUTS") else "the archive folder"
+        if _URL_SCHEME.match(given):
+            raise ConfigurationError(
+                f"{origin} {clip(given)!r}: remote archives are not supported yet — give a local folder "
+                "(and copy it to object storage afterwards)"
+            )
+        if "\0" in given or not given.strip():
+            raise ConfigurationError(f"{origin} {clip(given)!r} is not a folder name")
+        archive = cls.default(given)
+        try:
+            if archive.root.exists() and not archive.root.is_dir():
+                raise ConfigurationError(f"{origin} {clip(archive.root)} is a file, not a folder — give a folder for the archive")
+            archive.root.mkdir(parents=True, exist_ok=True)
+            probe = tempfile.NamedTemporaryFile(dir=archive.root, prefix=".write-check-", delete=True)
+            probe.close()
+        except ConfigurationError:
+            raise
+        except OSError as err:
+            raise ConfigurationError(
+                f"{origin} {clip(archive.root)} cannot be written ({err.strerror or type(err).__name__}) "
+                "— give a folder this user may write"
+            ) from None
+        return archive
 
     def run_dir(self, runbook: str, run_id: str) -> Path:
         # run ids carry their UTC start: <runbook>-YYYYmmddTHHMMSSZ-<hex>
@@ -61,37 +97,80 @@ class Archive:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
 
-    def record(self, record: dict) -> None:
+    def record(self, record: dict, *, write_json: bool = True) -> None:
         """Write the run's JSON, add its line to runs.jsonl and refresh index.html."""
-        files = self.files(record["runbook"], record["run_id"])
-        atomic_write(files["json"], json.dumps(record, indent=2, sort_keys=False) + "\n")
-        line = json.dumps(ledger_line(record), sort_keys=False) + "\n"
+        if write_json:
+            files = self.files(record["runbook"], record["run_id"])
+            atomic_write(files["json"], json.dumps(record, indent=2, sort_keys=False) + "\n")
+        self._append(ledger_line(record))
+
+    def record_running(self, record: dict) -> None:
+        """A ``running`` line before the kernel starts: a run killed outright (kill -9, a lost
+        machine) still shows in the history, as lost, instead of not at all."""
+        self._append({**ledger_line({**record, "status": "running"}), "pid": os.getpid(), "host": socket.gethostname()})
+
+    def _append(self, line: dict) -> None:
+        data = (json.dumps(line, sort_keys=False) + "\n").encode("utf-8")
         with self._ledger_lock():
-            with open(self.ledger, "a", encoding="utf-8") as handle:
-                handle.write(line)
+            with open(self.ledger, "ab+") as handle:
+                # A crash can leave a last line without its newline: start on a fresh line.
+                if handle.seek(0, os.SEEK_END) > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":
+                        data = b"\n" + data
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             atomic_write(self.root / "index.html", render_index(self.runs(), self.root))
 
     def runs(self, runbook: str | None = None) -> list[dict]:
-        """Runs newest first."""
+        """Runs newest first, one per run id (its last line wins); a run whose process is gone
+        without a final line is ``lost``. Unreadable lines are skipped and noted."""
+        self.unreadable_lines = []
         if not self.ledger.exists():
             return []
-        rows = []
-        for line in self.ledger.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a crash must not hide the others
-            if runbook is None or row.get("runbook") == runbook:
-                rows.append(row)
-        return sorted(rows, key=lambda r: r.get("started_at", ""), reverse=True)
+        by_id: dict[str, dict] = {}
+        with open(self.ledger, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    row = None
+                if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not isinstance(row.get("runbook"), str):
+                    self.unreadable_lines.append(number)
+                    continue
+                earlier = by_id.get(row["run_id"])
+                if earlier is None or earlier.get("status") == "running" or row.get("status") != "running":
+                    by_id[row["run_id"]] = row
+        rows = [_settle(row) for row in by_id.values() if runbook is None or row.get("runbook") == runbook]
+        return sorted(rows, key=lambda r: str(r.get("started_at", "")), reverse=True)
 
     def load(self, run_id: str) -> dict:
         for row in self.runs():
             if row["run_id"] == run_id:
-                return json.loads((self.root / row["json"]).read_text())
+                if not row.get("json") or not (self.root / row["json"]).is_file():
+                    return row  # a run still going, or lost before it wrote its JSON
+                return json.loads((self.root / row["json"]).read_text(encoding="utf-8"))
         raise KeyError(run_id)
+
+
+def _settle(row: dict) -> dict:
+    """A ``running`` line whose process no longer exists on this host is a lost run."""
+    if row.get("status") != "running" or row.get("host") != socket.gethostname():
+        return row
+    lost = {**row, "status": "lost", "error": "the run ended without a record (killed, or its machine stopped)"}
+    try:
+        pid = int(row.get("pid") or 0)
+        if pid <= 0:
+            return lost
+        os.kill(pid, 0)
+        return row
+    except (ProcessLookupError, ValueError, OverflowError):
+        return lost
+    except PermissionError:  # alive, another user's
+        return row
 
 
 def ledger_line(record: dict) -> dict:
@@ -104,29 +183,32 @@ def ledger_line(record: dict) -> dict:
     return line
 
 
-_BADGE = {"ok": "#2e7d32", "info": "#1565c0", "warning": "#ef6c00", "critical": "#c62828"}
+_BADGE = {"ok": "#2e7d32", "info": "#1565c0", "warning": "#ef6c00", "critical": "#c62828", "lost": "#6a1b9a",
+          "error": "#c62828", "invalid": "#6d4c41"}
 
 
 def render_index(runs: list[dict], root: Path) -> str:
     rows = []
     for run in runs:
-        colour = _BADGE.get(run.get("severity", "ok"), "#555")
-        verdict = run.get("status", "")
-        if run.get("status") in ("ok", "findings"):
-            verdict = run.get("severity", "")
+        status, severity = str(run.get("status", "")), str(run.get("severity", "ok"))
+        verdict = severity if status in ("ok", "findings") else status
+        colour = _BADGE.get(verdict, "#555")
         links = " ".join(
-            f'<a href="{html.escape(run[k])}">{label}</a>' for k, label in (("html", "report"), ("notebook", "ipynb"), ("json", "json")) if run.get(k)
+            f'<a href="{html_attr(run[k])}">{label}</a>'
+            for k, label in (("html", "report"), ("notebook", "ipynb"), ("json", "json")) if run.get(k)
         )
+        findings = run.get("findings") if isinstance(run.get("findings"), dict) else {}
         problems = ", ".join(
-            f"{html.escape(check)} ({sev})"
-            for check, sev in sorted(run.get("findings", {}).items(), key=lambda kv: -severity_rank(kv[1]))
+            f"{html_text(check, limit=80)} ({html_text(sev, limit=20)})"
+            for check, sev in sorted(findings.items(), key=lambda kv: -severity_rank(kv[1]) if kv[1] in _BADGE else 0)
             if sev != "ok"
         )
+        error = html_text(run.get("error") or "", limit=300)
         rows.append(
-            f"<tr><td>{html.escape(run.get('started_at', ''))}</td><td>{html.escape(run.get('runbook', ''))}</td>"
-            f'<td><b style="color:{colour}">{html.escape(verdict)}</b></td>'
-            f"<td>{html.escape(run.get('error', '')) or problems}</td><td>{links}</td>"
-            f"<td><code>{html.escape(run.get('run_id', ''))}</code></td></tr>"
+            f"<tr><td>{html_text(run.get('started_at', ''), limit=40)}</td><td>{html_text(run.get('runbook', ''), limit=80)}</td>"
+            f'<td><b style="color:{colour}">{html_text(verdict, limit=20)}</b></td>'
+            f"<td>{error or problems}</td><td>{links}</td>"
+            f"<td><code>{html_text(run.get('run_id', ''), limit=100)}</code></td></tr>"
         )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>opsbook runs</title>"

@@ -3,19 +3,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import __version__, paths, runbooks
-from .errors import EXIT_EXECUTION_FAILED, EXIT_INVALID, EXIT_OK, InvalidInvocation, OpsbookError
+from .errors import EXIT_EXECUTION_FAILED, EXIT_INVALID, EXIT_OK, InvalidInvocation, OpsbookError, clip, first_line
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own exit code is 2, which means "execution failed" here
-        self.print_usage(sys.stderr)
-        print(f"opsbook: error: {message}", file=sys.stderr)
+        complain(f"{message} — see `{self.prog} --help`")
         sys.exit(EXIT_INVALID)
 
 
@@ -34,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a params/RUNBOOK/SET.yaml; several are merged in order, then -p on top")
     run.add_argument("--out", help="archive folder (default: outputs/)")
     run.add_argument("--fail-on", default="warning", choices=("info", "warning", "critical"))
-    run.add_argument("--timeout", type=float, help="seconds any one cell may run before the run fails")
+    run.add_argument("--timeout", help="seconds any one cell may run before the run fails (default 600)")
 
     demo = sub.add_parser("demo", help="fresh demo target, every runbook, a verdict table")
     demo.add_argument("action", nargs="?", choices=("up", "env", "down"))
@@ -58,25 +56,67 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def say(message: str, *, stream=None) -> None:
+    """Everything opsbook prints goes through here: masked as the archive is (cron mail and CI
+    logs keep it), and with the target's control characters made visible, not obeyed."""
+    from .literal import terminal_safe
+    from .secrets import Masker
+
+    lines = Masker.from_env().text(message).split("\n")
+    print("\n".join(terminal_safe(line) for line in lines), file=stream or sys.stdout)
+
+
+def complain(message: str) -> None:
+    """One line on stderr."""
+    say(f"opsbook: {first_line(message, limit=1000)}", stream=sys.stderr)
+
+
+def _take_parameters(argv: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Pull every ``-p NAME VALUE`` out before argparse sees it: a value may start with a dash
+    (``-inf``, ``-5d``), which argparse would take for an option."""
+    rest, pairs, i = [], [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--":
+            rest.extend(argv[i:])
+            break
+        if token in ("-p", "--parameter"):
+            if i + 2 >= len(argv):
+                raise InvalidInvocation(f"{token} takes a NAME and a VALUE, e.g. -p since_hours 48")
+            pairs.append((argv[i + 1], argv[i + 2]))
+            i += 3
+            continue
+        rest.append(token)
+        i += 1
+    return rest, pairs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv, pairs = _take_parameters(argv)
+    except InvalidInvocation as err:
+        complain(str(err))
+        return err.exit_code
     args, extra = parser.parse_known_args(argv)
+    if pairs:
+        if args.command != "run":
+            parser.error("-p NAME VALUE is an option of `opsbook run`")
+        args.parameter = [*args.parameter, *pairs]
     if extra and args.command != "lab":
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        parser.error(f"unrecognized arguments: {clip(' '.join(extra))}")
     args.lab_args = extra
     try:
         return COMMANDS[args.command](args)
     except OpsbookError as err:
-        print(f"opsbook: {err}", file=sys.stderr)
+        complain(str(err))
         return err.exit_code
     except KeyboardInterrupt:
-        print("opsbook: interrupted", file=sys.stderr)
+        complain("interrupted")
         return EXIT_EXECUTION_FAILED
     except Exception as err:  # a bug of ours: still one masked line and a failure code, not a traceback
-        from .secrets import Masker
-
-        print(f"opsbook: unexpected {type(err).__name__}: {Masker.from_env().text(str(err)).strip().splitlines()[0] if str(err).strip() else ''}"
-              " (set OPSBOOK_DEBUG=1 for the traceback)", file=sys.stderr)
+        complain(f"unexpected {type(err).__name__}: {first_line(err)} (set OPSBOOK_DEBUG=1 for the traceback)")
         if os.environ.get("OPSBOOK_DEBUG"):
             raise
         return EXIT_EXECUTION_FAILED
@@ -84,27 +124,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def cmd_list(args) -> int:
     for rb in runbooks.RUNBOOKS.values():
-        print(f"{rb.name} — {rb.title}")
-        print(f"  {rb.question}")
+        say(f"{rb.name} — {rb.title}")
+        say(f"  {rb.question}")
         for p in rb.params:
-            print(f"  {p.name:<30} {p.describe_type():<12} default {p.default!r:<10} {p.help}")
+            say(f"  {p.name:<30} {p.describe_type():<12} default {p.default!r:<10} {p.help}")
         sets = [str(s.relative_to(paths.project_root())) for s in rb.parameter_sets()]
         if sets:
-            print(f"  parameter sets: {', '.join(sets)}")
-        print()
+            say(f"  parameter sets: {', '.join(sets)}")
+        say("")
     return EXIT_OK
 
 
 def _print_result(result, out: str | None) -> None:
     r = result.record
     counts = ", ".join(f"{f['check']}={f['severity']}" for f in r.get("findings", [])) or "no findings"
-    print(f"{r['run_id']}: {r['status']} ({r['severity']}) in {r.get('duration_s', 0):.1f}s — {counts}")
+    say(f"{r['run_id']}: {r['status']} ({r['severity']}) in {r.get('duration_s', 0):.1f}s — {counts}")
     if r.get("error"):
-        print(f"  error: {r['error']}")
+        say(f"  error: {r['error']}")
     root = Path(out or paths.outputs_dir()).resolve()
     for label, key in (("report", "html"), ("json", "json")):
         if r.get(key):
-            print(f"  {label}: {root / r[key]}")
+            say(f"  {label}: {root / r[key]}")
 
 
 def cmd_run(args) -> int:
@@ -121,19 +161,23 @@ def cmd_run(args) -> int:
             result = runner.run(name, args.parameters_file, [tuple(p) for p in args.parameter],
                                 outputs=args.out, fail_on=args.fail_on, timeout=args.timeout)
         except OpsbookError as err:
-            print(f"opsbook: {name}: {err}", file=sys.stderr)
+            complain(f"{name}: {err}")
             return err.exit_code
         _print_result(result, args.out)
         if result.record.get("error"):
-            print(f"opsbook: {name}: {result.record['error']}", file=sys.stderr)
+            complain(f"{name}: {result.record['error']}")
         return result.exit_code
 
     if len(names) == 1:
         return one(names[0])
-    from . import target
+    from .archive import Archive
+    from .demo import target_or_demo
+    from .execution import signals_end_runs
 
-    target.from_env()  # start the demo once, not once per runbook
-    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+    runner.validate_timeout(args.timeout)  # once, not once per runbook
+    Archive.open(args.out)
+    target_or_demo()  # start the demo once, not once per runbook
+    with signals_end_runs(), ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         codes = list(pool.map(one, names))
     return max(codes)
 
@@ -153,7 +197,7 @@ def cmd_demo(args) -> int:
         return EXIT_OK
     if args.action == "down":
         stopped = lifecycle.down(destroy=args.destroy)
-        print("demo stopped" if stopped else "the demo was not running")
+        say("demo stopped" if stopped else "the demo was not running")
         return EXIT_OK
     from .demo import showcase
 
@@ -163,14 +207,21 @@ def cmd_demo(args) -> int:
 def cmd_history(args) -> int:
     from .archive import Archive
 
-    runs = Archive.default(args.out).runs(args.runbook)[: args.limit]
+    if args.limit < 1:
+        raise InvalidInvocation(f"--limit {args.limit}: give how many runs to show, 1 or more")
+    archive = Archive.open(args.out)
+    runs = archive.runs(args.runbook)[: args.limit]
+    if archive.unreadable_lines:
+        lines = ", ".join(map(str, archive.unreadable_lines[:10])) + (" …" if len(archive.unreadable_lines) > 10 else "")
+        complain(f"skipped {len(archive.unreadable_lines)} unreadable line(s) of {archive.ledger} (line {lines})")
     if not runs:
-        print("no archived runs")
+        say("no archived runs")
         return EXIT_OK
     for r in runs:
         verdict = r.get("severity") if r.get("status") in ("ok", "findings") else r.get("status")
-        problems = ", ".join(c for c, s in r.get("findings", {}).items() if s != "ok")
-        print(f"{r.get('started_at', ''):<22} {r['runbook']:<16} {verdict:<9} {r['run_id']}  {r.get('error') or problems}")
+        findings = r.get("findings") if isinstance(r.get("findings"), dict) else {}
+        problems = ", ".join(str(c) for c, s in findings.items() if s != "ok")
+        say(f"{str(r.get('started_at', '')):<22} {r['runbook']:<16} {str(verdict):<9} {r['run_id']}  {r.get('error') or problems}")
     return EXIT_OK
 
 
@@ -180,33 +231,38 @@ def cmd_show(args) -> int:
     from .archive import Archive
 
     try:
-        record = Archive.default(args.out).load(args.run_id)
+        record = Archive.open(args.out).load(args.run_id)
     except KeyError:
-        raise InvalidInvocation(f"no archived run {args.run_id!r} — see `opsbook history`") from None
+        raise InvalidInvocation(f"no archived run {clip(args.run_id)!r} — see `opsbook history`") from None
     if args.json:
-        print(json.dumps(record, indent=2))
+        say(json.dumps(record, indent=2))
         return EXIT_OK
-    print(f"{record['run_id']}  {record['status']} / {record['severity']}  started {record['started_at']}")
-    print(f"target: {record.get('target')}")
+    say(f"{record['run_id']}  {record.get('status')} / {record.get('severity', '?')}  started {record.get('started_at', '?')}")
+    say(f"target: {record.get('target')}")
     if record.get("error"):
-        print(f"error: {record['error']}")
+        say(f"error: {record['error']}")
     for f in record.get("findings", []):
-        print(f"  [{f['severity']}] {f['check']} ({f.get('count', 0)}): {f['title']}")
+        say(f"  [{f['severity']}] {f['check']} ({f.get('count', 0)}): {f['title']}")
         if f.get("remediation"):
-            print(f"      fix: {f['remediation']}")
+            say(f"      fix: {f['remediation']}")
     for name in ("notebook", "html"):
         if record.get(name):
-            print(f"{name}: {Path(Archive.default(args.out).root) / record[name]}")
+            say(f"{name}: {Path(Archive.default(args.out).root) / record[name]}")
     return EXIT_OK
 
 
 def cmd_lab(args) -> int:
-    from . import target
+    from .demo import target_or_demo
 
-    env = {**os.environ, **target.from_env().env()}
+    env = {**os.environ, **target_or_demo().env()}
     jupyter = Path(sys.executable).with_name("jupyter")
     command = [str(jupyter), "lab", "--notebook-dir", str(paths.notebooks_dir()), *args.lab_args]
-    return subprocess.call(command, env=env)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # JupyterLab takes this process's place: a signal that stops `opsbook lab` stops JupyterLab
+    # and, through it, its kernels — nothing is left running behind a parent that has gone.
+    os.execve(str(jupyter), command, env)
+    return EXIT_OK  # not reached
 
 
 COMMANDS = {

@@ -5,17 +5,99 @@ parameter (``:name`` placeholders), never formatted into the SQL text.
 """
 from __future__ import annotations
 
+import re
+import select
+import threading
+import time
 from typing import Any
 
+import psycopg2
 import sqlalchemy as sa
+from psycopg2 import extensions
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import ConfigurationError, TargetUnreachable
+from .errors import ConfigurationError, TargetUnreachable, first_line
 from .secrets import mask_url
 
 DEFAULT_STATEMENT_TIMEOUT_MS = 30_000
 DEFAULT_LOCK_TIMEOUT_MS = 2_000
 APPLICATION_NAME_MAX = 63  # NAMEDATALEN - 1: PostgreSQL truncates longer names
+# How much longer than its statement_timeout the client waits for any one answer. The server's
+# timeout cannot fire when the server is frozen (SIGSTOP, a hung disk) or the network is
+# partitioned; this bound is the client's own.
+CLIENT_WAIT_MARGIN_S = 15.0
+DEFAULT_CLIENT_WAIT_S = DEFAULT_STATEMENT_TIMEOUT_MS / 1000 + CLIENT_WAIT_MARGIN_S
+# libpq's own detection of a dead peer (a partition, a crashed host): keepalive probes on an
+# idle socket, and a cap on unacknowledged data (tcp_user_timeout, milliseconds).
+KEEPALIVES = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3,
+              "tcp_user_timeout": 30_000}
+
+
+class ClientWaitExceeded(psycopg2.OperationalError):
+    """The server did not answer within the client-side bound (its message reads as a lost
+    connection, so SQLAlchemy discards the connection instead of pooling it)."""
+
+
+_STATEMENT_TIMEOUT = re.compile(r"statement_timeout=(\d+)")
+
+
+def _client_wait_s(conn) -> float:
+    match = _STATEMENT_TIMEOUT.search(getattr(conn, "dsn", "") or "")
+    return int(match.group(1)) / 1000 + CLIENT_WAIT_MARGIN_S if match else DEFAULT_CLIENT_WAIT_S
+
+
+def _cancel_in_background(conn) -> None:
+    """Ask the server to cancel, without waiting on it: a frozen postmaster would hold us too."""
+    thread = threading.Thread(target=lambda: _quietly(conn.cancel), daemon=True)
+    thread.start()
+    thread.join(2.0)
+
+
+def _quietly(call) -> None:
+    try:
+        call()
+    except Exception:
+        pass
+
+
+def bounded_wait(conn) -> None:
+    """psycopg2's wait callback: every wait for the server (connecting, sending, each answer) is
+    bounded by the session's statement_timeout plus a margin, measured here, on the client."""
+    budget = _client_wait_s(conn)
+    deadline = time.monotonic() + budget
+    try:
+        while True:
+            state = conn.poll()
+            if state == extensions.POLL_OK:
+                return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _cancel_in_background(conn)
+                raise ClientWaitExceeded(
+                    f"could not receive data from server: no answer within {budget:.0f} s (client-side bound; "
+                    "the server may be frozen, overloaded or cut off by the network)"
+                )
+            fd = conn.fileno()
+            if state == extensions.POLL_READ:
+                select.select([fd], [], [], min(remaining, 1.0))
+            elif state == extensions.POLL_WRITE:
+                select.select([], [fd], [], min(remaining, 1.0))
+            else:
+                raise psycopg2.OperationalError(f"unexpected poll state {state}")
+    except KeyboardInterrupt:
+        # Ctrl-C, or the runner interrupting the kernel: stop the query on the server too.
+        _cancel_in_background(conn)
+        raise
+
+
+_wait_installed = threading.Lock()
+
+
+def install_bounded_wait() -> None:
+    """Once per process (psycopg2 keeps one wait callback for all connections)."""
+    with _wait_installed:
+        if extensions.get_wait_callback() is not bounded_wait:
+            extensions.set_wait_callback(bounded_wait)
 
 
 def application_name(runbook: str, run_id: str) -> str:
@@ -66,16 +148,17 @@ def make_engine(
         "TimeZone": "UTC",  # windows and periods are UTC, whatever the server's default
     }
     options = " ".join(f"-c {name}={value}" for name, value in settings.items())
+    install_bounded_wait()
     return sa.create_engine(
         # Read-only sessions run each statement in its own transaction: a notebook left idle in
         # JupyterLab, or waiting on a long Stripe listing, holds no snapshot and is never killed
         # by idle_in_transaction_session_timeout. Writable sessions keep explicit transactions.
-        
         sqlalchemy_url(url),
         connect_args={
             "application_name": application_name(runbook, run_id),
             "options": options,
             "connect_timeout": connect_timeout_s,
+            **KEEPALIVES,
         },
         pool_size=2,
         max_overflow=2,
@@ -88,11 +171,19 @@ def connect(engine: Engine) -> Connection:
     try:
         return engine.connect()
     except sa.exc.OperationalError as err:
-        reason = str(err.orig).strip().splitlines()[0] if err.orig else str(err)
         raise TargetUnreachable(
-            f"cannot connect to {engine.url.set(drivername='postgresql').render_as_string(hide_password=True)}: {reason} "
+            f"cannot connect to {_where(engine)}: {first_line(err.orig or err)} "
             "— check DATABASE_URL (host, port, user, password) or start the demo with `opsbook demo up`"
         ) from None
+    except (sa.exc.ProgrammingError, sa.exc.InterfaceError) as err:  # libpq refused the URL itself
+        raise ConfigurationError(
+            f"DATABASE_URL for {_where(engine)} is not usable: {first_line(err.orig or err)} "
+            "— remove or correct the query options (libpq's connection parameters)"
+        ) from None
+
+
+def _where(engine: Engine) -> str:
+    return engine.url.set(drivername="postgresql", query={}).render_as_string(hide_password=True)
 
 
 def select_all(conn: Connection, sql: str, **params: Any) -> list[dict]:

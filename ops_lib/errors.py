@@ -9,6 +9,21 @@ EXIT_FINDINGS = 1
 EXIT_EXECUTION_FAILED = 2
 EXIT_INVALID = 3
 
+MAX_QUOTED_CHARS = 200
+
+
+def clip(value: object, limit: int = 80) -> str:
+    """A value as an error message may quote it: never a 100 kB echo."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
+def first_line(error: BaseException | str, limit: int = MAX_QUOTED_CHARS) -> str:
+    """An error's first non-empty line, clipped: what a one-line message may quote of it."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    line = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
+    return clip(line, limit)
+
 
 class OpsbookError(Exception):
     exit_code = EXIT_EXECUTION_FAILED
@@ -34,6 +49,16 @@ class SchemaMappingError(ConfigurationError):
 
 class TargetUnreachable(ConfigurationError):
     """The database or Stripe cannot be reached or refuses our credentials."""
+
+
+class RunInterrupted(OpsbookError):
+    """A signal (SIGTERM from a scheduler, Ctrl-C) ended the run; what ran is archived."""
+
+    exit_code = EXIT_EXECUTION_FAILED
+
+    def __init__(self, signal_name: str):
+        super().__init__(f"interrupted by {signal_name}")
+        self.signal_name = signal_name
 
 
 class RunbookFailed(OpsbookError):

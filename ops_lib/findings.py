@@ -7,10 +7,11 @@ what the run found.
 """
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable
+
+from .literal import html_attr, html_text, inert, one_line
 
 FINDING_MIME = "application/vnd.opsbook.finding+json"
 METRICS_MIME = "application/vnd.opsbook.metrics+json"
@@ -103,37 +104,39 @@ class Finding:
     def _repr_html_(self) -> str:
         colour = _COLOURS[self.severity]
         parts = [
-            f'<div class="opsbook-finding" data-check="{html.escape(self.check)}" '
-            f'style="border-left:6px solid {colour};padding:4px 10px;margin:6px 0">',
             f'<b style="color:{colour}">{self.severity.upper()}</b> '
-            f"<code>{html.escape(self.check)}</code> — {html.escape(self.title)}",
+            f"<code>{html_text(self.check)}</code> — {html_text(self.title, limit=1000)}",
         ]
         if self.note:
-            parts.append(f"<div><i>{html.escape(self.note)}</i></div>")
+            parts.append(f"<div><i>{html_text(self.note, limit=2000)}</i></div>")
         if self.remediation and self.is_problem:
-            parts.append(f"<div><b>Fix:</b> {html.escape(self.remediation)}</div>")
+            parts.append(f"<div><b>Fix:</b> {html_text(self.remediation, limit=2000)}</div>")
         if self.rows:
             parts.append(rows_to_html(self.rows))
-        parts.append("</div>")
-        return "".join(parts)
+        return inert("".join(parts), classes="opsbook-finding", attrs=(
+            f'data-check="{html_attr(self.check)}" style="border-left:6px solid {colour};padding:4px 10px;margin:6px 0"'))
 
     def _repr_mimebundle_(self, include=None, exclude=None):
         return {
             "text/html": self._repr_html_(),
-            "text/plain": f"[{self.severity}] {self.check}: {self.title}",
+            "text/plain": f"[{self.severity}] {one_line(self.check)}: {one_line(self.title, limit=1000)}",
             FINDING_MIME: self.summary(),
         }
 
 
 def rows_to_html(rows: list[dict], limit: int = 50) -> str:
+    """Evidence rows as an HTML table; every header and cell is shown as literal text."""
     columns = list(rows[0].keys())
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    head = "".join(f"<th>{html_text(c)}</th>" for c in columns)
     body = []
     for row in rows[:limit]:
-        cells = "".join(f"<td>{html.escape(_cell(row.get(c)))}</td>" for c in columns)
+        cells = "".join(f"<td>{html_text(_cell(row.get(c)))}</td>" for c in columns)
         body.append(f"<tr>{cells}</tr>")
     more = f"<div>… {len(rows) - limit} more rows</div>" if len(rows) > limit else ""
-    return f'<table class="dataframe"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>{more}'
+    # overflow-wrap: a long word (a statement without spaces, a hash) wraps instead of widening the page
+    table = inert(f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>', tag="table",
+                  classes="dataframe", attrs='style="overflow-wrap:anywhere"')
+    return table + more
 
 
 def _cell(value: Any) -> str:
@@ -142,9 +145,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:,.2f}"
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    text = str(value)
-    return text if len(text) <= 300 else text[:297] + "…"
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
 
 
 class Metrics(dict):
@@ -182,6 +184,6 @@ class ActionLog(list):
         data = [a.to_dict() for a in self]
         if not data:
             text = "Nothing to do."
-            return {"text/html": f"<p>{text}</p>", "text/plain": text, ACTION_MIME: []}
+            return {"text/html": inert(text, tag="p"), "text/plain": text, ACTION_MIME: []}
         shown = [{k: v for k, v in row.items() if k != "detail"} for row in data]
         return {"text/html": rows_to_html(shown), "text/plain": json.dumps(shown, indent=1), ACTION_MIME: data}

@@ -1,18 +1,31 @@
-"""Where things live: the project checkout, its notebooks and parameter sets, the archive, the demo."""
+"""Where things live: the shipped notebooks and parameter sets, the archive, the demo's state.
+
+From a checkout, the notebooks and parameter sets are the repository's top-level ``notebooks/``
+and ``params/``; from an installed wheel they are package data beside this module (the wheel
+maps the same folders to ``ops_lib/notebooks`` and ``ops_lib/params``). The archive and the demo's
+state go in the checkout, or, for an installed opsbook, in the folder it runs from.
+"""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def checkout_root() -> Path | None:
+    """The repository this package sits in, when it runs from a checkout (editable or not)."""
+    root = _PACKAGE.parent
+    if (root / "notebooks").is_dir() and (root / "pyproject.toml").is_file():
+        return root
+    return None
+
 
 def project_root() -> Path:
-    """The checkout opsbook runs from: OPSBOOK_ROOT, else the one this package sits in, else cwd."""
+    """Where the shipped notebooks/ and params/ are: OPSBOOK_ROOT, the checkout, or the package."""
     if os.environ.get("OPSBOOK_ROOT"):
         return Path(os.environ["OPSBOOK_ROOT"]).resolve()
-    here = Path(__file__).resolve().parent.parent
-    if (here / "notebooks").is_dir():
-        return here
-    return Path.cwd()
+    return checkout_root() or _PACKAGE
 
 
 def notebooks_dir() -> Path:
@@ -23,10 +36,14 @@ def params_dir() -> Path:
     return project_root() / "params"
 
 
+def _working_root() -> Path:
+    return checkout_root() or Path.cwd()
+
+
 def outputs_dir() -> Path:
-    return Path(os.environ.get("OPSBOOK_OUTPUTS") or project_root() / "outputs")
+    return Path(os.environ.get("OPSBOOK_OUTPUTS") or _working_root() / "outputs")
 
 
 def home() -> Path:
-    """Local state (the demo target's data and credentials); git-ignored."""
-    return Path(os.environ.get("OPSBOOK_HOME") or project_root() / ".opsbook")
+    """Local state (the demo target's data and credentials); git-ignored in a checkout."""
+    return Path(os.environ.get("OPSBOOK_HOME") or _working_root() / ".opsbook")

@@ -6,19 +6,18 @@ record with exit 3. Once execution has started, every outcome leaves an archived
 """
 from __future__ import annotations
 
-import json
 import os
-import sys
-import logging
-import threading
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import __version__, db, paths, report, runbooks
+from . import execution as execution_mod
 from . import target as target_mod
-from .archive import Archive, atomic_write
+from .archive import Archive
+from .demo import target_or_demo
 from .errors import (
     EXIT_EXECUTION_FAILED,
     EXIT_FINDINGS,
@@ -26,17 +25,20 @@ from .errors import (
     EXIT_OK,
     InvalidInvocation,
     ParameterError,
+    RunInterrupted,
     StripeAccessError,
     TargetUnreachable,
+    clip,
 )
+from .execution import DEFAULT_CELL_TIMEOUT_S, Execution, tracked
 from .findings import ACTION_MIME, FINDING_MIME, METRICS_MIME, severity_rank, worst
 from .runtime import new_run_id
 from .schema_map import SchemaMap
 from .secrets import Masker
 
 FAIL_ON = ("info", "warning", "critical")
-_MASKED_SCHEME = "opsbook-masked://"
-_maskers: dict[str, Masker] = {}
+_RUNBOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+MAX_CELL_TIMEOUT_S = 86_400
 
 
 @dataclass
@@ -74,8 +76,10 @@ def preflight(runbook: runbooks.Runbook, target: target_mod.Target, run_id: str)
     try:
         with db.connect(engine) as conn:
             versions["postgres"] = db.server_version(conn)
-            if runbook.entities:
-                SchemaMap.load(target.schema_path).validate(conn, runbook.entities)
+            if runbook.entities or runbook.optional_entities:
+                schema = SchemaMap.load(target.schema_path)
+                optional = [e for e in runbook.optional_entities if e in schema.entities]
+                schema.validate(conn, [*runbook.entities, *optional])
     finally:
         engine.dispose()
     if runbook.uses_stripe:
@@ -91,12 +95,30 @@ def check_stripe_access(runbook: runbooks.Runbook, target: target_mod.Target) ->
         raise InvalidInvocation(
             f"{runbook.name} reads Stripe but STRIPE_API_KEY is not set — export a restricted read-only key (rk_test_… or rk_live_…)"
         )
-    client = stripe_api.make_client(target.stripe_api_key, target.stripe_api_base, max_network_retries=1)
+    client = stripe_api.make_client(target.stripe_api_key, target.stripe_api_base, max_network_retries=1,
+                                    timeout=stripe_api.PREFLIGHT_TIMEOUT_S)
     try:
         next(iter(getattr(stripe_api, runbook.stripe_probe)(client)), None)
     except StripeAccessError as err:
         raise TargetUnreachable(str(err)) from None
     return stripe_api.API_VERSION
+
+
+def validate_timeout(timeout: Any) -> int:
+    """--timeout: a whole number of seconds, at least 1 (a per-cell bound is always set)."""
+    if timeout is None:
+        return DEFAULT_CELL_TIMEOUT_S
+    text = str(timeout).strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not (seconds == seconds and 1 <= seconds <= MAX_CELL_TIMEOUT_S and seconds.is_integer()):
+        raise ParameterError(
+            f"--timeout {clip(text)} is not a whole number of seconds between 1 and {MAX_CELL_TIMEOUT_S} "
+            f"— the longest any one cell may run (default {DEFAULT_CELL_TIMEOUT_S})"
+        )
+    return int(seconds)
 
 
 def run(
@@ -109,46 +131,85 @@ def run(
     timeout: float | None = None,
     env: dict[str, str] | None = None,
 ) -> RunResult:
-    if fail_on not in FAIL_ON:
-        raise ParameterError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {fail_on!r}")
-    runbook = runbooks.get(name)
-    archive = Archive.default(outputs)
+    """Validate, check the target, execute and archive one runbook.
+
+    Raises InvalidInvocation (exit 3) when nothing was executed; every other ending is a
+    RunResult whose record is archived, an interrupted run included."""
+    archive = Archive.open(outputs)  # where the record goes: nothing can be recorded before it is known
     started = _utcnow()
-    run_id = new_run_id(name, started)
+    run_id = new_run_id(name if _RUNBOOK_NAME.fullmatch(name) else "unknown", started)
+    files = archive.files(name, run_id) if name in runbooks.RUNBOOKS else None
     record: dict[str, Any] = {
         "run_id": run_id,
-        "runbook": name,
+        "runbook": clip(name, 64),
         "status": "invalid",
         "severity": "ok",
         "started_at": _iso(started),
     }
-    masker = Masker.from_env(env)
-    try:
-        params = runbook.params.resolve(param_files, overrides)
-        record["parameters"] = params
-        if not runbook.notebook.is_file():
-            raise InvalidInvocation(f"notebook {runbook.notebook} is missing — is OPSBOOK_ROOT the opsbook checkout?")
-        target = target_mod.from_env(env)
-        masker = target.masker()
-        record["target"] = target.describe()
-        if runbook.validate:
-            runbook.validate(params, target)
-        record["versions"] = preflight(runbook, target, run_id)
-    except InvalidInvocation as err:
-        record.update(error=masker.text(str(err)), finished_at=_iso(_utcnow()), exit_code=EXIT_INVALID,
-                      findings=[], checks=[], metrics={}, actions=[],
-                      json=str(archive.files(name, run_id)["json"].relative_to(archive.root)))
-        record["duration_s"] = round((_utcnow() - started).total_seconds(), 3)
-        archive.record(masker.obj(record))
-        raise
+    execution = Execution(files["ipynb"] if files else archive.root / f".{run_id}.ipynb", Masker.from_env(env))
+    with tracked(execution):
+        try:
+            if fail_on not in FAIL_ON:
+                raise ParameterError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {clip(fail_on)!r}")
+            cell_timeout = validate_timeout(timeout)
+            runbook = runbooks.get(name)
+            params = runbook.params.resolve(_parameter_files(runbook, param_files), overrides)
+            record["parameters"] = params
+            if not runbook.notebook.is_file():
+                raise InvalidInvocation(f"notebook {runbook.notebook} is missing — is OPSBOOK_ROOT the opsbook checkout?")
+            target = target_or_demo(env)
+            execution.masker = target.masker()
+            record["target"] = target.describe()
+            if runbook.validate:
+                runbook.validate(params, target)
+            record["versions"] = preflight(runbook, target, run_id)
+            execution.raise_if_interrupted()
+        except InvalidInvocation as err:
+            _archive_unexecuted(archive, record, started, "invalid", EXIT_INVALID, str(err), execution.masker)
+            raise
+        except RunInterrupted as err:
+            record = _archive_unexecuted(archive, record, started, "error", EXIT_EXECUTION_FAILED, str(err),
+                                         execution.masker, reason="interrupted")
+            return RunResult(record, EXIT_EXECUTION_FAILED)
 
-    files = archive.files(name, run_id)
-    error_line = _execute(runbook, params, run_id, target, files["ipynb"], masker, timeout, archive.root)
+        archive.record_running(record)
+        outcome = execution_mod.execute(
+            execution, runbook.notebook, {**params, "run_id": run_id},
+            kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root)},  # audit log beside the run
+            cwd=paths.notebooks_dir(), timeout=cell_timeout,
+        )
+        return _archive_executed(archive, record, files, started, outcome, execution.masker, fail_on)
+
+
+def _parameter_files(runbook: runbooks.Runbook, given: Sequence[Path | str]) -> list[Path | str]:
+    """-f takes a file, or the name of one of the runbook's shipped sets (``-f daily``)."""
+    sets = {path.stem: path for path in runbook.parameter_sets()}
+    return [sets[str(f)] if str(f) in sets and not Path(f).exists() else f for f in given]
+
+
+def _archive_unexecuted(archive: Archive, record: dict, started: datetime, status: str, exit_code: int,
+                        error: str, masker: Masker, reason: str | None = None) -> dict:
+    """The record of a run that never reached its notebook; an unknown runbook gets only its
+    ledger line (no folder is made for a mistyped name)."""
+    record.update(status=status, error=error, finished_at=_iso(_utcnow()), exit_code=exit_code,
+                  findings=[], checks=[], metrics={}, actions=[])
+    if record["runbook"] in runbooks.RUNBOOKS:
+        record["json"] = str(archive.files(record["runbook"], record["run_id"])["json"].relative_to(archive.root))
+    if reason:
+        record["reason"] = reason
+    record["duration_s"] = round((_utcnow() - started).total_seconds(), 3)
+    record = masker.obj(record)
+    archive.record(record, write_json="json" in record)
+    return record
+
+
+def _archive_executed(archive: Archive, record: dict, files: dict[str, Path], started: datetime,
+                      outcome: execution_mod.Outcome, masker: Masker, fail_on: str) -> RunResult:
     nb = _read_notebook(files["ipynb"])
     collected = collect_outputs(nb) if nb is not None else {"findings": [], "metrics": {}, "actions": [], "checks": []}
     finished = _utcnow()
     severity = worst(f["severity"] for f in collected["findings"])
-    status = "error" if error_line else ("findings" if severity != "ok" else "ok")
+    status = "error" if outcome.failed else ("findings" if severity != "ok" else "ok")
     record.update(
         status=status,
         severity=severity,
@@ -162,8 +223,8 @@ def run(
         html=str(files["html"].relative_to(archive.root)),
         json=str(files["json"].relative_to(archive.root)),
     )
-    if error_line:
-        record["error"] = error_line
+    if outcome.failed:
+        record.update(error=outcome.error, reason=outcome.reason)
     record["exit_code"] = exit_code_for(status, severity, fail_on)
     record = masker.obj(record)
     if nb is not None:
@@ -172,138 +233,10 @@ def run(
     return RunResult(record, record["exit_code"])
 
 
-def _execute(runbook, params, run_id, target, nb_path: Path, masker: Masker, timeout, archive_root: Path) -> str | None:
-    """Run the notebook; returns the one-line error when a cell failed, else None."""
-    _silence_slow_imports()
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
-
-    _register_papermill_extensions()
-    _maskers[str(nb_path)] = masker
-    try:
-        pm.execute_notebook(
-            str(runbook.notebook),
-            _MASKED_SCHEME + str(nb_path),
-            parameters={**params, "run_id": run_id},
-            engine_name=_ENGINE,
-            kernel_name="python3",
-            progress_bar=False,
-            log_output=False,
-            execution_timeout=timeout,
-            cwd=str(paths.notebooks_dir()),
-            kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive_root)},  # audit log beside the run
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # not its TCP notice nor shutdown chatter
-        )
-    except PapermillExecutionError as err:
-        return masker.text(f"cell {err.exec_count} raised {err.ename}: {_first_line(err.evalue)}")
-    except Exception as err:  # the kernel died, timed out or never started
-        line = masker.text(f"execution stopped: {type(err).__name__}: {_first_line(str(err))}")
-        if nb_path.exists():
-            _mark_stopped_cell(nb_path, type(err).__name__, line, masker)
-        else:
-            _write_unstarted_notebook(runbook.notebook, nb_path, masker)
-        return line
-    finally:
-        _maskers.pop(str(nb_path), None)
-    return None
-
-
-def _first_line(text: str) -> str:
-    lines = [line for line in str(text).strip().splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def _silence_slow_imports() -> None:
-    # jsonschema imports rfc3987_syntax (a >1 s grammar build) only to check the "iri" format,
-    # which notebook validation never uses; an absent module makes it skip that format.
-    sys.modules.setdefault("rfc3987_syntax", None)
-
-
 def kernel_environment(target: target_mod.Target) -> dict[str, str]:
     """The kernel learns its target from its environment: exactly this run's target variables."""
     env = {k: v for k, v in os.environ.items() if k not in target_mod.TARGET_VARIABLES and k != "OPSBOOK_DEMO"}
     return {**env, **target.env()}
-
-
-_ENGINE = "opsbook"
-
-
-_registration = threading.Lock()
-_registered = False
-
-
-def _register_papermill_extensions() -> None:
-    """Once per process: papermill keeps its handlers in a list that every run would grow."""
-    global _registered
-    with _registration:
-        if not _registered:
-            _register()
-            _registered = True
-
-
-def _register() -> None:
-    from papermill.clientwrap import PapermillNotebookClient
-    from papermill.engines import NBClientEngine, papermill_engines
-    from papermill.iorw import papermill_io
-
-    class KernelEnvEngine(NBClientEngine):
-        """papermill's nbclient engine, but the kernel gets the run's environment, not ours."""
-
-        @classmethod
-        def execute_managed_notebook(cls, nb_man, kernel_name, *, kernel_env, execution_timeout=None,
-                                     start_timeout=60, log_output=False, stdout_file=None, stderr_file=None, **kwargs):
-            kwargs.pop("input_path", None)
-            client = PapermillNotebookClient(
-                nb_man, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
-                log=logging.getLogger("papermill"), log_output=log_output, stdout_file=stdout_file,
-                stderr_file=stderr_file, **kwargs,
-            )
-            return client.execute(env=kernel_env)
-
-    papermill_engines.register(_ENGINE, KernelEnvEngine)
-    papermill_io.register(_MASKED_SCHEME, _MaskedNotebookHandler())
-
-
-class _MaskedNotebookHandler:
-    """papermill saves the notebook after every cell: mask each save and write it atomically."""
-
-    @staticmethod
-    def _path(path: str) -> Path:
-        return Path(path[len(_MASKED_SCHEME):])
-
-    def read(self, path):
-        return self._path(path).read_text(encoding="utf-8")
-
-    def listdir(self, path):
-        return [str(p) for p in self._path(path).iterdir()]
-
-    def write(self, buf, path):
-        target = self._path(path)
-        masker = _maskers.get(str(target)) or Masker.from_env()
-        atomic_write(target, masker.json_text(buf))
-
-    def pretty_path(self, path):
-        return str(self._path(path))
-
-
-def _mark_stopped_cell(nb_path: Path, ename: str, line: str, masker: Masker) -> None:
-    """papermill marks only cells that raised; a timeout or a dead kernel gets the same mark here,
-    on the last cell that started."""
-    nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    started = [c for c in nb["cells"] if c.get("cell_type") == "code"
-               and c.get("metadata", {}).get("papermill", {}).get("start_time")]
-    if not started:
-        return
-    cell = started[-1]
-    cell.setdefault("outputs", []).append({"output_type": "error", "ename": ename, "evalue": line, "traceback": [line]})
-    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
-    if "papermill-error-cell-tag" not in tags:
-        tags.append("papermill-error-cell-tag")
-    atomic_write(nb_path, masker.json_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n"))
-
-
-def _write_unstarted_notebook(source: Path, nb_path: Path, masker: Masker) -> None:
-    atomic_write(nb_path, masker.text(source.read_text(encoding="utf-8")))
 
 
 def _read_notebook(path: Path):

@@ -8,7 +8,6 @@ demo), so no secret is ever written into a notebook.
 """
 from __future__ import annotations
 
-import html
 import secrets as _secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -17,7 +16,9 @@ from functools import cached_property
 from . import __version__, db
 from . import target as target_mod
 from .audit import AuditLog
+from .demo import target_or_demo
 from .findings import Finding, rows_to_html, worst
+from .literal import html_text, inert, visible
 from .schema_map import SchemaMap
 
 
@@ -79,13 +80,13 @@ class RunContext:
     def _repr_html_(self) -> str:
         described = self.target.describe()
         parts = [
-            f"<b>{html.escape(self.runbook)}</b> run <code>{html.escape(self.run_id)}</code>",
-            f"database <code>{html.escape(described['database'] or 'none')}</code>",
-            f"stripe <code>{html.escape(described['stripe'] or 'not configured')}</code>",
+            f"<b>{html_text(self.runbook)}</b> run <code>{html_text(self.run_id)}</code>",
+            f"database <code>{html_text(described['database'] or 'none')}</code>",
+            f"stripe <code>{html_text(described['stripe'] or 'not configured')}</code>",
         ]
         if described["demo"]:
             parts.append("<i>demo target</i>")
-        return "<div>" + " · ".join(parts) + f" · opsbook {__version__}</div>"
+        return inert(" · ".join(parts) + f" · opsbook {html_text(__version__)}")
 
     def verdict(self) -> "Verdict":
         return Verdict(self.findings)
@@ -102,10 +103,10 @@ class Verdict:
     def _repr_html_(self) -> str:
         problems = [f for f in self.findings if f.is_problem]
         rows = [{"check": f.check, "severity": f.severity, "count": f.count, "title": f.title} for f in problems]
-        head = f"<h3>Verdict: {self.severity.upper()}</h3>"
+        head = f"<h3>Verdict: {html_text(self.severity.upper())}</h3>"
         if not rows:
-            return head + f"<p>All {len(self.findings)} checks passed.</p>"
-        return head + f"<p>{len(rows)} of {len(self.findings)} checks found something.</p>" + rows_to_html(rows)
+            return inert(head + f"<p>All {len(self.findings)} checks passed.</p>")
+        return inert(head + f"<p>{len(rows)} of {len(self.findings)} checks found something.</p>" + rows_to_html(rows))
 
 
 def _show_figures_inline() -> None:
@@ -119,23 +120,58 @@ def _show_figures_inline() -> None:
         shell.run_line_magic("matplotlib", "inline")
 
 
+def _tables_without_math() -> None:
+    """DataFrames this kernel displays carry MathJax's ignore classes: a ``$`` in a statement or
+    a name (``$1`` in every normalised statement) must not be typeset as math.
+
+    Registered by the DataFrame's name, so a run's first cell does not pay for importing pandas.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+    html = shell.display_formatter.formatters["text/html"]
+    for module in ("pandas", "pandas.core.frame"):  # DataFrame.__module__ in pandas 3, and before
+        html.for_type_by_name(module, "DataFrame", _frame_html)
+
+
+def _frame_html(frame) -> str | None:
+    import pandas as pd
+
+    with pd.option_context("display.html.use_mathjax", False):
+        return frame._repr_html_()
+
+
 def start(runbook: str, run_id: str | None = None, *, statement_timeout_ms: int = db.DEFAULT_STATEMENT_TIMEOUT_MS) -> RunContext:
     """The run's context; with no run_id (an interactive session) one is made up."""
     _show_figures_inline()
+    _tables_without_math()
     return RunContext(
         runbook=runbook,
         run_id=run_id or new_run_id(runbook),
-        target=target_mod.from_env(),
+        target=target_or_demo(),  # no target variables: the demo, started if needed
         statement_timeout_ms=statement_timeout_ms,
     )
 
 
 def table(rows: list[dict], empty: str = "(none)"):
-    """Rows as a DataFrame for display; a short note when there are none."""
+    """Rows as a DataFrame for display; a short note when there are none.
+
+    Text values (and column names) are shown with their control characters as escapes, so a NUL,
+    an ANSI escape or a right-to-left override in target text cannot cut or reorder the table.
+    """
     import pandas as pd
 
+    pd.set_option("display.html.use_mathjax", False)  # also when shown without runtime.start()
     if not rows:
-        from IPython.display import Markdown
+        from IPython.display import HTML
 
-        return Markdown(f"*{empty}*")
-    return pd.DataFrame(rows)
+        return HTML(inert(f"<i>{html_text(empty)}</i>", tag="p"))
+    frame = pd.DataFrame(rows)
+    frame.columns = [visible(c) for c in frame.columns]
+    for column in frame.select_dtypes(include=["object", "string"]).columns:
+        frame[column] = frame[column].map(lambda v: visible(v) if isinstance(v, str) else v)
+    return frame

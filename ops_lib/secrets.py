@@ -5,6 +5,7 @@ like a secret (Stripe keys, webhook secrets, passwords in URLs) even if no varia
 """
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -65,9 +66,17 @@ def secret_values(env: Mapping[str, str] | None = None) -> list[str]:
     return [v for v in values if len(v) >= 4]
 
 
+def _rendered_forms(secret: str) -> set[str]:
+    """A secret as the HTML outputs of a notebook may hold it (escaped for display)."""
+    from .literal import html_text
+
+    return {secret, html.escape(secret), html.escape(secret, quote=False), html_text(secret, limit=None)}
+
+
 class Masker:
     def __init__(self, secrets: Iterable[str] = ()):
-        self.secrets = sorted(set(secrets), key=len, reverse=True)
+        forms = {form for secret in set(secrets) if secret for form in _rendered_forms(secret)}
+        self.secrets = sorted(forms, key=len, reverse=True)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, extra: Iterable[str] = ()) -> "Masker":

@@ -1,5 +1,5 @@
-"""Read access to Stripe for the runbooks: a pinned client, filtered listings as plain dicts,
-and one-line errors.
+"""Read access to Stripe for the runbooks: a pinned, bounded client, filtered listings as plain
+dicts, and one-line errors.
 
 Every request pins `Stripe-Version: 2023-08-16`, so real Stripe and the demo emulator answer in
 the same shapes (those of shared/stripe-openapi). The `list_*` helpers push their filters to
@@ -7,21 +7,46 @@ the API (Stripe filters server-side and pages with `auto_paging_iter()`), so a r
 only what it asks about; each yields plain JSON-like dicts. Failures to reach or use Stripe
 become `StripeAccessError` with one line saying what is wrong and how to fix it, and never the
 API key itself.
+
+Every request is bounded. The SDK's own HTTP clients take one timeout that applies to each
+socket operation (the connection, then every read), not to the request: an API that accepts
+and never answers costs that timeout per try, and retries multiply it (80 s by default, or
+91 s with the 30 s and two retries this module used to pass), while one that drips its answer
+a byte at a time is never timed out at all. `make_client` gives the SDK a `BoundedHTTPClient`
+instead: a connection must open within `connect_timeout`, the answer must not go silent for
+`read_timeout`, and the whole request, retries and the pauses between them included, ends
+within `timeout` (15 s by default): once the budget is spent, the socket is shut down even
+mid-answer, and no retry starts that could not finish in time.
 """
 from __future__ import annotations
 
 import contextlib
+import io
+import json
+import random
 import re
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator, Mapping
 from urllib.parse import urlsplit
 
+import requests
 import stripe
+import urllib3
+import urllib3.connection
 
 from ops_lib.errors import ConfigurationError, StripeAccessError
 
 API_VERSION = "2023-08-16"
-DEFAULT_TIMEOUT_S = 30
+CONNECT_TIMEOUT_S = 5.0   # to open a TCP (and TLS) connection
+READ_TIMEOUT_S = 10.0     # the longest silence while waiting for, or reading, an answer
+DEFAULT_TIMEOUT_S = 15.0  # one request, from its first try to the end of its last retry
+MIN_ATTEMPT_S = 2.0       # a retry starts only if this much of the budget is left after its pause
+PREFLIGHT_TIMEOUT_S = 10.0  # for a one-read probe before a run: one try's worth, no second chance
 PAGE_SIZE = 100  # Stripe's maximum: fewest round trips
 
 _LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
@@ -52,8 +77,13 @@ def mode_of(api_key: str, api_base: str | None = None) -> str:
 
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2,
-                timeout: float = DEFAULT_TIMEOUT_S) -> stripe.StripeClient:
-    """A StripeClient pinned to API_VERSION; `api_base` points it elsewhere (the emulator)."""
+                timeout: float = DEFAULT_TIMEOUT_S, *, connect_timeout: float = CONNECT_TIMEOUT_S,
+                read_timeout: float = READ_TIMEOUT_S) -> stripe.StripeClient:
+    """A StripeClient pinned to API_VERSION; `api_base` points it elsewhere (the emulator).
+
+    Each request ends within `timeout` seconds, its `max_network_retries` retries included
+    (see `BoundedHTTPClient`); past that it raises, and `stripe_errors` says what happened.
+    """
     if not api_key:
         raise ConfigurationError("No Stripe API key: set STRIPE_API_KEY to a secret (sk_) or "
                                  "restricted (rk_) key from Dashboard → Developers → API keys")
@@ -66,8 +96,345 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
         stripe_version=API_VERSION,
         base_addresses={"api": api_base} if api_base else None,
         max_network_retries=max_network_retries,
-        http_client=stripe.new_default_http_client(timeout=timeout),
+        http_client=BoundedHTTPClient(timeout, connect_timeout=connect_timeout,
+                                      read_timeout=read_timeout),
     )
+
+
+# --------------------------------------------------------------------------- bounded HTTP
+
+
+class NetworkFailure(stripe.APIConnectionError):
+    """A request that got no complete answer: where to, what happened, after how many tries.
+
+    `kind` is one of: unreachable (refused, unknown host), connect_timeout, tls, closed (the
+    connection closed before any answer), no_answer (accepted, then silence), stalled (the
+    answer began, then stopped or crawled past the deadline), truncated (the connection closed
+    mid-answer), error (anything else).
+    """
+
+    def __init__(self, kind: str, where: str, detail: str, *, status: int | None = None,
+                 should_retry: bool = True):
+        super().__init__(f"{where}: {detail}", should_retry=should_retry)
+        self.kind, self.where, self.detail, self.status = kind, where, detail, status
+        self.attempts = 1
+        self.elapsed = 0.0
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+_watching = threading.local()
+
+
+class _Watchdog:
+    """Shuts the socket of one attempt down when its deadline passes, whatever it is doing.
+
+    A socket timeout bounds each read, not a request: a server that sends a byte now and then
+    holds a plain client for as long as it likes. The connection classes below hand their
+    socket to the attempt's watchdog once the request is sent; shutting it down makes the
+    blocked read return at once, and the attempt fails. (Connecting, TLS handshake included,
+    is bounded by the connect timeout, which is never more than the time left.)
+    """
+
+    def __init__(self, seconds: float):
+        self.fired = False
+        self._lock = threading.Lock()
+        self._sock: Any = None
+        self._over = False
+        self._timer = threading.Timer(max(seconds, 0.0), self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> "_Watchdog":
+        _watching.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        with self._lock:
+            self._over = True
+        self._timer.cancel()  # its thread ends at once; `_over` keeps it from acting meanwhile
+        _watching.current = None
+
+    def watch(self, sock: Any) -> None:
+        with self._lock:
+            self._sock = sock
+            if self.fired:
+                _shut(sock)
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._over:
+                return
+            self.fired = True
+            if self._sock is not None:
+                _shut(self._sock)
+
+
+def _shut(sock: Any) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class _Watched:
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        watchdog = getattr(_watching, "current", None)
+        if watchdog is not None and getattr(self, "sock", None) is not None:
+            watchdog.watch(self.sock)
+        return super().getresponse(*args, **kwargs)
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with connections that report their socket to the watchdog."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):  # SOCKS has connection classes of its own
+            manager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        return manager
+
+
+class BoundedTransport:
+    """One HTTP attempt with a hard deadline, over requests (proxies, TLS, pooling as usual).
+
+    The connection must open within `connect_timeout`, the answer must never be silent for
+    `read_timeout`, and the attempt ends by `deadline` (a `time.monotonic()` value) at the
+    latest. Failures raise `NetworkFailure`; any HTTP status is an `Answer`.
+    `trust_env=False` ignores proxy variables (for an app on this machine).
+    """
+
+    def __init__(self, connect_timeout: float = CONNECT_TIMEOUT_S,
+                 read_timeout: float = READ_TIMEOUT_S, *, trust_env: bool = True):
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.trust_env = trust_env
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.trust_env = self.trust_env
+            session.mount("http://", _WatchedAdapter())
+            session.mount("https://", _WatchedAdapter())
+            self._local.session = session
+        return session
+
+    def close(self) -> None:
+        session = getattr(self._local, "session", None)
+        if session is not None:
+            session.close()
+            self._local.session = None
+
+    def send(self, method: str, url: str, *, deadline: float, headers: Mapping[str, str] | None = None,
+             body: bytes | str | None = None, verify: bool | str = True, allow_redirects: bool = True,
+             max_body: int | None = None, read_timeout: float | None = None) -> Answer:
+        """One attempt; `max_body` keeps only the answer's first bytes, `read_timeout` overrides."""
+        where = _where(url)
+        started = time.monotonic()
+        remaining = deadline - started
+        if remaining <= 0:
+            raise NetworkFailure("no_answer", where, "no time was left to send the request",
+                                 should_retry=False)
+        timeout = (min(self.connect_timeout, remaining),
+                   min(read_timeout or self.read_timeout, remaining))
+        status: int | None = None
+        with _Watchdog(remaining) as watchdog:
+            try:
+                response = self._session().request(
+                    method, url, headers=headers, data=body, timeout=timeout, stream=True,
+                    verify=verify, allow_redirects=allow_redirects)
+                status = response.status_code
+                try:
+                    content = _read_body(response, max_body)
+                finally:
+                    response.close()
+            except requests.exceptions.RequestException as exc:
+                raise _failure(exc, where, status, timeout[0], watchdog.fired,
+                               time.monotonic() - started) from exc
+        return Answer(status, response.reason or "", response.headers, content)
+
+
+def _read_body(response: requests.Response, limit: int | None) -> bytes:
+    if limit is None:
+        return response.content
+    chunks, size = [], 0
+    for chunk in response.iter_content(65536):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def _where(url: str) -> str:
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or "?"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and what it wraps: causes, contexts, urllib3's `reason`, requests' args."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo += [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+
+
+def _failure(exc: requests.exceptions.RequestException, where: str, status: int | None,
+             connect_timeout: float, fired: bool, elapsed: float) -> NetworkFailure:
+    causes = list(_causes(exc))
+    if isinstance(exc, requests.exceptions.SSLError):
+        reason = next((str(c.reason) for c in causes if isinstance(c, ssl.SSLError)
+                       and getattr(c, "reason", None)), "TLS handshake failed")
+        return NetworkFailure("tls", where, f"TLS failed: {reason}", should_retry=False)
+    if status is not None:  # the answer had begun
+        timed_out = fired or any(isinstance(c, (TimeoutError, urllib3.exceptions.ReadTimeoutError))
+                                 for c in causes)
+        if timed_out:
+            return NetworkFailure("stalled", where, f"began its answer (HTTP {status}) but stopped "
+                                  f"sending it ({elapsed:.1f} s)", status=status)
+        return NetworkFailure("truncated", where, f"cut its answer (HTTP {status}) short by "
+                              "closing the connection", status=status)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return NetworkFailure("connect_timeout", where, f"no connection within {connect_timeout:g} s")
+    if fired or isinstance(exc, requests.exceptions.ReadTimeout):
+        return NetworkFailure("no_answer", where, f"accepted the connection but sent no answer "
+                              f"({elapsed:.1f} s)")
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
+            reason = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), None)
+            return NetworkFailure("unreachable", where, reason or _first_line(str(exc))[:120])
+        return NetworkFailure("closed", where, "closed the connection without answering")
+    return NetworkFailure("error", where, f"{type(exc).__name__}", should_retry=False)
+
+
+class BoundedHTTPClient(stripe.HTTPClient):
+    """The stripe SDK's HTTP client, with a budget per request that retries cannot exceed.
+
+    Retries follow the SDK's rules (network failures, 409, 5xx, or `Stripe-Should-Retry`) and
+    its backoff, but a retry starts only if at least MIN_ATTEMPT_S of the budget is left after
+    its pause, and each try may only use what is left.
+    """
+
+    name = "opsbook-bounded"
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT_S, *,
+                 connect_timeout: float = CONNECT_TIMEOUT_S, read_timeout: float = READ_TIMEOUT_S):
+        super().__init__()
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, not {timeout!r}")
+        self.timeout = timeout
+        self._transport = BoundedTransport(min(connect_timeout, timeout), min(read_timeout, timeout))
+
+    # The SDK's entry points.
+    def request_with_retries(self, method: str, url: str, headers: Mapping[str, str],
+                             post_data: Any = None, max_network_retries: int | None = None,
+                             *, _usage: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
+        return self._with_retries(method, url, headers, post_data, max_network_retries)
+
+    def request_stream_with_retries(self, method: str, url: str, headers: Mapping[str, str],
+                                    post_data: Any = None, max_network_retries: int | None = None,
+                                    *, _usage: Any = None) -> tuple[Any, int, Mapping[str, str]]:
+        content, status, headers = self._with_retries(method, url, headers, post_data,
+                                                      max_network_retries)
+        return io.BytesIO(content), status, headers
+
+    def request(self, method: str, url: str, headers: Mapping[str, str] | None,
+                post_data: Any = None, *, _usage: Any = None) -> tuple[bytes, int, Mapping[str, str]]:
+        return self._with_retries(method, url, headers or {}, post_data, 0)
+
+    def request_stream(self, method: str, url: str, headers: Mapping[str, str] | None,
+                       post_data: Any = None, *, _usage: Any = None) -> tuple[Any, int, Mapping[str, str]]:
+        content, status, rheaders = self._with_retries(method, url, headers or {}, post_data, 0)
+        return io.BytesIO(content), status, rheaders
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def _with_retries(self, method: str, url: str, headers: Mapping[str, str], post_data: Any,
+                      max_network_retries: int | None) -> tuple[bytes, int, Mapping[str, str]]:
+        started = time.monotonic()
+        deadline = started + self.timeout
+        tries = 0
+        while True:
+            tries += 1
+            answer: Answer | None = None
+            failure: NetworkFailure | None = None
+            try:
+                answer = self._transport.send(method, url, deadline=deadline, headers=headers,
+                                              body=post_data, verify=stripe.ca_bundle_path)
+            except NetworkFailure as exc:
+                failure = exc
+            if tries <= (max_network_retries or 0) and _retryable(answer, failure):
+                pause = _backoff(tries)
+                if deadline - time.monotonic() - pause >= MIN_ATTEMPT_S:
+                    time.sleep(pause)
+                    continue
+            if failure is not None:
+                failure.attempts, failure.elapsed = tries, time.monotonic() - started
+                raise failure
+            assert answer is not None
+            return _utf8(answer.body), answer.status, answer.headers
+
+
+def _retryable(answer: Answer | None, failure: NetworkFailure | None) -> bool:
+    """The SDK's rule (stripe._http_client.HTTPClient._should_retry)."""
+    if answer is None:
+        return bool(failure and failure.should_retry)
+    should = (answer.headers.get("stripe-should-retry") or "").lower()
+    if should in ("true", "false"):
+        return should == "true"
+    return answer.status == 409 or answer.status >= 500
+
+
+def _backoff(retry: int) -> float:
+    """The SDK's pause before retry number `retry`: 0.5 s, then 0.5-1 s, 1-2 s, … at most 5 s."""
+    pause = min(0.5 * 2 ** (retry - 1), 5.0) * 0.5 * (1 + random.random())
+    return max(0.5, pause)
+
+
+def _utf8(body: bytes) -> bytes:
+    # Stripe answers UTF-8 JSON. The SDK logs every body as UTF-8 before parsing it and would
+    # raise UnicodeDecodeError out of the request; a body that is not UTF-8 is not Stripe's, so
+    # it goes on with its undecodable bytes replaced, to fail as "not JSON".
+    try:
+        body.decode("utf-8")
+        return body
+    except UnicodeDecodeError:
+        return body.decode("utf-8", "replace").encode("utf-8")
 
 
 # --------------------------------------------------------------------------- errors
@@ -102,16 +469,66 @@ def stripe_errors(resource: str | None = None) -> Iterator[None]:
             exc, f"Stripe is rate-limiting this key (429) while reading {resource or 'data'}: "
                  "another job is probably using the same key heavily; re-run later or give the "
                  "runbooks their own restricted key") from None
+    except NetworkFailure as exc:
+        raise _access_error(exc, _network_failure(exc, resource)) from None
     except stripe.APIConnectionError as exc:
         raise _access_error(
             exc, f"Could not reach the Stripe API {_network_problem(exc)}: check the network "
                  "or proxy, or STRIPE_API_BASE (is the demo emulator running? "
                  "`opsbook demo up`)") from None
     except stripe.APIError as exc:
+        if not _is_json(exc.http_body):  # not Stripe's answer
+            raise _access_error(exc, _not_json(exc, resource)) from None
         raise _access_error(
             exc, f"Stripe failed to answer (HTTP {exc.http_status or '?'}, retries included) "
                  f"while reading {resource or 'data'}: Stripe may be having an incident "
                  "(https://status.stripe.com); re-run later") from None
+
+
+def _network_failure(exc: NetworkFailure, resource: str | None) -> str:
+    tries = f"gave up after {exc.attempts} tr{'y' if exc.attempts == 1 else 'ies'} in {exc.elapsed:.0f} s"
+    reading = f" while reading {resource}" if resource else ""
+    if exc.kind in ("unreachable", "connect_timeout", "tls"):
+        return (f"Could not reach the Stripe API at {exc.where} ({exc.detail}){reading}, {tries}: "
+                "check the network or proxy, or STRIPE_API_BASE (is the demo emulator running? "
+                "`opsbook demo up`)")
+    what = {
+        "no_answer": "accepted the connection but never answered",
+        "closed": "closed the connection without answering",
+        "stalled": f"began its answer (HTTP {exc.status}) but never finished it",
+        "truncated": f"cut its answer (HTTP {exc.status}) short by closing the connection",
+    }.get(exc.kind, f"failed ({exc.detail})")
+    return (f"The Stripe API at {exc.where} {what}{reading} ({tries}): Stripe, or a proxy in "
+            "between, is not answering properly; check https://status.stripe.com and the network "
+            "or proxy (or STRIPE_API_BASE), then re-run")
+
+
+def _is_json(body: str | None) -> bool:
+    try:
+        json.loads(body or "")
+    except ValueError:
+        return False
+    return True
+
+
+def _not_json(exc: stripe.APIError, resource: str | None) -> str:
+    content_type = ""
+    # The SDK passes the answer's headers as `json_body` when the body is not JSON.
+    for headers in (exc.headers, exc.json_body):
+        if isinstance(headers, Mapping):
+            found = {str(k).lower(): str(v) for k, v in headers.items()}.get("content-type")
+            if found:
+                content_type = found.split(";")[0].strip()
+                break
+    what = "an HTML page instead of Stripe's JSON" if "html" in content_type else "a body that is not JSON"
+    status = exc.http_status or 0
+    if status >= 500:
+        hint = ("a proxy or load balancer in between is failing, or Stripe is having an incident "
+                "(https://status.stripe.com); re-run later")
+    else:
+        hint = ("STRIPE_API_BASE, or a proxy in between (a sign-in or error page?), is not "
+                "Stripe's API: check them")
+    return f"The Stripe API answered HTTP {status or '?'} with {what} while reading {resource or 'data'}: {hint}"
 
 
 def _access_error(exc: stripe.StripeError, message: str) -> StripeAccessError:

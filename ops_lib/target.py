@@ -1,7 +1,8 @@
 """The target a run looks at, chosen by environment variables only (never by notebook parameters).
 
-With none of the target variables set, the target is the local demo, started if it is not
-running, so Run All works in JupyterLab on a fresh checkout.
+With none of the target variables set, the caller may use the local demo instead
+(``ops_lib.demo.target_or_demo``), so Run All works in JupyterLab on a fresh checkout; this
+module itself never reaches for the demo.
 """
 from __future__ import annotations
 
@@ -75,15 +76,21 @@ class Target:
         return self.database_url
 
 
-def from_env(env: Mapping[str, str] | None = None, *, start_demo: bool = True) -> Target:
+def configured(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the environment names a target (OPSBOOK_SCHEMA alone only says how to read one)."""
     env = os.environ if env is None else env
-    if not any(env.get(name) for name in TARGET_VARIABLES if name != "OPSBOOK_SCHEMA"):
-        from .demo import lifecycle
+    return any(env.get(name) for name in TARGET_VARIABLES if name != "OPSBOOK_SCHEMA")
 
-        state = lifecycle.ensure_up() if start_demo else lifecycle.read_state()
-        if state is None:
-            raise ConfigurationError("no target variables are set and the demo is not running — run `opsbook demo up`")
-        return lifecycle.target_of(state, schema=env.get("OPSBOOK_SCHEMA"))
+
+def from_env(env: Mapping[str, str] | None = None) -> Target:
+    """The target the environment names. Pure: it reaches for nothing (the demo, when no target
+    is named, is ``ops_lib.demo.target_or_demo``'s business)."""
+    env = os.environ if env is None else env
+    if not configured(env):
+        raise ConfigurationError(
+            "no target is set — export DATABASE_URL (and STRIPE_API_KEY for the Stripe runbooks), "
+            "or start the demo with `opsbook demo up`"
+        )
     schema = env.get("OPSBOOK_SCHEMA")
     schema_path = _schema_path(schema) if schema else paths.params_dir() / "schema" / "reference.yaml"
     return Target(

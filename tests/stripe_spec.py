@@ -1,7 +1,9 @@
-"""Stripe's OpenAPI specification (shared/stripe-openapi/spec3.json) as JSON Schema validators.
+"""Stripe's OpenAPI specification, API version 2023-08-16, as JSON Schema validators.
 
-The translation follows shared/stripe-openapi/README.md: OpenAPI 3.0 `nullable` becomes a null
-type or branch, `x-*` keys go, and every object schema that declares `properties` gets
+The specification travels with the tests: tests/data/stripe-openapi/ holds gzipped copies of
+Stripe's published spec3.json and fixtures3.json with their MIT LICENSE (its README says where
+they come from). The translation for a Draft 2020-12 validator: OpenAPI 3.0 `nullable` becomes a
+null type or branch, `x-*` keys go, and every object schema that declares `properties` gets
 `additionalProperties: false` so that an invented or misspelt field fails. List envelopes come
 from each list operation's 200 response; an event's `data.object` is validated against the
 schema its `object` names.
@@ -9,8 +11,8 @@ schema its `object` names.
 from __future__ import annotations
 
 import functools
+import gzip
 import json
-import os
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -18,13 +20,19 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-_REPO = Path(__file__).resolve().parents[1]
-_CANDIDATES = [Path(p) for p in [os.environ.get("OPSBOOK_STRIPE_SPEC_DIR")] if p] + [
-    _REPO / "shared" / "stripe-openapi", _REPO.parent / "shared" / "stripe-openapi"]
-SPEC_DIR = next((d for d in _CANDIDATES if (d / "spec3.json").is_file()), _CANDIDATES[-1])
-SPEC_PATH = SPEC_DIR / "spec3.json"
-FIXTURES_PATH = SPEC_DIR / "fixtures3.json"
+API_VERSION = "2023-08-16"
+SPEC_DIR = Path(__file__).resolve().parent / "data" / "stripe-openapi"
+SPEC_PATH = SPEC_DIR / "spec3.json.gz"
+FIXTURES_PATH = SPEC_DIR / "fixtures3.json.gz"
+LICENSE_PATH = SPEC_DIR / "LICENSE"
 _ROOT = "urn:stripe-openapi"
+
+
+def read_json(path: Path) -> Any:
+    """A carried JSON file, gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return json.load(f)
 
 
 def translate(schema: Any) -> Any:
@@ -68,8 +76,7 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 class StripeSpec:
     def __init__(self, path: Path = SPEC_PATH):
-        with open(path, encoding="utf-8") as f:
-            self.raw = json.load(f)
+        self.raw = read_json(path)
         self.schemas = self.raw["components"]["schemas"]
         document = {"components": {"schemas": {name: translate(s)
                                                for name, s in self.schemas.items()}}}
@@ -126,5 +133,4 @@ def load_spec() -> StripeSpec:
 
 @functools.lru_cache(maxsize=1)
 def load_fixtures() -> dict[str, Any]:
-    with open(FIXTURES_PATH, encoding="utf-8") as f:
-        return json.load(f)["resources"]
+    return read_json(FIXTURES_PATH)["resources"]

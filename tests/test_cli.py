@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -153,32 +154,56 @@ def test_a_cell_over_the_timeout_fails_the_run_with_exit_2(tmp_path, demo):
     assert any(o.get("output_type") == "error" for o in marked[0].outputs)
 
 
-def test_lab_serves_jupyterlab_on_the_notebooks(tmp_path, demo):
+def _processes_marked(mark: str) -> list[int]:
+    """Processes whose environment carries ``mark`` (what a test started, and all they started)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if mark.encode() in (proc / "environ").read_bytes():
+                    found.append(int(proc.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_lab_serves_the_notebooks_and_leaves_nothing_running_when_stopped(tmp_path, demo):
     import time
     import urllib.request
+    import uuid
 
-    port = free_port()
+    port, mark = free_port(), f"OPSBOOK_LAB_TEST={uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
+    env.update(JUPYTER_RUNTIME_DIR=str(tmp_path), HOME=str(tmp_path), OPSBOOK_LAB_TEST=mark.split("=")[1])
     proc = subprocess.Popen(
         [sys.executable, "-m", "ops_lib.cli", "lab", "--no-browser", f"--port={port}", "--IdentityProvider.token=",
-         "--allow-root"],
-        env={**env, "JUPYTER_RUNTIME_DIR": str(tmp_path), "HOME": str(tmp_path)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--ServerApp.disable_check_xsrf=True", "--allow-root"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
+    base = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/slow_queries.ipynb", timeout=2) as resp:
+                with urllib.request.urlopen(f"{base}/contents/slow_queries.ipynb", timeout=2) as resp:
                     assert json.load(resp)["name"] == "slow_queries.ipynb"
                     break
             except OSError:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise
                 time.sleep(0.5)
+        start = urllib.request.Request(f"{base}/kernels", data=b"{}", method="POST",
+                                       headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(start, timeout=30) as resp:
+            assert json.load(resp)["id"]
+        assert len(_processes_marked(mark)) >= 2, "JupyterLab and a kernel are running"
     finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    deadline = time.monotonic() + 15
+    while _processes_marked(mark) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    assert _processes_marked(mark) == [], "a process outlived `opsbook lab`"
 
 
 @pytest.mark.parametrize("url", ["postgresql://app:pw@127.0.0.1:notaport/app", "mysql://app:pw@127.0.0.1/app"])

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ops_lib.demo.receiver import start_receiver, stop_receiver
+from ops_lib.demo.receiver import MAX_BODY_BYTES, READ_TIMEOUT_S, start_receiver, stop_receiver
 from ops_lib.errors import EXIT_INVALID
 from ops_lib.stripe_emulator.objects import make_checkout_session, make_event
 from ops_lib.webhooks import HEADER, sign, sign_with
@@ -250,3 +252,104 @@ def test_the_command_line_receiver_refuses_to_start_without_secrets(app_db):
 
     assert done.returncode == EXIT_INVALID
     assert "STRIPE_WEBHOOK_SECRETS is not set" in done.stderr
+
+
+# --------------------------------------------------------------------------- clients that stall
+
+
+READ_TIMEOUT = 1.5  # shorter than the default, to keep the tests quick
+NO_DATABASE = "postgresql://nobody@127.0.0.1:9/never_connected"  # none of these requests reaches it
+
+
+@pytest.fixture
+def bare_endpoint():
+    """The endpoint, without a database: every request here fails before the app needs one."""
+    server, _thread, url = start_receiver(NO_DATABASE, [SECRET], read_timeout=READ_TIMEOUT)
+    yield server.server_address[:2]
+    stop_receiver(server)
+
+
+def handler_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if "process_request_thread" in t.name and t.is_alive()]
+
+
+def raw_exchange(address, chunks, pause: float = 0.0) -> tuple[float, bytes]:
+    """Send `chunks` over a raw socket (`pause` s apart), then read until the server closes."""
+    started = time.monotonic()
+    with socket.create_connection(address, timeout=30) as sock:
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+                time.sleep(pause)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server gave up on us: what it answered is still to be read
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return time.monotonic() - started, answer
+
+
+HEAD = b"POST /stripe/webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+def test_the_default_read_timeout_is_short():
+    assert READ_TIMEOUT_S <= 10 and MAX_BODY_BYTES == 1 << 20
+
+
+def test_a_body_shorter_than_its_content_length_is_answered_408_at_the_read_timeout(bare_endpoint):
+    elapsed, answer = raw_exchange(bare_endpoint, [HEAD + b"Content-Length: 1000\r\n\r\n" + b"{" * 10])
+
+    assert answer.startswith(b"HTTP/1.0 408 ")
+    assert answer.endswith(b'{"error": "the body did not arrive within 1.5 s"}')
+    assert READ_TIMEOUT - 0.2 <= elapsed < READ_TIMEOUT + 2
+    # The connection is closed and its thread is gone.
+    deadline = time.monotonic() + 2
+    while handler_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert handler_threads() == []
+
+
+def test_a_body_trickled_in_is_cut_off_at_the_deadline_though_no_single_read_waits_long(bare_endpoint):
+    body = b"x" * 1000
+    chunks = [HEAD + b"Content-Length: 1000\r\n\r\n"] + [body[i:i + 10] for i in range(0, 1000, 10)]
+
+    elapsed, answer = raw_exchange(bare_endpoint, chunks, pause=0.1)  # 10 s to send it all
+
+    assert answer.startswith(b"HTTP/1.0 408 ")
+    assert elapsed < READ_TIMEOUT + 2
+
+
+def test_headers_that_never_end_are_dropped_at_the_deadline(bare_endpoint):
+    elapsed, answer = raw_exchange(bare_endpoint, [HEAD + b"Stripe-Signature: t=1,v1="])
+
+    assert answer == b""  # nothing to answer: the request never arrived
+    assert elapsed < READ_TIMEOUT + 2
+
+
+def test_a_body_larger_than_the_maximum_is_refused_413_without_being_read(bare_endpoint):
+    elapsed, answer = raw_exchange(bare_endpoint, [HEAD + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode(),
+                                                   b"{" * 4096])
+
+    assert answer.startswith(b"HTTP/1.0 413 ")
+    assert answer.endswith(f'{{"error": "the body is larger than {MAX_BODY_BYTES} bytes"}}'.encode())
+    assert elapsed < 1
+
+
+@pytest.mark.parametrize("length, status", [("-5", b"400"), ("lots", b"411")])
+def test_a_content_length_that_is_not_a_size_is_refused(bare_endpoint, length, status):
+    _, answer = raw_exchange(bare_endpoint, [HEAD + f"Content-Length: {length}\r\n\r\n".encode()])
+
+    assert answer.startswith(b"HTTP/1.0 " + status + b" ")
+
+
+def test_stalled_clients_do_not_keep_the_endpoint_from_answering_others(bare_endpoint):
+    stalled = [socket.create_connection(bare_endpoint) for _ in range(5)]
+    try:
+        for sock in stalled:
+            sock.sendall(HEAD + b"Content-Length: 1000\r\n\r\n{")
+        host, port = bare_endpoint
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=5) as response:
+            assert (response.status, json.loads(response.read())) == (200, {"ok": True})
+    finally:
+        for sock in stalled:
+            sock.close()

@@ -13,11 +13,15 @@ SPEC = ParamSpec((
     Param("apply", bool, False, "do it"),
     Param("types", list, [], "event types", choices=("a", "b")),
     Param("label", str, "x", "a label"),
+    Param("count", int, 1, "no bounds declared: the default ones apply"),
+    Param("ratio", float, 1.0, "no bounds declared either"),
+    Param("codes", list, [], "three-letter codes", pattern="[a-z]{3}", pattern_hint="a code of three letters"),
 ))
 
 
 def test_defaults_apply_when_nothing_is_given():
-    assert SPEC.resolve() == {"since_hours": 24, "threshold": 0.99, "apply": False, "types": [], "label": "x"}
+    assert SPEC.resolve() == {"since_hours": 24, "threshold": 0.99, "apply": False, "types": [], "label": "x",
+                              "count": 1, "ratio": 1.0, "codes": []}
 
 
 def test_command_line_strings_are_converted_to_the_parameter_type():
@@ -39,12 +43,25 @@ def test_later_sources_win_files_in_order_then_command_line(tmp_path):
     "name, value, message",
     [
         ("since_hourz", "1", "unknown parameter 'since_hourz'; this runbook takes: since_hours"),
-        ("since_hours", "many", "'many' is not a int"),
-        ("since_hours", "1.5", "is not a int"),
+        ("since_hours", "many", "'many' is not a whole number — give one from 1 to 720"),
+        ("since_hours", "1.5", "is not a whole number"),
         ("since_hours", "0", "0 is below the minimum 1"),
         ("since_hours", "721", "721 is above the maximum 720"),
-        ("apply", "maybe", "is not a bool"),
+        ("since_hours", str(10**30), "is above the maximum 720"),
+        ("threshold", "nan", "'nan' is not a finite number — give one from 0 to 1"),
+        ("threshold", "inf", "'inf' is not a finite number"),
+        ("threshold", "-Infinity", "'-Infinity' is not a finite number"),
+        ("count", "1e9", "'1e9' is not a whole number"),
+        ("count", str(10**9 + 1), "is above the maximum 1000000000"),
+        ("count", str(-10**9 - 1), "is below the minimum -1000000000"),
+        ("ratio", "1e300", "is above the maximum 1000000000"),
+        ("ratio", "1e309", "is not a finite number"),
+        ("apply", "maybe", "'maybe' is not true or false"),
         ("types", "a,c", "'c' is not one of a, b"),
+        ("label", "x" * 1001, "1,001 characters long, more than the 1,000 allowed"),
+        ("label", "two\nlines", "holds a control character"),
+        ("codes", "ab,abc", "'ab' is not a code of three letters"),
+        ("codes", ",".join(["abc"] * 1001), "the list has 1,001 items, more than the 1,000 allowed"),
     ],
 )
 def test_a_wrong_parameter_is_one_clear_line(name, value, message):
@@ -52,6 +69,49 @@ def test_a_wrong_parameter_is_one_clear_line(name, value, message):
         SPEC.resolve(overrides=[(name, value)])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_values_at_the_bounds_are_accepted():
+    values = SPEC.resolve(overrides=[("since_hours", "720"), ("threshold", "0"), ("count", str(-10**9)),
+                                     ("ratio", "1e9"), ("label", "x" * 1000), ("codes", "abc, xyz")])
+    assert (values["since_hours"], values["threshold"], values["count"], values["ratio"]) == (720, 0.0, -10**9, 1e9)
+    assert values["codes"] == ["abc", "xyz"] and len(values["label"]) == 1000
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("threshold: .nan\n", "nan is not a finite number"),
+        ("ratio: -.inf\n", "-inf is not a finite number"),
+        ("count: 1.0e+30\n", "is above the maximum 1000000000"),
+        ("codes: [abc, 7]\n", "item 2 of the list, 7, is not a non-empty text"),
+        ("codes: [abc, {a: b}]\n", "item 2 of the list"),
+        ("label: [a, b]\n", "is not text"),
+    ],
+)
+def test_a_wrong_value_in_a_file_names_the_parameter_and_the_file(tmp_path, text, message):
+    path = tmp_path / "set.yaml"
+    path.write_text(text)
+    with pytest.raises(ParameterError) as err:
+        SPEC.resolve([path])
+    assert message in str(err.value) and f"from {path}" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unquoted_day_in_a_file_is_the_text_of_that_day(tmp_path):
+    path = tmp_path / "range.yaml"
+    path.write_text("label: 2026-11-30\n")
+    assert SPEC.resolve([path])["label"] == "2026-11-30"
+
+
+def test_an_unknown_name_in_a_file_names_the_file_and_the_likely_one(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text("since_hourz: 2\n")
+    with pytest.raises(ParameterError) as err:
+        SPEC.resolve([path])
+    message = str(err.value)
+    assert message.startswith(f"unknown parameter 'since_hourz' in {path}; this runbook takes: since_hours, threshold")
+    assert message.endswith(" — did you mean 'since_hours'?")
 
 
 def test_a_yaml_bool_is_not_accepted_as_a_number(tmp_path):

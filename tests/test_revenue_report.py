@@ -5,6 +5,13 @@ notebook itself under papermill.
 The MRR is recomputed here from the emulator's raw JSON (plain HTTP, none of ops_lib.revenue) and
 must match to the cent; the checks and the notebook's displayed findings must equal what
 ``billing_history.plant`` says it planted.
+
+The demo's data is built relative to a moment (``seed.build(now=...)``) and the report of "the
+current month so far" depends on where in its month that moment falls: on the 1st at 00:05 the
+month so far is five minutes long. So the module runs at the real clock and again at moments that
+are hard for it (a month's first minutes, its last second, after a short February), with the
+report's period resolved at the data's moment; and a sweep over the moments of a month checks the
+data set's shape without a database.
 """
 from __future__ import annotations
 
@@ -12,7 +19,7 @@ import json
 import urllib.parse
 import urllib.request
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from fractions import Fraction
 from pathlib import Path
 
@@ -34,6 +41,18 @@ REPO = Path(__file__).resolve().parent.parent
 MAPPING = SchemaMap.load(REPO / "params" / "schema" / "reference.yaml")
 API_KEY = "sk_test_51OpsbookRevenueReport0000000wxyz"
 DAY = 86_400
+UTC = timezone.utc
+
+# The moments the whole module runs at: the real clock (what CI meets) and fixed ones a clock may
+# meet any month. In the past, so that nothing is dated after the real now either.
+MOMENTS = {
+    "now": None,
+    "1st-00:05": datetime(2026, 11, 1, 0, 5, tzinfo=UTC),
+    "1st-00:01:30": datetime(2026, 9, 1, 0, 1, 30, tzinfo=UTC),
+    "15th-noon": datetime(2026, 11, 15, 12, 0, tzinfo=UTC),
+    "31st-23:59": datetime(2026, 10, 31, 23, 59, 59, tzinfo=UTC),
+    "march-1st-after-february": datetime(2026, 3, 1, 1, 0, tzinfo=UTC),
+}
 
 # MRR (minor units) of each scenario organisation at the demo's "now", worked out by hand.
 EXPECTED_MRR = {
@@ -61,10 +80,10 @@ EXPECTED_MRR = {
 # --------------------------------------------------------------------------- the demo-like target
 
 
-@pytest.fixture(scope="module")
-def target(pg18, tmp_path_factory):
+@pytest.fixture(scope="module", params=list(MOMENTS))
+def target(request, pg18, tmp_path_factory):
     db = Database(pg18)
-    data = seed.build(seed=7, scale=0.1)
+    data = seed.build(seed=7, scale=0.1, now=MOMENTS[request.param])
     with db.admin.connect() as conn:
         seed.load(conn, data)
     account, _plan = stripe_account.build(data, api_key=API_KEY, receiver_url="http://127.0.0.1:9/stripe/webhook")
@@ -84,9 +103,10 @@ def target(pg18, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def report(target):
-    """What the notebook computes, through the library and the real SDK."""
+    """What the notebook computes, through the library and the real SDK, for the current month so
+    far at the data's moment (the real clock may have moved on into the next month since)."""
     client = make_client(API_KEY, target["api_base"])
-    period = resolve_period()
+    period = resolve_period(now=target["data"].now)
     target["server"].emulator.requests.clear()
     stripe_data = rdata.fetch_stripe(client, period)
     requests = dict(target["server"].emulator.requests)
@@ -302,6 +322,7 @@ def test_the_database_agrees_with_stripe_for_every_organisation(target):
     assert differs == set(target["manifest"]["revenue_mismatch"])
 
 
+@pytest.mark.parametrize("target", ["now"], indirect=True)  # a notebook runs on the real clock
 def test_the_notebook_displays_exactly_the_planted_findings(target, tmp_path, monkeypatch):
     import papermill as pm
 
@@ -311,8 +332,12 @@ def test_the_notebook_displays_exactly_the_planted_findings(target, tmp_path, mo
     for name in ("STRIPE_WEBHOOK_SECRET", "OPSBOOK_WEBHOOK_URL", "OPSBOOK_SCHEMA", "OPSBOOK_DEMO"):
         monkeypatch.delenv(name, raising=False)
     out = tmp_path / "revenue_report.ipynb"
+    parameters = {"run_id": "revenue_report-test"}
+    built_in = target["data"].now.strftime("%Y-%m")
+    if datetime.now(UTC).strftime("%Y-%m") != built_in:  # a new month began since the data was built
+        parameters["period"] = built_in
     pm.execute_notebook(str(REPO / "notebooks" / "revenue_report.ipynb"), str(out), kernel_name="python3",
-                        parameters={"run_id": "revenue_report-test"}, progress_bar=False, cwd=str(REPO / "notebooks"))
+                        parameters=parameters, progress_bar=False, cwd=str(REPO / "notebooks"))
     nb = json.loads(out.read_text())
     findings = {}
     for cell in nb["cells"]:
@@ -328,7 +353,7 @@ def test_the_notebook_displays_exactly_the_planted_findings(target, tmp_path, mo
 
 def test_a_past_month_and_a_currency_filter(target, report):
     client = make_client(API_KEY, target["api_base"])
-    previous = rdata.fetch_stripe(client, resolve_period("previous"))
+    previous = rdata.fetch_stripe(client, resolve_period("previous", now=target["data"].now))
     book = mrr.MRRBook(previous.subscriptions, previous.invoices)
     closed = mrr.mrr_by_currency(book.closing(previous.period.until_ts))
     history = movements.history(book, previous.period, months=6)
@@ -381,3 +406,79 @@ def test_the_planted_objects_have_stripes_shapes(target, path, params):
     for start in range(0, len(objects), 100):
         page = {"object": "list", "data": objects[start:start + 100], "has_more": False, "url": path}
         assert spec.errors(validator, page) == []
+
+
+# --------------------------------------------------------------------------- any moment of a month
+
+
+def sweep_moments() -> list[datetime]:
+    """Moments across a 31-day month (a step that visits every hour of the day in turn), its
+    first minutes and last second, and the last second of months of every length."""
+    october = datetime(2026, 10, 1, tzinfo=UTC)
+    moments = [october + timedelta(seconds=s) for s in (30, 90, 300, 1_800, 3_600)]
+    moment = october + timedelta(hours=11, minutes=17)
+    while moment.month == 10:
+        moments.append(moment)
+        moment += timedelta(hours=11, minutes=17)
+    moments += [datetime(*day, 23, 59, 59, tzinfo=UTC) for day in
+                ((2026, 10, 31), (2026, 2, 28), (2024, 2, 29), (2026, 4, 30), (2026, 9, 30))]
+    return moments + [datetime(2026, 3, 1, 0, 5, tzinfo=UTC), datetime(2025, 1, 1, 0, 2, tzinfo=UTC)]
+
+
+def test_the_demo_has_a_month_so_far_to_report_at_any_moment():
+    """For every moment of a month, the demo's Stripe data (built for that moment, without a
+    database) has what the report of the month so far shows, and nothing dated after the moment."""
+    for moment in sweep_moments():
+        data = seed.build(seed=7, scale=0.1, now=moment)
+        account, _plan = stripe_account.build(data, api_key=API_KEY, receiver_url="http://127.0.0.1:9/stripe/webhook")
+        manifest = billing_history.plant(None, data, account)
+        check_the_month_so_far(account["objects"], manifest, int(moment.timestamp()), str(moment))
+
+
+def check_the_month_so_far(objects: dict, manifest: dict, now: int, moment: str) -> None:
+    start = int(datetime.fromtimestamp(now, UTC).replace(day=1, hour=0, minute=0, second=0).timestamp())
+    in_month = lambda ts: ts is not None and start <= ts < now  # noqa: E731
+    for kind, items in objects.items():
+        for obj in items:
+            assert obj["created"] <= now, (moment, kind, obj["id"])
+    invoices = {i["id"]: i for i in objects["invoice"]}
+    charges = {c["id"]: c for c in objects["charge"]}
+    for invoice in invoices.values():
+        paid_at = invoice["status_transitions"]["paid_at"]
+        assert paid_at is None or invoice["created"] <= paid_at < now, (moment, invoice["id"])
+    for charge in charges.values():
+        if charge["invoice"]:
+            assert charge["created"] >= invoices[charge["invoice"]]["created"], (moment, charge["id"])
+    for refund in objects["refund"] + objects["dispute"]:
+        assert refund["created"] >= charges[refund["charge"]]["created"], (moment, refund["id"])
+
+    month = [c for c in charges.values() if in_month(c["created"])]
+    succeeded = [c for c in month if c["status"] == "succeeded"]
+    failed = [c for c in month if c["status"] == "failed"]
+    assert {c["currency"] for c in succeeded} == {"usd", "jpy"}, moment
+    assert {"card_declined", "insufficient_funds", "expired_card", "incorrect_cvc"} <= {
+        c["failure_code"] for c in failed}, moment
+    assert 100 * len(succeeded) / (len(succeeded) + len(failed)) < 99, moment
+    assert [c["status"] for c in month].count("pending") == 1, moment
+    assert sum(in_month(r["created"]) for r in objects["refund"]) == 2, moment
+    assert sum(in_month(d["created"]) for d in objects["dispute"]) == 1, moment
+    paid = [i for i in invoices.values() if in_month(i["status_transitions"]["paid_at"])]
+    assert [i["currency"] for i in paid].count("jpy") == 1, moment
+    prices = {line["price"]["id"] for i in paid for line in i["lines"]["data"]}
+    assert {"price_demo_api_calls_tiered", "price_demo_sends_metered", "price_demo_pro_monthly",
+            "price_demo_team_monthly"} <= prices, moment
+    assert manifest["payment_success_rate_low"] == [c["id"] for c in sorted(failed, key=lambda c: (c["created"], c["id"]))]
+    assert len(manifest["revenue_mismatch"]) == 2 and all(in_month(charges[c]["created"]) for c in manifest["revenue_mismatch"])
+    assert len(manifest["unpriced_items"]) == 2, moment
+    for sub in objects["subscription"]:
+        if sub["status"] in ("active", "trialing", "past_due"):
+            assert sub["current_period_start"] <= now < sub["current_period_end"], (moment, sub["id"])
+
+
+def test_the_window_lies_in_the_month_so_far_at_any_moment():
+    for moment in sweep_moments():
+        now = int(moment.timestamp())
+        month_start = int(moment.replace(day=1, hour=0, minute=0, second=0).timestamp())
+        win_start, win_end = billing_history.window(now)
+        assert month_start < win_start <= win_end < now, moment
+        assert win_end - win_start >= min(now - month_start, 20 * DAY) - 2 * 120 - 2, moment

@@ -8,7 +8,12 @@ the seeded app database), and returns what the revenue_report checks must report
 ``{check_id: [items, in the order the finding lists them]}``.
 
 What is there, with ``now`` the data set's moment and *the window* the part of the current month
-before it (at most its last 20 days) — the default period of the report:
+before it (at most its last 20 days) — the default period of the report. The window is wherever
+``now`` falls in the month: on the 1st at 00:05 it is the four and a half minutes since midnight,
+on the 31st at 23:59 the last 20 days. Everything the report of the current month must show is
+placed inside it, at fractions of it, never at a fixed age (an age like "80 days ago" lands in the
+current month on some days and in the previous one on others), so that the report — and a
+newcomer's ``make demo`` — shows the same scenarios at any moment of any month:
 
 * every seeded subscription: six months of paid monthly invoices (30-day periods, as the seed
   makes them) with their charges, balance transactions and the app's payments;
@@ -18,6 +23,8 @@ before it (at most its last 20 days) — the default period of the report:
   cancel at period end; a tiered and a metered add-on; and, inside the window, an expansion, a
   contraction, a churn, a cancellation that is not a churn (the customer keeps another
   subscription), a reactivation and a new customer;
+* inside the window: the monthly renewals of the percent-off, amount-off, JPY, tiered and
+  metered subscriptions (so the month's revenue has both currencies and every kind of plan);
 * inside the window: failed charges with four failure codes (the success rate falls below 99 %),
   a pending charge, a full and a partial refund, a dispute, and two payments on which the app
   disagrees with Stripe (one missing, one with the wrong amount).
@@ -42,6 +49,7 @@ from .seed import Dataset
 DAY = 86_400
 SEED_HISTORY_PERIODS = 6  # paid periods before the current one, per seeded subscription
 SEED_PERIOD_DAYS = 30  # the seed's subscriptions run 30-day periods
+WINDOW_DAYS = 20  # the window is at most the month's last 20 days
 TARGET_SUCCESS_RATE = 98.5  # the window's success rate is kept below this (the check's default is 99 %)
 
 PLAN_OF_PRICE = {"price_demo_pro_monthly": "pro", "price_demo_team_monthly": "team"}
@@ -65,6 +73,12 @@ class _Ledger:
     def t(self, fraction: float) -> int:
         """A moment inside the window."""
         return int(self.win_start + fraction * (self.win_end - self.win_start))
+
+    @property
+    def quick(self) -> int:
+        """Seconds from an invoice in the window to its payment: 10, less when the window is short
+        (the first minutes of a month), so that what follows a payment still comes after it."""
+        return max(1, min(10, (self.win_end - self.win_start) // 100))
 
     def add(self, *objects: dict) -> None:
         """Into the state as they are (``add_objects`` stores copies): later changes — a refund on a
@@ -175,6 +189,21 @@ def _months_before(ts: int, months: int) -> int:
     return int(moment.replace(year=year, month=month, day=day).timestamp())
 
 
+def window(now: int) -> tuple[int, int]:
+    """The window of the month holding ``now``: [start, end], inside the month so far, at most its
+    last 20 days, a margin (up to two minutes, less in a month's first minutes) off both edges."""
+    month_start = _month_start(now)
+    margin = max(1, min(120, (now - month_start) // 20))
+    start = max(month_start + margin, now - WINDOW_DAYS * DAY)
+    return start, max(start, now - margin)
+
+
+def _anchored(at: int, months: int, count: int) -> list[tuple[int, int]]:
+    """``count`` billing periods of ``months`` months, the last one starting at ``at``."""
+    starts = [_months_before(at, months * k) for k in range(count - 1, -1, -1)]
+    return list(zip(starts, starts[1:] + [so.add_interval(at, "month", months)]))
+
+
 def _cycles(start: int, interval: str, count: int, until: int) -> list[tuple[int, int]]:
     """Billing periods from ``start`` while they start before ``until`` (the last one holds it)."""
     periods = []
@@ -198,16 +227,17 @@ def _lines(sub: dict, period: tuple[int, int], *, prices: dict[str, dict], quant
     return lines
 
 
-def plant(engine: Engine, data: Dataset, account: dict) -> dict:
+def plant(engine: Engine | None, data: Dataset, account: dict) -> dict:
     """Add the billing history and the revenue scenarios to Stripe (``account``) and the app
-    database; return ``{check_id: [items]}`` for the revenue_report checks."""
+    database; return ``{check_id: [items]}`` for the revenue_report checks.
+
+    Everything is placed relative to ``data.now`` (``seed.build(now=...)``), so a data set can be
+    built for any moment; with ``engine=None`` only the Stripe side is built (the app's rows are
+    not written), which is how the tests sweep the moments of a month."""
     so.seed_ids(f"opsbook-billing-history-{data.seed}")
     now = int(data.now.timestamp())
     month_start = _month_start(now)
-    win_end = now - 120
-    win_start = max(month_start + 60, now - 20 * DAY)
-    if win_end <= win_start:  # the demo was built in the first minutes of a month
-        win_start, win_end = month_start + 1, max(month_start + 2, now - 15)
+    win_start, win_end = window(now)
     ledger = _Ledger(account=account, now=now, win_start=win_start, win_end=win_end)
 
     prices = _catalog(ledger)
@@ -215,7 +245,8 @@ def plant(engine: Engine, data: Dataset, account: dict) -> dict:
     next_id = max(o["id"] for o in data.organizations) + 1
     expected = _scenarios(ledger, data, prices, next_id)
     _lower_success_rate(ledger)
-    _write_app_rows(engine, ledger)
+    if engine is not None:
+        _write_app_rows(engine, ledger)
 
     window_failures = sorted((c for c in ledger.charges if c["status"] == "failed" and month_start <= c["created"] < now),
                              key=lambda c: (c["created"], c["id"]))
@@ -334,6 +365,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
 
     def bill_all(o: _Org, sub: dict, periods: list[tuple[int, int]], *, discount_for=None, until: int | None = None,
                  quantities=None) -> list[tuple[dict, dict | None]]:
+        """An invoice per period, paid an hour later, or at once for a period that starts in the window."""
         out = []
         for n, period in enumerate(periods):
             if until is not None and period[0] >= until:
@@ -343,7 +375,8 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
                            quantities=quantities(n, period) if quantities else None)
             out.append(ledger.invoice(customer=o.customer, sub=sub, lines=lines, created=period[0], org_id=o.id,
                                       discount=discount,
-                                      billing_reason="subscription_create" if n == 0 else "subscription_cycle"))
+                                      billing_reason="subscription_create" if n == 0 else "subscription_cycle",
+                                      pay_after=ledger.quick if period[0] >= ledger.win_start else 3600))
         return out
 
     # Yearly: one invoice for the year.
@@ -367,28 +400,30 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
     sub = subscribe(o, [("price_demo_team_quarterly", 1)], created=created, periods=periods)
     bill_all(o, sub, periods, discount_for=lambda n, p: o.customer["discount"])
 
-    # Percent off forever.
+    # Percent off forever. This one, the amount-off, JPY, tiered and metered subscriptions renew
+    # inside the window (their periods are anchored at a moment of it, not at an age), so that the
+    # month so far has revenue in both currencies and on every kind of plan, whatever the day.
     coupon = so.make_coupon(percent_off=20, duration="forever", id="DEMO_LAUNCH20", created=now - 400 * DAY)
-    o = org("Percent Partners", "pro", created_days=90)
-    created = o.customer["created"]
-    periods = _cycles(created, "month", 1, now - 3600)
-    sub = subscribe(o, [("price_demo_pro_monthly", 1)], created=created, periods=periods, coupon=coupon)
+    o = org("Percent Partners", "pro", created_days=0)
+    periods = _anchored(t(0.06), 1, 3)
+    _backdate(o, ledger, periods[0][0])
+    sub = subscribe(o, [("price_demo_pro_monthly", 1)], created=periods[0][0], periods=periods, coupon=coupon)
     bill_all(o, sub, periods, discount_for=lambda n, p: sub["discount"])
 
     # Amount off, repeating for 3 months (still running).
     coupon = so.make_coupon(amount_off=1_000, currency="usd", duration="repeating", duration_in_months=3,
                             id="DEMO_TEAM10X3", created=now - 400 * DAY)
-    o = org("Amount Associates", "team", created_days=40)
-    created = o.customer["created"]
-    periods = _cycles(created, "month", 1, now - 3600)
-    sub = subscribe(o, [("price_demo_team_monthly", 1)], created=created, periods=periods, coupon=coupon)
+    o = org("Amount Associates", "team", created_days=0)
+    periods = _anchored(t(0.85), 1, 2)
+    _backdate(o, ledger, periods[0][0])
+    sub = subscribe(o, [("price_demo_team_monthly", 1)], created=periods[0][0], periods=periods, coupon=coupon)
     bill_all(o, sub, periods, discount_for=lambda n, p: sub["discount"] if p[0] < sub["discount"]["end"] else None)
 
     # JPY (zero-decimal).
-    o = org("Tokyo Tsubasa KK", "pro", created_days=100, currency="jpy")
-    created = o.customer["created"]
-    periods = _cycles(created, "month", 1, now - 3600)
-    bill_all(o, subscribe(o, [("price_demo_pro_monthly_jpy", 1)], created=created, periods=periods), periods)
+    o = org("Tokyo Tsubasa KK", "pro", created_days=0, currency="jpy")
+    periods = _anchored(t(0.2), 1, 4)
+    _backdate(o, ledger, periods[0][0])
+    bill_all(o, subscribe(o, [("price_demo_pro_monthly_jpy", 1)], created=periods[0][0], periods=periods), periods)
 
     # Trialing: a $0 first invoice, no MRR yet.
     o = org("Trial Troupe", "team", created_days=5)
@@ -410,17 +445,17 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
     bill_all(o, sub, periods)
 
     # Tiered add-on (licensed, 20,000 calls) and metered add-on: left out of MRR, reported.
-    o = org("Tiered Telemetry", "pro", created_days=80)
-    created = o.customer["created"]
-    periods = _cycles(created, "month", 1, now - 3600)
-    tiered = subscribe(o, [("price_demo_pro_monthly", 1), ("price_demo_api_calls_tiered", 20_000)], created=created,
-                       periods=periods)
+    o = org("Tiered Telemetry", "pro", created_days=0)
+    periods = _anchored(t(0.25), 1, 3)
+    _backdate(o, ledger, periods[0][0])
+    tiered = subscribe(o, [("price_demo_pro_monthly", 1), ("price_demo_api_calls_tiered", 20_000)],
+                       created=periods[0][0], periods=periods)
     bill_all(o, tiered, periods)
-    o = org("Metered Mailers", "team", created_days=50)
-    created = o.customer["created"]
-    periods = _cycles(created, "month", 1, now - 3600)
-    metered = subscribe(o, [("price_demo_team_monthly", 1), ("price_demo_sends_metered", None)], created=created,
-                        periods=periods)
+    o = org("Metered Mailers", "team", created_days=0)
+    periods = _anchored(t(0.36), 1, 2)
+    _backdate(o, ledger, periods[0][0])
+    metered = subscribe(o, [("price_demo_team_monthly", 1), ("price_demo_sends_metered", None)],
+                        created=periods[0][0], periods=periods)
     bill_all(o, metered, periods, quantities=lambda n, p: {"price_demo_sends_metered": 1_000 + 250 * n})
 
     # past_due beyond the grace: the yearly renewal failed 40 days ago.
@@ -445,7 +480,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
     sub = subscribe(o, [("price_demo_pro_monthly", 1)], created=periods[0][0], status="past_due", periods=periods)
     bill_all(o, sub, periods[:-1])
     ledger.invoice(customer=o.customer, sub=sub, lines=_lines(sub, periods[-1], prices=prices), created=late_at,
-                   org_id=o.id, status="open", failures=("insufficient_funds",), pay_after=10)
+                   org_id=o.id, status="open", failures=("insufficient_funds",), pay_after=ledger.quick)
 
     # Expansion: 3 → 5 seats, billing cycle reset; the app recorded the list price, not the prorated total.
     grow_at = t(0.3)
@@ -464,7 +499,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
         subscription_item=sub["items"]["data"][0]["id"], amount=-credit, proration=True,
         description="Unused time on 3 × Pro after the upgrade")]
     _, charge = ledger.invoice(customer=o.customer, sub=sub, lines=lines, created=grow_at, org_id=o.id,
-                               billing_reason="subscription_update", failures=("card_declined",), pay_after=10,
+                               billing_reason="subscription_update", failures=("card_declined",), pay_after=ledger.quick,
                                app_amount=5 * 2_900)
     ledger.mismatches.append((charge["created"], charge["id"]))
 
@@ -481,7 +516,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
         ledger.invoice(customer=o.customer, sub=sub, lines=_lines(sub, period, prices=team_prices), created=period[0],
                        org_id=o.id, billing_reason="subscription_create" if n == 0 else "subscription_cycle")
     _, shrink_charge = ledger.invoice(customer=o.customer, sub=sub, lines=_lines(sub, new_period, prices=prices),
-                                      created=shrink_at, org_id=o.id, failures=("expired_card",), pay_after=10)
+                                      created=shrink_at, org_id=o.id, failures=("expired_card",), pay_after=ledger.quick)
 
     # A full refund of a seeded customer's charge from before the window.
     seeded_charges = [c for c in ledger.charges if c["status"] == "succeeded" and c["customer"] in seeded_customers
@@ -508,7 +543,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
     sub = subscribe(o, [("price_demo_pro_monthly", 1)], created=new_at, periods=[period], coupon=coupon)
     _, charge = ledger.invoice(customer=o.customer, sub=sub, lines=_lines(sub, period, prices=prices, discount=sub["discount"]),
                                created=new_at, org_id=o.id, discount=sub["discount"], billing_reason="subscription_create",
-                               pay_after=10, record=False)
+                               pay_after=ledger.quick, record=False)
     ledger.mismatches.append((charge["created"], charge["id"]))
 
     # A dispute on a weekly charge from two weeks before.
@@ -544,7 +579,7 @@ def _scenarios(ledger: _Ledger, data: Dataset, prices: dict[str, dict], first_id
     period = (back_at, so.add_interval(back_at, "month"))
     sub = subscribe(o, [("price_demo_team_monthly", 1)], created=back_at, periods=[period])
     ledger.invoice(customer=o.customer, sub=sub, lines=_lines(sub, period, prices=prices), created=back_at, org_id=o.id,
-                   billing_reason="subscription_create", failures=("incorrect_cvc",), pay_after=10)
+                   billing_reason="subscription_create", failures=("incorrect_cvc",), pay_after=ledger.quick)
 
     unpriced = [(tiered["id"], tiered["items"]["data"][1]["id"]), (metered["id"], metered["items"]["data"][1]["id"])]
     return {"unpriced_items": [item for _, item in sorted(unpriced)]}
@@ -563,21 +598,23 @@ def _backdate(o: _Org, ledger: _Ledger, created: int) -> None:
 
 
 def _lower_success_rate(ledger: _Ledger) -> None:
-    """More failed first attempts on seeded renewals in the window, until the rate is below the target."""
+    """More failed first attempts on the month's renewals, until the rate is below the target."""
     month_start = _month_start(ledger.now)
+    invoiced_at = {i["id"]: i["created"] for i in ledger.account["objects"].get("invoice", [])}
 
-    def window(status: str) -> list[dict]:
+    def this_month(status: str) -> list[dict]:
         return [c for c in ledger.charges if c["status"] == status and month_start <= c["created"] < ledger.now]
 
     codes = ("card_declined", "insufficient_funds", "expired_card", "card_declined")
-    candidates = sorted((c for c in window("succeeded") if c.get("invoice")), key=lambda c: (c["created"], c["id"]))
+    candidates = sorted((c for c in this_month("succeeded") if c.get("invoice")), key=lambda c: (c["created"], c["id"]))
     n = 0
     while candidates:
-        succeeded, failed = len(window("succeeded")), len(window("failed"))
+        succeeded, failed = len(this_month("succeeded")), len(this_month("failed"))
         if 100 * succeeded / (succeeded + failed) < TARGET_SUCCESS_RATE:
             break
         base = candidates[n % len(candidates)]
-        created = max(base["created"] - 300 - n, month_start)
+        # Between the invoice and the payment that succeeded (never before the invoice existed).
+        created = min(max(base["created"] - 300 - n, invoiced_at[base["invoice"]], month_start), base["created"])
         ledger.charge(customer=base["customer"], amount=base["amount"], currency=base["currency"], created=created,
                       invoice=base["invoice"], org_id=None, status="failed", failure_code=codes[n % len(codes)])
         n += 1

@@ -6,15 +6,19 @@
 * a second update of the same row, blocked behind it (blocked_queries).
 
 Run as its own process (``DATABASE_URL=… python -m ops_lib.demo.incidents``) so it outlives the command
-that started it; it ends by itself after ``--lifetime`` seconds or when the demo stops.
+that started it; it ends by itself after ``--lifetime`` seconds, when the demo stops, or when the
+server went away (PostgreSQL stopped: its sessions are gone, and the demo plants them again when it
+starts the server again).
 """
 from __future__ import annotations
 
 import argparse
 import os
+import select
 import signal
 import sys
 import threading
+import time
 
 import psycopg2
 
@@ -58,13 +62,28 @@ def run(dsn: str, lifetime: float) -> None:
         finally:
             conn.close()
 
-    for fn in (long_running, blocked):
-        threading.Thread(target=fn, daemon=True).start()
+    threads = [threading.Thread(target=fn, daemon=True) for fn in (long_running, blocked)]
+    for thread in threads:
+        thread.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    stop.wait(lifetime)
-    holder.rollback()
-    holder.close()
+    deadline = time.monotonic() + lifetime
+    while not stop.wait(max(0.0, min(1.0, deadline - time.monotonic()))) and time.monotonic() < deadline:
+        if not threads[0].is_alive() and _closed_by_server(holder):
+            break  # the server went away (or ended both our sessions): nothing left to hold
+    try:
+        holder.rollback()
+        holder.close()
+    except psycopg2.Error:
+        pass
+
+
+def _closed_by_server(conn) -> bool:
+    """An idle session in a transaction hears nothing from the server unless it is being ended."""
+    try:
+        return bool(select.select([conn.fileno()], [], [], 0)[0])
+    except (OSError, ValueError, psycopg2.Error):
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:

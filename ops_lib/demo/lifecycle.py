@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import secrets
 import signal
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,7 +25,8 @@ import sqlalchemy as sa
 
 from .. import paths
 from ..db import sqlalchemy_url
-from ..errors import DemoError
+from ..errors import DemoError, InvalidInvocation
+from ..parameters import quote
 from ..stripe_emulator.state import write_state as write_stripe_state
 from . import billing_history, quota_data, receiver, stripe_account
 from . import seed as demo_seed
@@ -36,6 +38,10 @@ APP_ROLE = "app"
 MONITOR_ROLE = "opsbook_monitor"
 # params/slow_queries/demo.yaml flags incidents this old
 INCIDENT_MIN_AGE_S = 2.0
+# --scale: below 0.1 the data set has too few organisations for its planted incidents (30 buyers);
+# at 10 it is 3,000 organisations and 4 million usage events, already minutes to seed.
+MIN_SCALE, MAX_SCALE = 0.1, 10.0
+MAX_SEED = 2**31 - 1
 
 
 def demo_dir() -> Path:
@@ -106,12 +112,28 @@ def env_exports(state: dict) -> str:
 
 
 def ensure_up() -> dict:
+    """The running demo; started (its live incidents planted again) when it is not running."""
     state = read_state()
     return state if state is not None else up()
 
 
+def check_options(*, seed: object, scale: object) -> None:
+    """``--seed`` and ``--scale`` as the demo can use them, or InvalidInvocation before anything starts."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+            or not MIN_SCALE <= scale <= MAX_SCALE:
+        raise InvalidInvocation(
+            f"--scale {quote(scale)} is not a size the demo can have — give a number from {MIN_SCALE:g} to {MAX_SCALE:g} "
+            "(1 is 300 organisations and 400,000 usage events)")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InvalidInvocation(f"--seed {quote(seed)} is out of range — give a whole number from 0 to {MAX_SEED}")
+
+
 def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bool = True, quiet: bool = True) -> dict:
-    """Start the demo, creating and seeding it first when needed (or when ``fresh``)."""
+    """Start the demo, creating and seeding it first when needed (or when ``fresh``).
+
+    The live incidents are planted again whenever they are not all there: after PostgreSQL was
+    stopped (their sessions ended with it) or their process ended."""
+    check_options(seed=seed, scale=scale)
     with _lock():
         state = _load_state()
         if state is not None and fresh:
@@ -124,8 +146,11 @@ def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bo
         else:
             _cluster(state).start()
             _start_services(state)
-        if incidents and not _alive(state.get("pids", {}).get("incidents")):
-            state.setdefault("pids", {})["incidents"] = _start_incidents(state)
+        _write_state(state)  # known before the incidents start: `demo down` can stop what runs
+        pids = state.setdefault("pids", {})
+        if incidents and not (_alive(pids.get("incidents")) and incidents_live(state)):
+            _end_process(pids.get("incidents"))  # its sessions died with the server: it holds nothing
+            pids["incidents"] = _start_incidents(state)
         _write_state(state)
         return state
 
@@ -141,7 +166,20 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
     if cluster.data_dir.exists():
         cluster.destroy()
     _say(quiet, f"demo: initialising PostgreSQL in {cluster.data_dir}")
-    cluster.init().start()
+    state: dict = {"pids": {}}
+    try:
+        cluster.init().start()
+        return _populate(cluster, state, seed=seed, scale=scale, quiet=quiet, started=started)
+    except BaseException:
+        # Half a demo is no demo: nothing may keep running (a PostgreSQL nobody knows the port of).
+        for pid in state["pids"].values():
+            _end_process(pid)
+        with suppress(Exception):  # the original error is the one to report
+            cluster.destroy()
+        raise
+
+
+def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float, quiet: bool, started: float) -> dict:
     app_password = secrets.token_urlsafe(18)
     monitor_password = secrets.token_urlsafe(18)
     admin = sa.create_engine(sqlalchemy_url(cluster.url()), isolation_level="AUTOCOMMIT")
@@ -173,7 +211,7 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
     planted = {"slow_queries": demo_seed.plant_slow_queries(super_app)}
 
     receiver_port, emulator_port = free_port(), free_port()
-    state = {
+    state.update({
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seed": seed,
         "scale": scale,
@@ -185,8 +223,7 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
         "stripe_api_base": f"http://127.0.0.1:{emulator_port}",
         "webhook_url": f"http://127.0.0.1:{receiver_port}{receiver.ENDPOINT_PATH}",
         "ports": {"receiver": receiver_port, "emulator": emulator_port},
-        "pids": {},
-    }
+    })
     _say(quiet, "demo: building the Stripe account and delivering its webhooks")
     account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"])
     planted["revenue_report"] = billing_history.plant(super_app, data, account)
@@ -261,6 +298,40 @@ def _start_services(state: dict) -> None:
     _wait_for_http(state["webhook_url"].replace(receiver.ENDPOINT_PATH, "/health"), "webhook receiver")
 
 
+def incidents_live(state: dict) -> bool:
+    """Whether the three live incidents are in the database now (whatever their age)."""
+    return _incidents_ready(state, min_age_s=0.0)
+
+
+def _incidents_ready(state: dict, *, min_age_s: float) -> bool:
+    engine = sa.create_engine(sqlalchemy_url(state["database_url"]))
+    try:
+        with engine.connect() as conn:
+            return bool(conn.execute(sa.text(
+                """
+                SELECT count(*) FILTER (WHERE application_name = :blocked AND wait_event_type = 'Lock') = 1
+                   AND count(DISTINCT application_name)
+                       FILTER (WHERE now() - coalesce(query_start, state_change) >= make_interval(secs => :age)) = 3
+                FROM pg_stat_activity WHERE application_name = ANY(:names)
+                """
+            ), {"blocked": APP_NAMES["blocked"], "names": list(APP_NAMES.values()), "age": min_age_s}).scalar())
+    finally:
+        engine.dispose()
+
+
+def _end_process(pid: int | None, timeout: float = 10) -> None:
+    """Stop one of our demo processes (by its process group) and wait for it to go."""
+    if not _alive(pid):
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except OSError:
+        return
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _start_incidents(state: dict) -> int:
     pid = _spawn("incidents", ["ops_lib.demo.incidents", "--lifetime", "3600"], {"DATABASE_URL": state["database_url"]})
     _wait_for_incidents(state)
@@ -270,23 +341,11 @@ def _start_incidents(state: dict) -> int:
 def _wait_for_incidents(state: dict, timeout: float = 20) -> None:
     """Return once the update is blocked and every incident is older than the demo's thresholds,
     so a run right after sees all three."""
-    engine = sa.create_engine(sqlalchemy_url(state["database_url"]))
     deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            with engine.connect() as conn:
-                ready = conn.execute(sa.text(
-                    """
-                    SELECT count(*) FILTER (WHERE application_name = :blocked AND wait_event_type = 'Lock') = 1
-                       AND count(*) FILTER (WHERE now() - coalesce(query_start, state_change) >= make_interval(secs => :age)) = 3
-                    FROM pg_stat_activity WHERE application_name = ANY(:names)
-                    """
-                ), {"blocked": APP_NAMES["blocked"], "names": list(APP_NAMES.values()), "age": INCIDENT_MIN_AGE_S}).scalar()
-            if ready:
-                return
-            time.sleep(0.2)
-    finally:
-        engine.dispose()
+    while time.monotonic() < deadline:
+        if _incidents_ready(state, min_age_s=INCIDENT_MIN_AGE_S):
+            return
+        time.sleep(0.2)
     raise DemoError("the demo's live incidents did not start; see .opsbook/demo/incidents.log")
 
 

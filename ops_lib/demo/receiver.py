@@ -21,6 +21,10 @@ the customer id is saved on the organization moments later; it shows the failure
 Dashboard's delivery log; and it tells a replay whether it fixed the event. A 'failed' event (or
 one left 'received' by a crash) is fulfilled again when it is delivered again.
 
+A request must arrive whole within ``READ_TIMEOUT_S`` (its body declared by ``Content-Length``,
+at most ``MAX_BODY_BYTES``): a client that stalls or trickles is answered 408 (or dropped, if its
+headers never end), one that announces a larger body 413, and no client holds a thread longer.
+
 Run it as ``python -m ops_lib.demo.receiver --port N`` with ``DATABASE_URL`` and
 ``STRIPE_WEBHOOK_SECRETS`` (comma-separated) in the environment, never on the command line,
 where ``ps`` would show them. Once listening it prints its endpoint URL on stdout; it logs one
@@ -29,11 +33,13 @@ line per delivery to stderr, without secrets or bodies.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import logging
 import os
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -51,6 +57,7 @@ from ..webhooks.signature import HEADER, SignatureError, verify
 ENDPOINT_PATH = "/stripe/webhook"
 APPLICATION_NAME = "demo-app/webhooks"
 MAX_BODY_BYTES = 1 << 20  # Stripe events are a few kB; anything near this is not one
+READ_TIMEOUT_S = 10.0  # the whole request (line, headers, body) must arrive within this
 
 log = logging.getLogger("opsbook.demo.webhooks")
 
@@ -257,14 +264,47 @@ def _describe(err: Exception) -> str:
     return f"{type(cause).__name__}: {first_line}"[:500]
 
 
-def make_app_handler(database_url: str, secrets: Sequence[str]) -> type[BaseHTTPRequestHandler]:
-    """A request handler class for the endpoint, with its own connection pool (``webhook_app``)."""
+class _DeadlineReader(io.RawIOBase):
+    """A connection's bytes, every read bounded by what is left until one deadline.
+
+    A socket timeout bounds each read, so a client that sends a byte now and then, or declares
+    more body than it sends, would hold a handler thread for as long as it likes; reading the
+    request through this ends it at the deadline whatever the client does.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float):
+        super().__init__()
+        self._sock, self._deadline = sock, deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the request did not arrive in time")
+        self._sock.settimeout(remaining)
+        return self._sock.recv_into(buffer)
+
+
+def make_app_handler(database_url: str, secrets: Sequence[str],
+                     read_timeout: float = READ_TIMEOUT_S) -> type[BaseHTTPRequestHandler]:
+    """A request handler class for the endpoint, with its own connection pool (``webhook_app``).
+
+    A request must arrive whole (line, headers and body) within `read_timeout` seconds, and
+    its body may not exceed MAX_BODY_BYTES: no client can hold a thread or fill the memory.
+    """
     app = WebhookApp(database_url, secrets)
 
     class StripeWebhookHandler(BaseHTTPRequestHandler):
         webhook_app = app
         server_version = "demo-app"
         sys_version = ""
+        timeout = read_timeout  # also bounds writing the answer to a client that does not read it
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = io.BufferedReader(_DeadlineReader(self.connection, time.monotonic() + read_timeout))
 
         def do_POST(self) -> None:
             started = time.monotonic()
@@ -276,17 +316,29 @@ def make_app_handler(database_url: str, secrets: Sequence[str]) -> type[BaseHTTP
             except ValueError:
                 self._answer(411, {"error": "a Content-Length is required"})
                 return
-            if not 0 <= length <= MAX_BODY_BYTES:
+            if length < 0:
+                self._answer(400, {"error": "the Content-Length is negative"})
+                return
+            if length > MAX_BODY_BYTES:
                 self._answer(413, {"error": f"the body is larger than {MAX_BODY_BYTES} bytes"})
                 return
-            body = self.rfile.read(length)
+            try:
+                body = self.rfile.read(length)
+            except TimeoutError:
+                self._answer(408, {"error": f"the body did not arrive within {read_timeout:g} s"})
+                log.warning("%s -> 408: the body did not arrive within %g s", self.client_address[0], read_timeout)
+                return
+            if len(body) < length:
+                self._answer(400, {"error": "the body ended before its Content-Length"})
+                return
             try:
                 delivery = self.webhook_app.deliver(body, self.headers.get(HEADER))
             except Exception:
                 log.exception("webhook delivery could not be handled")
                 delivery = Delivery(500, "error", "the app could not handle the delivery")
-            self._send(delivery.http_status, delivery.response_body())
+            # Logged before answering: once the sender has its answer, the line is written.
             log.info("%s", delivery.log_line(self.client_address[0], (time.monotonic() - started) * 1000))
+            self._send(delivery.http_status, delivery.response_body())
 
         def do_GET(self) -> None:
             if self.path == "/health":
@@ -298,6 +350,8 @@ def make_app_handler(database_url: str, secrets: Sequence[str]) -> type[BaseHTTP
             self._send(status, json.dumps(document).encode())
 
         def _send(self, status: int, body: bytes) -> None:
+            self.connection.settimeout(read_timeout)  # reading may have left it nearly spent
+            self.close_connection = True
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -326,10 +380,10 @@ def endpoint_url(server: ThreadingHTTPServer) -> str:
 
 
 def start_receiver(
-    database_url: str, secrets: Sequence[str], port: int = 0
+    database_url: str, secrets: Sequence[str], port: int = 0, read_timeout: float = READ_TIMEOUT_S
 ) -> tuple[WebhookServer, threading.Thread, str]:
     """Serve the endpoint on 127.0.0.1 from a background thread; port 0 picks a free one."""
-    handler = make_app_handler(database_url, secrets)
+    handler = make_app_handler(database_url, secrets, read_timeout)
     try:
         server = WebhookServer(("127.0.0.1", port), handler)
     except OSError:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import textwrap
 
-from ..figures import Figure, empty_figure
+from ..figures import Figure, empty_figure, label
 
 
 _STATE_COLOURS = {
@@ -22,7 +22,7 @@ _STATE_COLOURS = {
 def _label(row: dict, width: int = 60) -> str:
     text = " ".join(str(row.get("query") or "").split())
     text = textwrap.shorten(text, width=width, placeholder="…") if text else "(no text)"
-    return f"{row.get('queryid', '')}  {text}".strip()
+    return label(f"{row.get('queryid', '')}  {text}".strip(), limit=width + 30)
 
 
 def plot_top_statements(rows: list[dict], *, value: str = "total_ms", title: str | None = None) -> Figure:
@@ -61,7 +61,7 @@ def plot_connections_by_state(rows: list[dict], max_connections: int | None = No
     for row in rows:
         state = row.get("state") or "unknown"
         ax.barh(0, row["connections"], left=left, color=_STATE_COLOURS.get(state, "#78909c"),
-                label=f"{state} ({row['connections']})", height=0.5)
+                label=f"{label(state)} ({row['connections']})", height=0.5)
         left += row["connections"]
     if max_connections:
         ax.axvline(max_connections, color="#c62828", linestyle="--", linewidth=1.5)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, select_value, server_version_num
 from ..errors import ParameterError
 from ..findings import Finding
+from . import trust
 
 #: opsbook's own sessions carry this application_name prefix (see ops_lib.db.application_name).
 OPSBOOK_APP_PREFIX = "opsbook/"
@@ -369,15 +370,106 @@ def _explain(conn: Connection, text: str) -> str:
         cursor.close()
 
 
-def statement_plans(conn: Connection, statements: list[dict], *, limit: int = 3) -> list[dict]:
+#: Planning takes milliseconds; a function that stalls it is cancelled after this long.
+PLAN_TIMEOUT_MS = 5_000
+
+
+@contextmanager
+def _throwaway_transaction(conn: Connection, timeout_ms: int) -> Iterator[None]:
+    """A read-only transaction with a short statement timeout, always rolled back.
+
+    Rolling back undoes every setting changed inside it, even by set_config(..., false) (a
+    search_path, a role, a timeout). On an autocommit connection it is a transaction of its
+    own; inside the caller's transaction, a savepoint.
+    """
+    autocommit = _autocommit(conn)
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute("BEGIN" if autocommit else "SAVEPOINT opsbook_plan")
+        try:
+            # SET LOCAL, with a bound value: never longer than the session's own timeout.
+            select_one(
+                conn,
+                """
+                SELECT
+                    set_config('transaction_read_only', 'on', true) AS read_only,
+                    set_config('statement_timeout',
+                               CASE WHEN setting::int > 0 THEN least(setting::int, :timeout_ms)
+                                    ELSE :timeout_ms END::text,
+                               true) AS statement_timeout
+                FROM pg_settings WHERE name = 'statement_timeout'
+                """,
+                timeout_ms=int(timeout_ms),
+            )
+            yield
+        finally:
+            cursor.execute("ROLLBACK" if autocommit else "ROLLBACK TO SAVEPOINT opsbook_plan")
+            if not autocommit:
+                cursor.execute("RELEASE SAVEPOINT opsbook_plan")
+    finally:
+        cursor.close()
+
+
+def _session_state(conn: Connection) -> dict:
+    """What a planned function could leave behind in the session (a rollback restores settings,
+    but not session advisory locks, prepared statements or held cursors)."""
+    return select_one(
+        conn,
+        """
+        SELECT
+            (SELECT jsonb_object_agg(name, setting) FROM pg_settings) AS settings,
+            (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()) AS advisory_locks,
+            (SELECT count(*) FROM pg_prepared_statements) AS prepared_statements,
+            (SELECT count(*) FROM pg_cursors) AS cursors
+        """,
+    )
+
+
+def _session_changes(before: dict, after: dict) -> list[str]:
+    """What differs, in words. Settings that appeared are not a change: the first call of a
+    PL/pgSQL function loads its library, which defines plpgsql.* settings."""
+    changed = [
+        name.replace("_", " ") for name in before
+        if name != "settings" and before[name] != after[name]
+    ]
+    settings = sorted(name for name, value in before["settings"].items() if after["settings"].get(name) != value)
+    if settings:
+        more = f" and {len(settings) - 3} more" if len(settings) > 3 else ""
+        changed.insert(0, f"settings {', '.join(settings[:3])}{more}")
+    return changed
+
+
+def _discard_session(conn: Connection) -> bool:
+    """Close the connection's session for good. True when the Connection may go on (with a new one).
+
+    On an autocommit connection nothing of the caller's is lost and SQLAlchemy opens a fresh
+    session on next use. Inside the caller's transaction it cannot be saved: the caller's next
+    statement fails, rather than running in a session someone else's code has changed.
+    """
+    autocommit = _autocommit(conn)
+    conn.invalidate()
+    if autocommit:
+        conn.rollback()  # forget the (empty) transaction so that the next use reconnects
+    return autocommit
+
+
+def statement_plans(
+    conn: Connection, statements: list[dict], *, limit: int = 3, timeout_ms: int = PLAN_TIMEOUT_MS
+) -> list[dict]:
     """Generic plans (``EXPLAIN (GENERIC_PLAN)``, PostgreSQL 16+) of the first ``limit`` statements.
 
     Each row: queryid, query, plan (text or None), note (why there is no plan). A statement that
     cannot be explained (utility, permissions, a dropped table) gets a note, never an exception.
+
+    Planning runs code (see ops_lib.postgres.trust): a statement that could reach a function
+    owned by a role opsbook does not trust is not planned, and its note says why. The others are
+    planned in a read-only transaction that is always rolled back, under a ``timeout_ms``
+    statement timeout; should planning still leave the session changed, the session is closed.
     """
     version = server_version_num(conn)
     info = statements_info(conn) if version >= 160000 else None
     plans = []
+    session_before, session_closed = None, False
     for statement in list(statements)[:limit]:
         queryid = statement.get("queryid")
         row = {"queryid": queryid, "query": (statement.get("query") or "")[:MAX_QUERY_CHARS], "plan": None, "note": None}
@@ -388,6 +480,9 @@ def statement_plans(conn: Connection, statements: list[dict], *, limit: int = 3)
                 "— run EXPLAIN with real values"
             )
             continue
+        if session_closed:
+            row["note"] = "not explained: the connection was closed after an earlier plan changed its session"
+            continue
         try:
             text = _full_text(conn, info, queryid) or statement.get("query")
         except sa.exc.DBAPIError as err:
@@ -397,9 +492,27 @@ def statement_plans(conn: Connection, statements: list[dict], *, limit: int = 3)
         if reason:
             row["note"] = f"not explained: {reason}"
             continue
+        session_before = session_before or _session_state(conn)
+        planned = False
         try:
-            with savepoint(conn):
-                row["plan"] = _explain(conn, text)
+            with _throwaway_transaction(conn, timeout_ms):
+                # Read in the same transaction, right before planning: the narrowest window for
+                # someone to create or change an object in between.
+                refusal = trust.reason_not_to_plan(text, trust.untrusted_code(conn))
+                if refusal:
+                    row["note"] = f"not explained: {refusal}"
+                else:
+                    planned = True
+                    row["plan"] = _explain(conn, text)
         except (sa.exc.DBAPIError, psycopg2.Error) as err:  # the raw cursor raises psycopg2's own
             row["note"] = f"not explained: {first_line(err)}"
+        if not planned:
+            continue  # nothing but opsbook's own catalog reads ran
+        session_after = _session_state(conn)
+        changed = _session_changes(session_before, session_after)
+        if changed:
+            session_closed = not _discard_session(conn)
+            session_before = None
+            note = f"planning changed this session ({', '.join(changed)}), so opsbook closed its connection"
+            row["note"] = f"{row['note']}; {note}" if row["note"] else note
     return plans

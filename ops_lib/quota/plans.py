@@ -14,7 +14,6 @@ reports the subscriptions on it.
 """
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,7 +24,8 @@ from .. import paths
 from ..db import select_all
 from ..errors import ConfigurationError
 from ..findings import rows_to_html
-from ..parameters import load_yaml_mapping
+from ..literal import html_text, inert
+from ..parameters import load_yaml_mapping, quote, show_path
 from ..schema_map import SchemaMap
 
 DEFAULT_PLANS_FILE = "params/quota/plans.yaml"
@@ -101,11 +101,12 @@ class PlanBook:
         ]
 
     def _repr_html_(self) -> str:
-        where = f"limits from {html.escape(self.source)}"
+        # plan codes, names and the table's name come from the target: literal text only
+        where = f"limits from {html_text(self.source)}"
         if self.path is not None:
-            where += f"; price mapping from <code>{html.escape(_display(self.path))}</code>"
-        notes = "".join(f"<div><i>{html.escape(n)}</i></div>" for n in self.notes)
-        return f"<div>{where}</div>{notes}{rows_to_html(self.rows())}"
+            where += f"; price mapping from <code>{html_text(_display(self.path))}</code>"
+        notes = "".join(f"<div><i>{html_text(n, limit=2000)}</i></div>" for n in self.notes)
+        return inert(f"<div>{where}</div>{notes}{rows_to_html(self.rows())}")
 
 
 def resolve_path(path: str | Path | None) -> Path:
@@ -121,6 +122,16 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+PLAN_KEYS = ("name", "usage_limit", "paid")
+MAX_USAGE_LIMIT = 2**63 - 1  # PostgreSQL bigint: the largest counter a target can store
+
+
+def _key(key: Any) -> str:
+    """A YAML key as a message names it: clipped, on one line."""
+    text = quote(str(key), 40)
+    return text[1:-1] if text.startswith("'") and text.endswith("'") else text
+
+
 def read_plans_file(path: str | Path | None = None) -> dict:
     """The file's plans and Stripe mapping, checked: one clear line for anything wrong."""
     path = resolve_path(path)
@@ -128,24 +139,51 @@ def read_plans_file(path: str | Path | None = None) -> dict:
         path, what="plans file", error=ConfigurationError,
         missing_hint=f" — set plans_file to a file like {DEFAULT_PLANS_FILE}", shape="a mapping with 'plans:' and 'stripe:'",
     )
+    shown = show_path(path)
+    example = f"as in {DEFAULT_PLANS_FILE}"
+    unknown = [str(k) for k in raw if k not in ("plans", "stripe")]
+    if unknown:
+        raise ConfigurationError(f"plans file {shown}: unknown key {quote(unknown[0])} — it takes 'plans:' and 'stripe:', {example}")
+    if raw.get("plans") is None:
+        raise ConfigurationError(f"plans file {shown} has no 'plans:' — list each plan code with its usage_limit and paid, {example}")
+    if not isinstance(raw["plans"], dict) or not raw["plans"]:
+        raise ConfigurationError(f"plans file {shown}: 'plans:' must map each plan code to {{usage_limit: 1000, paid: false}}, {example}")
     plans: dict[str, Plan] = {}
-    for code, spec in (raw.get("plans") or {}).items():
+    for code, spec in raw["plans"].items():
+        where = f"plans file {shown}: plans.{_key(code)}"
         if not isinstance(spec, dict):
-            raise ConfigurationError(f"{path}: plans.{code} must be a mapping like {{usage_limit: 1000, paid: false}}")
-        limit = spec.get("usage_limit")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-            raise ConfigurationError(f"{path}: plans.{code}.usage_limit must be a whole number ≥ 0 or null (unlimited), not {limit!r}")
+            raise ConfigurationError(f"{where} must be a mapping like {{usage_limit: 1000, paid: false}}")
+        extra = [str(k) for k in spec if k not in PLAN_KEYS]
+        if extra:
+            raise ConfigurationError(f"{where}: unknown key {quote(extra[0])} — a plan takes {', '.join(PLAN_KEYS)}")
+        if "usage_limit" not in spec:
+            raise ConfigurationError(f"{where} needs usage_limit: a whole number ≥ 0, or null for unlimited")
+        limit = spec["usage_limit"]
+        if isinstance(limit, float) and limit.is_integer() and limit >= 0:
+            limit = int(limit)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit <= MAX_USAGE_LIMIT):
+            raise ConfigurationError(f"{where}.usage_limit must be a whole number ≥ 0 or null (unlimited), not {quote(limit)}")
         if not isinstance(spec.get("paid", False), bool):
-            raise ConfigurationError(f"{path}: plans.{code}.paid must be true or false")
-        plans[str(code)] = Plan(str(code), str(spec.get("name") or code), limit, bool(spec.get("paid", False)), "params")
+            raise ConfigurationError(f"{where}.paid must be true or false, not {quote(spec['paid'])}")
+        name = spec.get("name")
+        if name is not None and not isinstance(name, (str, int, float)):
+            raise ConfigurationError(f"{where}.name must be a text, not {quote(name)}")
+        plans[str(code)] = Plan(str(code), str(name or code), limit, bool(spec.get("paid", False)), "params")
     stripe = raw.get("stripe") or {}
     if not isinstance(stripe, dict):
-        raise ConfigurationError(f"{path}: stripe must be a mapping with 'prices:' and/or 'products:'")
+        raise ConfigurationError(f"plans file {shown}: stripe must be a mapping with 'prices:' and/or 'products:'")
+    unknown = [str(k) for k in stripe if k not in ("prices", "products")]
+    if unknown:
+        raise ConfigurationError(f"plans file {shown}: stripe has unknown key {quote(unknown[0])} — it takes 'prices:' and 'products:'")
     mapping = {}
     for kind in ("prices", "products"):
         entries = stripe.get(kind) or {}
         if not isinstance(entries, dict):
-            raise ConfigurationError(f"{path}: stripe.{kind} must map Stripe ids to plan codes")
+            raise ConfigurationError(f"plans file {shown}: stripe.{kind} must map Stripe ids to plan codes")
+        for stripe_id, plan in entries.items():
+            if not isinstance(plan, (str, int)) or isinstance(plan, bool):
+                raise ConfigurationError(f"plans file {shown}: stripe.{kind}.{_key(stripe_id)} "
+                                         f"must name a plan code, not {quote(plan)}")
         mapping[kind] = {str(k): str(v) for k, v in entries.items()}
     return {"path": path, "plans": plans, **mapping}
 

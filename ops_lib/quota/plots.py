@@ -10,7 +10,7 @@ import random
 
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from ..figures import Figure, empty_figure
+from ..figures import Figure, empty_figure, label
 from .accounts import Accounts
 
 _OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
@@ -40,16 +40,16 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
         ax.scatter(xs, ys, c=colours, s=22, alpha=0.85, edgecolors="none")
         for xi, yi, r in zip(xs, ys, rows):
             if yi >= near_limit_pct:
-                ax.annotate(f" {r['organisation_id']}", (xi, yi), fontsize=8, va="center")
+                ax.annotate(f" {label(r['organisation_id'], limit=30)}", (xi, yi), fontsize=8, va="center")
         top = max(top, *ys)
     ax.axhline(100, color=_OVER, linewidth=1)
     ax.axhline(near_limit_pct, color=_NEAR, linewidth=1, linestyle="--")
-    labels = []
+    tick_labels = []
     for plan in plans:
         limits = sorted({r["usage_limit"] for r in limited if r["plan"] == plan})
         count = sum(1 for r in limited if r["plan"] == plan)
-        labels.append(f"{plan}\nlimit {', '.join(f'{v:,}' for v in limits)}\n{count} org(s)")
-    ax.set_xticks(range(len(plans)), labels)
+        tick_labels.append(f"{label(plan, limit=30)}\nlimit {', '.join(f'{v:,}' for v in limits)}\n{count} org(s)")
+    ax.set_xticks(range(len(plans)), tick_labels)
     ax.set_xlim(-0.6, len(plans) - 0.4)
     ax.set_ylim(0, top * 1.1)
     ax.yaxis.set_major_formatter(PercentFormatter())
@@ -57,7 +57,7 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
     unlimited = sorted({r["plan"] for r in usage if not r["usage_limit"]})
     title = "Usage against the plan's limit, this billing period"
     if unlimited:
-        title += f" (unlimited, not drawn: {', '.join(str(p) for p in unlimited)})"
+        title += f" (unlimited, not drawn: {label(', '.join(str(p) for p in unlimited), limit=80)})"
     ax.set_title(title)
     return fig
 
@@ -91,7 +91,7 @@ def customers_by_plan(accounts: Accounts) -> Figure:
         left = [a + b for a, b in zip(left, values)]
     for y, total in enumerate(left):
         ax.annotate(f" {total}", (total, y), va="center", fontsize=9)
-    ax.set_yticks(range(len(plans)), plans)
+    ax.set_yticks(range(len(plans)), [label(p, limit=30) for p in plans])
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("organisations")

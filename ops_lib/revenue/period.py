@@ -6,14 +6,21 @@ charges are counted in [start, until).
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from ..errors import ParameterError
+from ..parameters import quote
 
-_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-_DAY = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
+_MONTH = re.compile(r"([0-9]{4})-([0-9]{2})")
+_DAY = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+# Stripe began in 2011: no account holds anything older. The latest day a range may name is the
+# end of next year (a range may end in the future; it is then reported so far).
+EARLIEST_YEAR = 2011
+# One report covers at most a year (a leap year's 366 days): Stripe is read charge by charge.
+MAX_RANGE_DAYS = 366
 
 
 @dataclass(frozen=True)
@@ -64,23 +71,36 @@ def resolve_period(period: str = "", start_date: str = "", end_date: str = "", *
 
     ``start_date``/``end_date`` ("YYYY-MM-DD", the end day included) win over ``period``
     ("YYYY-MM", or "previous" for the last complete month: a report scheduled on the 1st); with
-    neither, the current month so far.
+    neither, the current month so far. Days lie from ``EARLIEST_YEAR`` (Stripe holds nothing
+    older) to the end of next year, and a range is at most ``MAX_RANGE_DAYS`` days.
     """
     now = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
-    period, start_date, end_date = (period or "").strip(), (start_date or "").strip(), (end_date or "").strip()
+    period, start_date, end_date = (str(x or "").strip() for x in (period, start_date, end_date))
     if start_date or end_date:
-        end = _day(end_date, "end_date") + timedelta(days=1) if end_date else now
-        start = _day(start_date, "start_date") if start_date else month_start(end - timedelta(seconds=1))
-        label = f"{start.date()} to {(end - timedelta(days=1)).date() if end_date else 'now'}"
+        last = _day(end_date, "end_date", now) if end_date else None
+        start = _day(start_date, "start_date", now) if start_date else None
+        if start is not None and last is not None and start > last:
+            raise ParameterError(f"parameter 'start_date' {start_date} is after 'end_date' {end_date} "
+                                 "— give the range's first day as start_date and its last as end_date")
+        end = last + timedelta(days=1) if last is not None else now
+        if start is None:
+            start = month_start(end - timedelta(seconds=1))
+        label = f"{start.date()} to {last.date() if last is not None else 'now'}"
+        days = (end - start) / timedelta(days=1)
+        if days > MAX_RANGE_DAYS:
+            raise ParameterError(
+                f"parameters 'start_date'/'end_date': the range {label} spans {math.ceil(days):,} days, more than the {MAX_RANGE_DAYS} one report covers "
+                "— give start_date and end_date at most a year apart, and run one report per year")
     elif period.lower() == "previous":
         end = month_start(now)
         start = add_months(end, -1)
         label = start.strftime("%Y-%m")
     elif period:
-        match = _MONTH.match(period)
+        match = _MONTH.fullmatch(period)
         if not match or not 1 <= int(match.group(2)) <= 12:
-            raise ParameterError(f"parameter 'period': {period!r} is not a month like 2026-11, nor 'previous' "
+            raise ParameterError(f"parameter 'period': {quote(period)} is not a month like 2026-11, nor 'previous' "
                                  "(or leave it empty for the current month so far)")
+        _check_year(int(match.group(1)), "period", period, now)
         start = datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=timezone.utc)
         end = add_months(start, 1)
         label = period
@@ -91,18 +111,29 @@ def resolve_period(period: str = "", start_date: str = "", end_date: str = "", *
     if start >= end:
         raise ParameterError(f"the period is empty: start {start.date()} is not before end {end.date()}")
     if start >= now:
-        raise ParameterError(f"the period starts in the future ({start.date()}); nothing has happened yet")
+        raise ParameterError(f"the period starts in the future ({start.date()}); nothing has happened yet "
+                             f"— give a period that starts before today ({now.date()} UTC)")
     return Period(start=start, end=end, now=now, label=label)
 
 
-def _day(text: str, name: str) -> datetime:
-    match = _DAY.match(text)
+def _check_year(year: int, name: str, text: str, now: datetime) -> None:
+    latest = now.year + 1
+    if not EARLIEST_YEAR <= year <= latest:
+        raise ParameterError(
+            f"parameter {name!r}: {quote(text)} is outside the years a report covers, {EARLIEST_YEAR} to {latest} "
+            f"(Stripe holds no data before {EARLIEST_YEAR}) — give a {'month' if name == 'period' else 'day'} in that span")
+
+
+def _day(text: str, name: str, now: datetime) -> datetime:
+    match = _DAY.fullmatch(text)
+    if match:
+        _check_year(int(match.group(1)), name, text, now)
     try:
         if not match:
             raise ValueError
         day = date(int(match.group(1)), int(match.group(2)), int(match.group(3)))
     except ValueError:
-        raise ParameterError(f"parameter {name!r}: {text!r} is not a day like 2026-11-30") from None
+        raise ParameterError(f"parameter {name!r}: {quote(text)} is not a day like 2026-11-30") from None
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-from ..figures import Figure, empty_figure
+from ..figures import Figure, empty_figure, label
 from . import money
 from .movements import MOVEMENTS, SIGN
 
@@ -21,7 +21,7 @@ _COLOURS = {"new": "#2e7d32", "expansion": "#66bb6a", "reactivation": "#1565c0",
 
 def _money_axis(ax, currency: str) -> None:
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-    ax.set_ylabel(currency.upper())
+    ax.set_ylabel(label(currency.upper(), limit=10))
 
 
 def plot_mrr_history(history: Sequence[dict]) -> Figure:
@@ -63,11 +63,11 @@ def plot_mrr_history(history: Sequence[dict]) -> Figure:
         twin.plot(x, ends, color=_COLOURS["mrr"], marker="o", label="MRR at month end")
         twin.set_ylim(bottom=0)
         _money_axis(twin, currency)
-        twin.set_ylabel(f"MRR ({currency.upper()})")
+        twin.set_ylabel(f"MRR ({label(currency.upper(), limit=10)})")
         ax.axhline(0, color="#9e9e9e", linewidth=0.8)
-        ax.set_xticks(x, months, rotation=45, ha="right", fontsize=8)
-        ax.set_ylabel(f"movements ({currency.upper()})")
-        ax.set_title(f"MRR and its movements per month — {currency.upper()}")
+        ax.set_xticks(x, [label(m, limit=20) for m in months], rotation=45, ha="right", fontsize=8)
+        ax.set_ylabel(f"movements ({label(currency.upper(), limit=10)})")
+        ax.set_title(f"MRR and its movements per month — {label(currency.upper(), limit=10)}")
         handles, labels = ax.get_legend_handles_labels()
         h2, l2 = twin.get_legend_handles_labels()
         ax.legend(handles + h2, labels + l2, fontsize=8, loc="upper left")
@@ -90,10 +90,10 @@ def plot_revenue_by_plan(rows: Sequence[dict]) -> Figure:
         for k, key in enumerate(keys):
             values = [r[key] or 0 for r in mine]
             ax.barh([i + k * height for i in range(len(mine))], values, height=height, color=_COLOURS[key], label=key)
-        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(mine))], plans)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(mine))], [label(p, limit=30) for p in plans])
         ax.invert_yaxis()
-        ax.set_xlabel(currency.upper())
-        ax.set_title(f"Revenue by plan in the period — {currency.upper()}")
+        ax.set_xlabel(label(currency.upper(), limit=10))
+        ax.set_title(f"Revenue by plan in the period — {label(currency.upper(), limit=10)}")
         ax.legend(fontsize=8, loc="lower right")
     return fig
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import matplotlib.dates as mdates
 from matplotlib.ticker import MaxNLocator
 
-from ..figures import Figure, empty_figure
+from ..figures import Figure, empty_figure, label
 
 OUTCOMES = ("processed", "retrying", "failed", "missing")
 _COLOURS = {"processed": "#2e7d32", "retrying": "#f9a825", "failed": "#c62828", "missing": "#6a1b9a"}
@@ -49,7 +49,7 @@ def plot_events_by_hour(rows: list[dict], *, title: str | None = None) -> Figure
     bottom = [0] * len(hours)
     for outcome in outcomes:
         values = [counts.get(h, {}).get(outcome, 0) for h in hours]
-        ax.bar(x, values, width=0.9 / 24, bottom=bottom, align="edge", label=outcome,
+        ax.bar(x, values, width=0.9 / 24, bottom=bottom, align="edge", label=label(outcome, limit=30),
                color=_COLOURS.get(outcome, "#9e9e9e"))
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.xaxis_date(tz=timezone.utc)

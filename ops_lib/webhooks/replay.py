@@ -15,14 +15,20 @@ Safety:
   skipped with the outcome "already processed", so applying twice sends nothing the second time
   (and the app is idempotent by event id besides);
 * every event actually sent is recorded in the audit log with its outcome;
+* each POST ends within ``timeout`` seconds (10 by default: the connection within 5, the whole
+  answer within the rest), whatever the app does: an app that accepts and never answers, or
+  answers and never finishes, gives the event an outcome saying so, and after
+  ``MAX_SILENT_IN_A_ROW`` events in a row without an answer the remaining ones are not sent
+  (their outcome says why), so a hanging app costs at most half a minute, not one timeout per
+  event;
 * neither the secret nor the signature ever appears in an action, an outcome or an error; the
   URL is shown without credentials or query string.
 """
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Mapping, Sequence
 from urllib.parse import urlsplit
@@ -34,14 +40,16 @@ from ..db import select_all, select_value
 from ..errors import ConfigurationError
 from ..findings import Action, ActionLog
 from ..schema_map import SchemaMap
-from ..stripe_api import mask_secrets
+from ..stripe_api import BoundedTransport, NetworkFailure, mask_secrets
 from .checks import STATUS_PROCESSED, _display_url
 from .signature import HEADER, sign
 
 ACTION = "replay_webhook_event"
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 DEFAULT_REASON = "replay of Stripe events the app missed or failed (webhook_failure runbook)"
-DEFAULT_TIMEOUT_S = 10  # Stripe waits a few seconds for an answer; a slow app is a finding too
+DEFAULT_TIMEOUT_S = 10  # per event, from connecting to the end of the answer; a slow app is a finding too
+CONNECT_TIMEOUT_S = 5
+MAX_SILENT_IN_A_ROW = 3  # after this many events in a row got no answer, the rest are not sent
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
@@ -98,6 +106,7 @@ def replay_events(
     status_sql = (
         f"SELECT {table.col('status')} FROM {table.sql_table} WHERE {table.col('stripe_event_id')} = :event_id"
     )
+    silent = 0  # events in a row the app gave no answer to
     for event in ordered:
         # Read committed: each read sees what the app (or Stripe's retry) committed meanwhile.
         app_status = select_value(conn, status_sql, event_id=event["id"])
@@ -106,8 +115,14 @@ def replay_events(
         if app_status == STATUS_PROCESSED:
             action.outcome = "already processed"
             continue
+        if silent >= MAX_SILENT_IN_A_ROW:
+            action.outcome = (f"not sent: the app did not answer the last {silent} events; "
+                              "fix the app or OPSBOOK_WEBHOOK_URL, then run the replay again")
+            continue
         action.applied = True
-        action.outcome = _send(url, secret, event, timeout)
+        sent = _send(url, secret, event, timeout)
+        silent = 0 if sent.answered else silent + 1
+        action.outcome = sent.outcome
         action.detail["sent_at"] = datetime.now(timezone.utc)
         if audit is not None:
             audit.record(action)
@@ -122,44 +137,50 @@ def body_of(event: Mapping) -> bytes:
     return json.dumps(event).encode("utf-8")
 
 
-def _send(url: str, secret: str, event: Mapping, timeout: float) -> str:
+@dataclass(frozen=True)
+class _Sent:
+    outcome: str
+    answered: bool  # the app answered with an HTTP status (whatever it was)
+
+
+def _send(url: str, secret: str, event: Mapping, timeout: float) -> _Sent:
+    """POST one event; never longer than `timeout` seconds, whatever the app does."""
     body = body_of(event)
-    request = urllib.request.Request(
-        url,
-        data=body,
-        method="POST",
-        headers={"Content-Type": "application/json", HEADER: sign(body, secret), "User-Agent": USER_AGENT},
-    )
+    local = (urlsplit(url).hostname or "") in _LOOPBACK
     try:
-        with _opener(url).open(request, timeout=timeout) as response:
-            status = response.status
-            answer = response.read(4096)
-    except urllib.error.HTTPError as err:
-        try:
-            answer = err.read(4096)
-        except Exception:
-            answer = b""
-        return mask_secrets(f"app answered HTTP {err.code}: {_first_line(answer) or err.reason}")
-    except (urllib.error.URLError, OSError) as err:
-        why = getattr(err, "reason", None) or err
-        return mask_secrets(f"unreachable: {_one_line(str(why))}")
-    if 200 <= status < 300:
-        return f"delivered (HTTP {status})"
-    return mask_secrets(f"app answered HTTP {status}: {_first_line(answer)}")
+        answer = (_LOCAL if local else _REMOTE).send(
+            "POST", url, deadline=time.monotonic() + timeout, body=body,
+            headers={"Content-Type": "application/json", HEADER: sign(body, secret), "User-Agent": USER_AGENT},
+            allow_redirects=False,  # Stripe does not follow redirects: a 3xx is a failed delivery
+            max_body=4096,
+            read_timeout=timeout,
+        )
+    except NetworkFailure as err:
+        return _Sent(mask_secrets(_no_answer(err, timeout)), answered=False)
+    if 200 <= answer.status < 300:
+        return _Sent(f"delivered (HTTP {answer.status})", answered=True)
+    return _Sent(mask_secrets(f"app answered HTTP {answer.status}: {_first_line(answer.body) or answer.reason}"),
+                 answered=True)
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Stripe does not follow redirects: a 3xx is a failed delivery, and so it is here."""
+def _no_answer(err: NetworkFailure, timeout: float) -> str:
+    if err.kind in ("unreachable", "connect_timeout", "tls"):
+        return f"unreachable: {_one_line(err.detail)}"
+    unsure = "the app may have processed it: its status is read again before any later replay"
+    if err.kind == "no_answer":
+        return f"no answer within {timeout:g} s ({unsure})"
+    if err.kind == "closed":
+        return f"the app closed the connection without answering ({unsure})"
+    if err.kind == "stalled":
+        return f"app answered HTTP {err.status} but did not finish its answer within {timeout:g} s ({unsure})"
+    if err.kind == "truncated":
+        return f"app answered HTTP {err.status} but closed the connection mid-answer ({unsure})"
+    return f"failed: {_one_line(err.detail)} ({unsure})"
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
 
-
-def _opener(url: str) -> urllib.request.OpenerDirector:
-    handlers: list = [_NoRedirect()]
-    if (urlsplit(url).hostname or "") in _LOOPBACK:
-        handlers.append(urllib.request.ProxyHandler({}))  # never send a local app through a proxy
-    return urllib.request.build_opener(*handlers)
+# Never send a local app through a proxy; a remote one goes through the environment's, if any.
+_LOCAL = BoundedTransport(CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, trust_env=False)
+_REMOTE = BoundedTransport(CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 
 
 def _first_line(raw: bytes) -> str:

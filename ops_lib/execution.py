@@ -1,0 +1,333 @@
+"""Executing a runbook notebook with papermill: the kernel's environment, masked saves, and ends.
+
+A run ends in one of four ways, each leaving the executed notebook archived:
+
+- ``completed``: every cell ran;
+- ``cell_error``: a cell raised (papermill marks it);
+- ``timeout`` / ``kernel_died``: a cell outlived ``--timeout`` or the kernel vanished (marked here);
+- ``interrupted``: SIGTERM or SIGINT reached opsbook. The kernel is interrupted (KeyboardInterrupt in
+  the running cell), and killed if it does not stop within ``INTERRUPT_GRACE_S``; a signal between
+  cells marks the next cell as not run.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .archive import atomic_write
+from .errors import RunInterrupted, first_line
+from .secrets import Masker
+
+DEFAULT_CELL_TIMEOUT_S = 600
+KERNEL_START_TIMEOUT_S = 60
+INTERRUPT_GRACE_S = 5.0
+ERROR_TAG = "papermill-error-cell-tag"
+
+_ENGINE = "opsbook"
+_MASKED_SCHEME = "opsbook-masked://"
+
+
+@dataclass
+class Execution:
+    """One notebook being executed: where it is saved, how it is masked, and how to stop it."""
+
+    nb_path: Path
+    masker: Masker
+    thread: int = field(default_factory=threading.get_ident)
+    phase: str = "preflight"  # preflight → executing → finishing
+    interrupted: str | None = None  # the signal's name, once one arrived
+    kernel_pid: int | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def interrupt(self, signal_name: str) -> None:
+        """Stop the run: interrupt the kernel's cell, then kill the kernel if it does not stop."""
+        with self._lock:
+            repeated = self.interrupted is not None
+            self.interrupted = self.interrupted or signal_name
+            pid = self.kernel_pid
+        if pid is None or self.phase != "executing":
+            return
+        if repeated:
+            _kill(pid, signal.SIGKILL)
+            return
+        _kill(pid, signal.SIGINT)
+        timer = threading.Timer(INTERRUPT_GRACE_S, self._kill_kernel_if_running)
+        timer.daemon = True
+        timer.start()
+
+    def _kill_kernel_if_running(self) -> None:
+        if self.phase == "executing" and self.kernel_pid is not None:
+            _kill(self.kernel_pid, signal.SIGKILL)
+
+    def raise_if_interrupted(self) -> None:
+        if self.interrupted:
+            raise RunInterrupted(self.interrupted)
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+# ------------------------------------------------------------------------------------ signals
+
+_active: dict[str, Execution] = {}  # by notebook path: papermill's IO handlers are global
+_active_lock = threading.Lock()
+_handlers_installed = 0
+
+
+@contextmanager
+def tracked(execution: Execution):
+    """Make an execution reachable by signals and by the masked notebook writer."""
+    with _active_lock:
+        _active[str(execution.nb_path)] = execution
+    try:
+        with signals_end_runs():
+            yield execution
+    finally:
+        with _active_lock:
+            _active.pop(str(execution.nb_path), None)
+
+
+def _on_signal(signum, frame) -> None:
+    name = signal.Signals(signum).name
+    with _active_lock:
+        runs = list(_active.values())
+    for run in runs:
+        run.interrupt(name)
+    main = threading.main_thread().ident
+    if any(run.thread == main and run.phase == "preflight" for run in runs):
+        raise RunInterrupted(name)  # nothing started yet: end the main thread's run at once
+
+
+@contextmanager
+def signals_end_runs():
+    """SIGTERM and SIGINT end the runs of this process with a complete record (main thread only;
+    in a worker thread the main thread's handler reaches the run through the registry)."""
+    global _handlers_installed
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+    if _handlers_installed == 0:
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    _handlers_installed += 1
+    try:
+        yield
+    finally:
+        _handlers_installed -= 1
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# ------------------------------------------------------------------------------------ papermill
+
+
+def _silence_slow_imports() -> None:
+    # jsonschema imports rfc3987_syntax (a >1 s grammar build) only to check the "iri" format,
+    # which notebook validation never uses; an absent module makes it skip that format.
+    sys.modules.setdefault("rfc3987_syntax", None)
+
+
+@dataclass
+class Outcome:
+    """How the execution ended: ``reason`` is None when every cell ran."""
+
+    reason: str | None = None
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.reason is not None
+
+
+def execute(execution: Execution, source: Path, parameters: dict, *, kernel_env: dict[str, str],
+            cwd: Path, timeout: float | None) -> Outcome:
+    """Run ``source`` into ``execution.nb_path``; every ending leaves a masked notebook there."""
+    _silence_slow_imports()
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    _register_papermill_extensions()
+    masker = execution.masker
+    execution.raise_if_interrupted()
+    execution.phase = "executing"
+    try:
+        pm.execute_notebook(
+            str(source),
+            _MASKED_SCHEME + str(execution.nb_path),
+            parameters=parameters,
+            engine_name=_ENGINE,
+            kernel_name="python3",
+            progress_bar=False,
+            log_output=False,
+            execution_timeout=timeout,
+            start_timeout=KERNEL_START_TIMEOUT_S,
+            cwd=str(cwd),
+            kernel_env=kernel_env,
+            execution=execution,
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # not its TCP notice nor shutdown chatter
+        )
+    except PapermillExecutionError as err:
+        if execution.interrupted:
+            return Outcome("interrupted", masker.text(f"interrupted by {execution.interrupted} in cell {err.exec_count}"))
+        return Outcome("cell_error", masker.text(f"cell {err.exec_count} raised {err.ename}: {first_line(err.evalue)}"))
+    except BaseException as err:  # the kernel died, timed out or never started; or we were told to stop
+        reason, line = _stopped(execution, err)
+        line = masker.text(line)
+        if execution.nb_path.exists():
+            mark_stopped_cell(execution.nb_path, reason, line, masker)
+        else:
+            atomic_write(execution.nb_path, masker.text(source.read_text(encoding="utf-8")))
+        if not isinstance(err, Exception) and not isinstance(err, KeyboardInterrupt):
+            raise
+        return Outcome(reason, line)
+    finally:
+        execution.phase = "finishing"
+    return Outcome()
+
+
+def _stopped(execution: Execution, err: BaseException) -> tuple[str, str]:
+    if execution.interrupted or isinstance(err, (KeyboardInterrupt, RunInterrupted)):
+        return "interrupted", f"interrupted by {execution.interrupted or 'SIGINT'}"
+    name = type(err).__name__
+    if "Timeout" in name:
+        return "timeout", f"execution stopped: {name}: {first_line(err)}"
+    if "DeadKernel" in name:
+        return "kernel_died", f"execution stopped: the kernel died ({first_line(err)})"
+    return "execution_failed", f"execution stopped: {name}: {first_line(err)}"
+
+
+_registration = threading.Lock()
+_registered = False
+
+
+def _register_papermill_extensions() -> None:
+    """Once per process: papermill keeps its handlers in a list that every run would grow."""
+    global _registered
+    with _registration:
+        if not _registered:
+            _register()
+            _registered = True
+
+
+def _register() -> None:
+    from papermill.clientwrap import PapermillNotebookClient
+    from papermill.engines import NBClientEngine, papermill_engines
+    from papermill.iorw import papermill_io
+
+    class InterruptibleClient(PapermillNotebookClient):
+        """papermill's client, which also stops between cells once the run is interrupted."""
+
+        def __init__(self, nb_man, execution: Execution, **kwargs):
+            super().__init__(nb_man, **kwargs)
+            self.execution = execution
+
+        def papermill_execute_cells(self):
+            provisioner = getattr(self.km, "provisioner", None)
+            self.execution.kernel_pid = getattr(provisioner, "pid", None)
+            if self.execution.interrupted:  # the signal came while the kernel was starting
+                self.execution.interrupt(self.execution.interrupted)
+            for index, cell in enumerate(self.nb.cells):
+                if self.execution.interrupted:
+                    if cell.cell_type == "code":
+                        _mark_not_run(cell, self.execution.interrupted)
+                        self.nb_man.cell_exception(cell, cell_index=index)
+                        break
+                    continue
+                try:
+                    self.nb_man.cell_start(cell, index)
+                    self.execute_cell(cell, index)
+                except Exception as ex:
+                    from nbclient.exceptions import CellExecutionError
+
+                    if not isinstance(ex, CellExecutionError):
+                        raise
+                    self.nb_man.cell_exception(self.nb.cells[index], cell_index=index, exception=ex)
+                    break
+                finally:
+                    self.nb_man.cell_complete(self.nb.cells[index], cell_index=index)
+
+    class KernelEnvEngine(NBClientEngine):
+        """papermill's nbclient engine, but the kernel gets the run's environment, not ours."""
+
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, *, kernel_env, execution, execution_timeout=None,
+                                     start_timeout=60, log_output=False, stdout_file=None, stderr_file=None, **kwargs):
+            kwargs.pop("input_path", None)
+            client = InterruptibleClient(
+                nb_man, execution, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
+                log=logging.getLogger("papermill.opsbook"), log_output=log_output, stdout_file=stdout_file,
+                stderr_file=stderr_file, **kwargs,
+            )
+            return client.execute(env=kernel_env)
+
+    # nbclient logs a timeout or a dead kernel itself; the run's record says it, in one line.
+    quiet = logging.getLogger("papermill.opsbook")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    papermill_engines.register(_ENGINE, KernelEnvEngine)
+    papermill_io.register(_MASKED_SCHEME, _MaskedNotebookHandler())
+
+
+def _mark_not_run(cell, signal_name: str) -> None:
+    line = f"not run: the run was interrupted by {signal_name} before this cell"
+    cell.outputs = [{"output_type": "error", "ename": "RunInterrupted", "evalue": line, "traceback": [line]}]
+    _tag(cell)
+
+
+def _tag(cell) -> None:
+    tags = cell.setdefault("metadata", {}).setdefault("tags", [])
+    if ERROR_TAG not in tags:
+        tags.append(ERROR_TAG)
+
+
+class _MaskedNotebookHandler:
+    """papermill saves the notebook after every cell: mask each save and write it atomically."""
+
+    @staticmethod
+    def _path(path: str) -> Path:
+        return Path(path[len(_MASKED_SCHEME):])
+
+    def read(self, path):
+        return self._path(path).read_text(encoding="utf-8")
+
+    def listdir(self, path):
+        return [str(p) for p in self._path(path).iterdir()]
+
+    def write(self, buf, path):
+        target = self._path(path)
+        with _active_lock:
+            execution = _active.get(str(target))
+        masker = execution.masker if execution else Masker.from_env()
+        atomic_write(target, masker.json_text(buf))
+
+    def pretty_path(self, path):
+        return str(self._path(path))
+
+
+def mark_stopped_cell(nb_path: Path, reason: str, line: str, masker: Masker) -> None:
+    """papermill marks only cells that raised; a timeout, a dead kernel or an interruption gets the
+    same mark here, on the last cell that started (or, if none did, the first code cell)."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c.get("cell_type") == "code"]
+    started = [c for c in code if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+    cell = started[-1] if started else (code[0] if code else None)
+    if cell is None:
+        return
+    outputs = cell.setdefault("outputs", [])
+    if not any(o.get("output_type") == "error" for o in outputs):
+        outputs.append({"output_type": "error", "ename": reason, "evalue": line, "traceback": [line]})
+    _tag(cell)
+    pm_meta = cell.setdefault("metadata", {}).setdefault("papermill", {})
+    pm_meta.update(exception=True, status="failed")
+    atomic_write(nb_path, masker.json_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n"))
