@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .errors import ConfigurationError, clip
+from .errors import ConfigurationError, quote
 from .findings import severity_rank
 from .literal import html_attr, html_text
 
@@ -56,15 +56,15 @@ class Archive:
         origin = "--out" if root else "OPSBOOK_OUTPUTS" if os.environ.get("OPSBOOK_OUTPUTS") else "the archive folder"
         if _URL_SCHEME.match(given):
             raise ConfigurationError(
-                f"{origin} {clip(given)!r}: remote archives are not supported yet — give a local folder "
+                f"{origin} {quote(given)}: remote archives are not supported yet — give a local folder "
                 "(and copy it to object storage afterwards)"
             )
         if "\0" in given or not given.strip():
-            raise ConfigurationError(f"{origin} {clip(given)!r} is not a folder name")
+            raise ConfigurationError(f"{origin} {quote(given)} is not a folder name")
         archive = cls.default(given)
         try:
             if archive.root.exists() and not archive.root.is_dir():
-                raise ConfigurationError(f"{origin} {clip(archive.root)} is a file, not a folder — give a folder for the archive")
+                raise ConfigurationError(f"{origin} {quote(archive.root)} is a file, not a folder — give a folder for the archive")
             archive.root.mkdir(parents=True, exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=archive.root, prefix=".write-check-", delete=True)
             probe.close()
@@ -72,7 +72,7 @@ class Archive:
             raise
         except OSError as err:
             raise ConfigurationError(
-                f"{origin} {clip(archive.root)} cannot be written ({err.strerror or type(err).__name__}) "
+                f"{origin} {quote(archive.root)} cannot be written ({err.strerror or type(err).__name__}) "
                 "— give a folder this user may write"
             ) from None
         return archive

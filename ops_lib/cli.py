@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import __version__, paths, runbooks
-from .errors import EXIT_EXECUTION_FAILED, EXIT_INVALID, EXIT_OK, InvalidInvocation, OpsbookError, clip, first_line
+from .errors import EXIT_EXECUTION_FAILED, EXIT_INVALID, EXIT_OK, InvalidInvocation, OpsbookError, first_line, quote
 
 
 class _Parser(argparse.ArgumentParser):
@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print the run's JSON")
     show.add_argument("--out", help="archive folder (default: outputs/)")
+
+    new = sub.add_parser("new", help="a thin runbook notebook from a template, in the first OPSBOOK_RUNBOOKS folder")
+    new.add_argument("name", help="the runbook's name: lower-case letters, digits and _")
+    new.add_argument("--title", help="its title (default: from the name)")
 
     sub.add_parser("lab", help="JupyterLab on notebooks/ against the current target (other options go to jupyter lab)")
     return parser
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("-p NAME VALUE is an option of `opsbook run`")
         args.parameter = [*args.parameter, *pairs]
     if extra and args.command != "lab":
-        parser.error(f"unrecognized arguments: {clip(' '.join(extra))}")
+        parser.error(f"unrecognized arguments: {quote(' '.join(extra))}")
     args.lab_args = extra
     try:
         return COMMANDS[args.command](args)
@@ -115,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         complain("interrupted")
         return EXIT_EXECUTION_FAILED
+    except BrokenPipeError:  # `opsbook list | head`: the reader has gone, nothing to say
+        sys.stdout = open(os.devnull, "w")
+        return EXIT_OK
     except Exception as err:  # a bug of ours: still one masked line and a failure code, not a traceback
         complain(f"unexpected {type(err).__name__}: {first_line(err)} (set OPSBOOK_DEBUG=1 for the traceback)")
         if os.environ.get("OPSBOOK_DEBUG"):
@@ -123,12 +130,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_list(args) -> int:
-    for rb in runbooks.RUNBOOKS.values():
-        say(f"{rb.name} — {rb.title}")
-        say(f"  {rb.question}")
+    for rb in runbooks.all_runbooks().values():
+        say(f"{rb.name} — {rb.title}" + ("" if rb.shipped else f"  [{rb.notebook}]"))
+        if rb.question:
+            say(f"  {rb.question}")
         for p in rb.params:
             say(f"  {p.name:<30} {p.describe_type():<12} default {p.default!r:<10} {p.help}")
-        sets = [str(s.relative_to(paths.project_root())) for s in rb.parameter_sets()]
+        sets = [str(s.relative_to(rb.params_dir.parent)) for s in rb.parameter_sets()]
         if sets:
             say(f"  parameter sets: {', '.join(sets)}")
         say("")
@@ -152,7 +160,7 @@ def cmd_run(args) -> int:
 
     if args.all == bool(args.runbook):
         raise InvalidInvocation("name one runbook, or --all (see `opsbook list`)")
-    names = list(runbooks.RUNBOOKS) if args.all else [args.runbook]
+    names = runbooks.names() if args.all else [args.runbook]
     if args.all and (args.parameter or args.parameters_file):
         raise InvalidInvocation("-p and -f apply to one runbook; with --all each runbook runs with its defaults")
 
@@ -177,6 +185,7 @@ def cmd_run(args) -> int:
     runner.validate_timeout(args.timeout)  # once, not once per runbook
     Archive.open(args.out)
     target_or_demo()  # start the demo once, not once per runbook
+    names = runner.slowest_first(names, Archive.open(args.out))
     with signals_end_runs(), ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         codes = list(pool.map(one, names))
     return max(codes)
@@ -233,7 +242,7 @@ def cmd_show(args) -> int:
     try:
         record = Archive.open(args.out).load(args.run_id)
     except KeyError:
-        raise InvalidInvocation(f"no archived run {clip(args.run_id)!r} — see `opsbook history`") from None
+        raise InvalidInvocation(f"no archived run {quote(args.run_id)} — see `opsbook history`") from None
     if args.json:
         say(json.dumps(record, indent=2))
         return EXIT_OK
@@ -251,12 +260,21 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_new(args) -> int:
+    notebook = runbooks.create(args.name, args.title)
+    say(f"{notebook}")
+    say(f"  edit it in `opsbook lab`, then: opsbook run {args.name}  (parameter sets: {notebook.parent / 'params' / args.name})")
+    return EXIT_OK
+
+
 def cmd_lab(args) -> int:
     from .demo import target_or_demo
 
     env = {**os.environ, **target_or_demo().env()}
     jupyter = Path(sys.executable).with_name("jupyter")
-    command = [str(jupyter), "lab", "--notebook-dir", str(paths.notebooks_dir()), *args.lab_args]
+    own = [entry for entry in os.environ.get("OPSBOOK_RUNBOOKS", "").split(":") if entry]
+    folder = Path(own[0]).expanduser() if own else paths.notebooks_dir()  # a team's runbooks, else the shipped ones
+    command = [str(jupyter), "lab", "--notebook-dir", str(folder), *args.lab_args]
     sys.stdout.flush()
     sys.stderr.flush()
     # JupyterLab takes this process's place: a signal that stops `opsbook lab` stops JupyterLab
@@ -271,6 +289,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "history": cmd_history,
     "show": cmd_show,
+    "new": cmd_new,
     "lab": cmd_lab,
 }
 

@@ -4,6 +4,9 @@ Every message is one line that says what is wrong and how to fix it; the CLI pri
 """
 from __future__ import annotations
 
+import re
+from typing import Any
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_EXECUTION_FAILED = 2
@@ -12,17 +15,33 @@ EXIT_INVALID = 3
 MAX_QUOTED_CHARS = 200
 
 
-def clip(value: object, limit: int = 80) -> str:
-    """A value as an error message may quote it: never a 100 kB echo."""
-    text = str(value)
-    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+QUOTE_CHARS = 80
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
+    """A value as an error message may show it: repr-quoted, one line, at most ~``limit`` characters,
+    with the length said when it was clipped (never a 100 kB echo)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            text = str(value)
+        except ValueError:  # more digits than Python will print
+            return f"a {value.bit_length()}-bit number"
+        size = f"{len(text.lstrip('-'))} digits"
+    elif isinstance(value, (list, tuple, dict)):
+        text, size = repr(value), f"{len(value)} items"
+    else:
+        text = repr(value) if isinstance(value, str) else str(value)
+        size = f"{len(value) if isinstance(value, str) else len(text)} characters"
+    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+    return text if len(text) <= limit else f"{text[:limit - 1]}… ({size})"
 
 
 def first_line(error: BaseException | str, limit: int = MAX_QUOTED_CHARS) -> str:
     """An error's first non-empty line, clipped: what a one-line message may quote of it."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     line = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
-    return clip(line, limit)
+    return line if len(line) <= limit else f"{line[:limit - 1]}… ({len(line)} characters)"
 
 
 class OpsbookError(Exception):

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .errors import ParameterError
+from .errors import ParameterError, quote
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -37,27 +37,8 @@ MAX_LIST_ITEMS = 1000
 MAX_ITEM_CHARS = 200
 MAX_FILE_BYTES = 1024 * 1024
 MAX_YAML_VALUES = 100_000
-QUOTE_CHARS = 80
 MAX_MESSAGE_CHARS = 280  # a message that would be longer leaves out what is only helpful
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
-    """A value as an error message may show it: repr-quoted, one line, at most ~``limit`` characters,
-    with the length said when it was clipped."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        try:
-            text = str(value)
-        except ValueError:  # more digits than Python will print
-            return f"a {value.bit_length()}-bit number"
-        size = f"{len(text.lstrip('-'))} digits"
-    elif isinstance(value, (list, tuple, dict)):
-        text, size = repr(value), f"{len(value)} items"
-    else:
-        text = repr(value) if isinstance(value, str) else str(value)
-        size = f"{len(value) if isinstance(value, str) else len(text)} characters"
-    text = _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-    return text if len(text) <= limit else f"{text[:limit - 1]}… ({size})"
 
 
 def show_path(path: Path | str) -> str:

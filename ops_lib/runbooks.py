@@ -1,154 +1,255 @@
-"""The runbooks opsbook knows: their notebook, parameters, and what of the target each one reads.
+"""The runbooks opsbook knows: every notebook in the runbook folders, each declared by itself.
 
-The notebook's ``parameters`` cell holds the same defaults (a test keeps the two in step); this
-registry is what lets the CLI list and validate parameters without starting a kernel.
+A runbook is a notebook. Its ``parameters`` cell declares each parameter once — the name, the
+default (whose type is the parameter's type) and, in the line's comment, its help — read the
+way papermill reads it (``papermill.inspect_notebook``). Beside them, in that cell's metadata,
+``opsbook.constraints`` bounds them (minimum, maximum, choices, pattern). The notebook's metadata
+``opsbook`` says what a run needs before its kernel starts: title and question, the schema
+mapping entities it reads, the one Stripe read its key must be allowed (``stripe_probe``), and a
+check of its parameters against the target (``preflight``: ``module:function``).
+
+The folders: those named by ``OPSBOOK_RUNBOOKS`` (``:``-separated, like ``PATH``; the first that
+has a name wins), then the shipped ones. A folder's parameter sets are
+``params/<runbook>/*.yaml`` inside it (the shipped ones: the project's ``params/``).
 """
 from __future__ import annotations
 
+import ast
+import importlib
+import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from . import paths
-from .errors import InvalidInvocation
+from .errors import ConfigurationError, InvalidInvocation, quote
 from .parameters import Param, ParamSpec
-from .webhooks.event_types import HANDLED_EVENT_TYPES
 
-SLOW_QUERY_ACTIONS = ("cancel_long_running", "cancel_root_blockers", "reset_statement_stats")
-# Every number parameter declares a range an operator could mean; the rest is refused (exit 3).
-WEEK_S = 7 * 24 * 3600
-STRIPE_EVENT_TYPE = r"[a-z0-9_]+(\.[a-z0-9_]+)+"
-CURRENCY_CODE = r"[A-Za-z]{3}"
+RUNBOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+RUNNER_PARAMETERS = ("run_id",)  # set by the runner, not by whoever runs the runbook
+_TYPES = {bool: bool, int: int, float: float, str: str, list: list}
+_CONSTRAINTS = ("minimum", "maximum", "choices", "pattern", "pattern_hint", "max_length", "max_items")
+
+
+class RunbookDefinitionError(ConfigurationError):
+    """A runbook notebook that cannot be read as a runbook (exit 3): the message names the file."""
 
 
 @dataclass(frozen=True)
 class Runbook:
     name: str
+    notebook: Path
     title: str
     question: str
     params: ParamSpec
+    params_dir: Path  # holds <name>/*.yaml parameter sets
+    shipped: bool = True
     entities: tuple[str, ...] = ()  # schema-mapping entities it reads; checked before the run
     optional_entities: tuple[str, ...] = ()  # read when the mapping names them; then checked too
-    uses_stripe: bool = False
-    # one cheap read the runbook's key must be allowed, made before the kernel starts
-    stripe_probe: str = "list_webhook_endpoints"
-    # checks of parameters against each other and the target, before the kernel starts (exit 3)
-    validate: Callable[[dict[str, Any], Any], None] | None = None
+    stripe_probe: str | None = None  # one cheap read the runbook's key must be allowed
+    preflight: str | None = None  # "module:function(params, target)": raises InvalidInvocation
 
     @property
-    def notebook(self) -> Path:
-        return paths.notebooks_dir() / f"{self.name}.ipynb"
+    def uses_stripe(self) -> bool:
+        return self.stripe_probe is not None
 
     def parameter_sets(self) -> list[Path]:
-        return sorted((paths.params_dir() / self.name).glob("*.yaml"))
+        return sorted((self.params_dir / self.name).glob("*.yaml"))
+
+    def validate(self, params: dict[str, Any], target) -> None:
+        """The runbook's own checks of its parameters against each other and the target."""
+        if not self.preflight:
+            return
+        module, _, function = self.preflight.partition(":")
+        try:
+            check = getattr(importlib.import_module(module), function)
+        except (ImportError, AttributeError, ValueError) as err:
+            raise RunbookDefinitionError(
+                f"{self.notebook}: its metadata opsbook.preflight names {quote(self.preflight)}, which cannot be "
+                f"imported ({type(err).__name__}) — fix the notebook's metadata"
+            ) from None
+        check(params, target)
 
 
-SLOW_QUERIES = Runbook(
-    name="slow_queries",
-    title="Slow queries, blocked sessions and index health",
-    question="Which statements cost the most, who is stuck or blocking, are connections saturated, "
-    "which indexes are unused, duplicated, invalid or missing?",
-    params=ParamSpec((
-        Param("min_mean_ms", float, 20.0, "a statement is slow at this mean time (PgHero: 20 ms)", minimum=0, maximum=3_600_000),
-        Param("min_calls", int, 100, "…and at least this many calls (PgHero: 100)", minimum=1, maximum=1_000_000_000),
-        Param("top_n", int, 10, "statements to list by total and by mean time", minimum=1, maximum=100),
-        Param("long_running_seconds", int, 60, "a query running longer than this is long-running", minimum=1, maximum=WEEK_S),
-        Param("idle_in_transaction_seconds", int, 60, "a session idle in a transaction this long holds locks and snapshots", minimum=1, maximum=WEEK_S),
-        Param("connection_warn_pct", float, 80.0, "warn when this share of usable connections is taken", minimum=1, maximum=100),
-        Param("min_cache_hit_ratio", float, 0.99, "tables and indexes should be served from memory this often", minimum=0, maximum=1),
-        Param("sequence_warn_pct", float, 75.0, "warn when a sequence has used this share of its column's range", minimum=1, maximum=100),
-        Param("explain_top", int, 3, "plans to show for the worst statements", minimum=0, maximum=20),
-        Param("remediate", list, [], "remediations to plan (and, with apply, perform)", choices=SLOW_QUERY_ACTIONS),
-        Param("apply", bool, False, "perform the planned remediations (default: dry run)"),
-    )),
-)
+def folders() -> list[tuple[Path, Path, bool]]:
+    """(notebook folder, parameter-set folder, shipped) in the order names are looked up."""
+    own = [Path(entry).expanduser().resolve() for entry in os.environ.get("OPSBOOK_RUNBOOKS", "").split(":") if entry]
+    return [*((folder, folder / "params", False) for folder in own), (paths.notebooks_dir(), paths.params_dir(), True)]
 
 
-def _validate_webhook_failure(params: dict, target) -> None:
+_cache: dict[tuple[str, int, int], Runbook] = {}
+
+
+def load(notebook: Path, params_dir: Path, shipped: bool) -> Runbook:
+    """Read one runbook notebook (cached while the file is unchanged)."""
+    try:
+        stat = notebook.stat()
+    except OSError as err:
+        raise RunbookDefinitionError(f"runbook notebook {notebook} cannot be read ({err.strerror})") from None
+    key = (str(notebook), stat.st_mtime_ns, stat.st_size)
+    if key not in _cache:
+        _cache[key] = _read(notebook, params_dir, shipped)
+    return _cache[key]
+
+
+def _read(notebook: Path, params_dir: Path, shipped: bool) -> Runbook:
+    name = notebook.stem
+    try:
+        nb = json.loads(notebook.read_text(encoding="utf-8"))
+        cells = nb["cells"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
+        raise RunbookDefinitionError(f"runbook notebook {notebook} is not a readable notebook ({type(err).__name__})") from None
+    meta = nb.get("metadata", {}).get("opsbook", {}) if isinstance(nb.get("metadata"), dict) else {}
+    tagged = [c for c in cells if "parameters" in (c.get("metadata", {}).get("tags") or [])]
+    constraints = (tagged[0].get("metadata", {}).get("opsbook", {}).get("constraints", {}) if tagged else {}) or {}
+    params = ParamSpec(tuple(_param(notebook, declared, constraints.get(declared["name"], {}))
+                             for declared in _declared(notebook) if declared["name"] not in RUNNER_PARAMETERS))
+    unknown = set(constraints) - {p.name for p in params}
+    if unknown:
+        raise RunbookDefinitionError(f"{notebook}: constraints for {', '.join(sorted(unknown))}, which its parameters cell does not declare")
+    return Runbook(
+        name=name,
+        notebook=notebook,
+        title=str(meta.get("title") or _first_heading(cells) or name),
+        question=str(meta.get("question", "")),
+        params=params,
+        params_dir=params_dir,
+        shipped=shipped,
+        entities=tuple(meta.get("entities", ())),
+        optional_entities=tuple(meta.get("optional_entities", ())),
+        stripe_probe=meta.get("stripe_probe"),
+        preflight=meta.get("preflight"),
+    )
+
+
+def _declared(notebook: Path) -> list[dict]:
+    """The parameters cell as papermill reads it: name, default (source text), help."""
+    from .execution import _silence_slow_imports
+
+    _silence_slow_imports()
+    import papermill as pm
+
+    try:
+        return list(pm.inspect_notebook(str(notebook)).values())
+    except Exception as err:  # papermill's own parse errors have no common base
+        raise RunbookDefinitionError(f"{notebook}: its parameters cell cannot be read ({type(err).__name__}: {err})") from None
+
+
+def _param(notebook: Path, declared: dict, constraints: dict) -> Param:
+    name = declared["name"]
+    try:
+        default = ast.literal_eval(declared["default"])
+    except (ValueError, SyntaxError):
+        raise RunbookDefinitionError(
+            f"{notebook}: parameter {name}'s default {quote(declared['default'])} is not a literal — "
+            "give a number, text, true/false or a list of texts"
+        ) from None
+    kind = type(default)
+    if kind not in _TYPES or (kind is list and not all(isinstance(v, str) for v in default)):
+        raise RunbookDefinitionError(
+            f"{notebook}: parameter {name}'s default is a {kind.__name__}; a runbook parameter is a bool, int, "
+            "float, str or list of str"
+        )
+    bad = set(constraints) - set(_CONSTRAINTS)
+    if bad:
+        raise RunbookDefinitionError(f"{notebook}: parameter {name} has unknown constraints {sorted(bad)}; known: {', '.join(_CONSTRAINTS)}")
+    given = {k: (tuple(v) if k == "choices" else v) for k, v in constraints.items()}
+    return Param(name, kind, default, str(declared.get("help") or ""), **given)
+
+
+def _first_heading(cells: list) -> str | None:
+    for cell in cells:
+        if cell.get("cell_type") == "markdown":
+            source = "".join(cell.get("source", ""))
+            match = re.search(r"^#\s+(.+)$", source, re.M)
+            if match:
+                return match.group(1).strip()
+    return None
+
+
+def all_runbooks() -> dict[str, Runbook]:
+    """Every runbook by name; a name in an earlier folder hides the same name in a later one."""
+    found: dict[str, Runbook] = {}
+    for folder, params_dir, shipped in folders():
+        for notebook in sorted(folder.glob("*.ipynb")) if folder.is_dir() else ():
+            if RUNBOOK_NAME.fullmatch(notebook.stem) and notebook.stem not in found:
+                found[notebook.stem] = load(notebook, params_dir, shipped)
+    return found
+
+
+def names() -> list[str]:
+    """Runbook names without reading the notebooks (for messages and `run --all`)."""
+    seen: list[str] = []
+    for folder, _, _ in folders():
+        for notebook in sorted(folder.glob("*.ipynb")) if folder.is_dir() else ():
+            if RUNBOOK_NAME.fullmatch(notebook.stem) and notebook.stem not in seen:
+                seen.append(notebook.stem)
+    return seen
+
+
+def get(name: str) -> Runbook:
+    for folder, params_dir, shipped in folders():
+        notebook = folder / f"{name}.ipynb"
+        if RUNBOOK_NAME.fullmatch(name) and notebook.is_file():
+            return load(notebook, params_dir, shipped)
+    raise InvalidInvocation(f"unknown runbook {quote(name, 60)}; known: {', '.join(names())} (see `opsbook list`)")
+
+
+# --------------------------------------------------------------------------------------------
+# The shipped runbooks' checks of their parameters against the target (named in their metadata)
+
+
+def check_webhook_failure(params: dict, target) -> None:
     if params["apply"]:
         from .webhooks.replay import require_replay_target
 
         require_replay_target(target.webhook_url, target.stripe_webhook_secret)
 
 
-def _validate_revenue_report(params: dict, target) -> None:
+def check_revenue_report(params: dict, target) -> None:
     from .revenue.period import resolve_period
 
     resolve_period(params["period"], params["start_date"], params["end_date"])
 
 
-def _validate_quota_audit(params: dict, target) -> None:
+def check_quota_audit(params: dict, target) -> None:
     from .quota.plans import read_plans_file
 
     read_plans_file(params["plans_file"])
 
 
-WEBHOOK_FAILURE = Runbook(
-    name="webhook_failure",
-    title="Stripe webhooks failing: missing events, unfulfilled payments, and a safe replay",
-    question="Is the webhook secret right, is the endpoint enabled and subscribed, which events in the window "
-    "never arrived or failed, which paid customers got nothing — and replay them safely.",
-    params=ParamSpec((
-        Param("since_hours", int, 24, "the window to examine, in hours (Stripe keeps events 30 days)", minimum=1, maximum=720),
-        Param("event_types", list, list(HANDLED_EVENT_TYPES), "the event types the app must receive",
-              pattern=STRIPE_EVENT_TYPE, pattern_hint="a Stripe event type like invoice.paid"),
-        Param("apply", bool, False, "replay the missing and failed events to OPSBOOK_WEBHOOK_URL (default: dry run)"),
-    )),
-    entities=("webhook_events", "fulfilments"),
-    uses_stripe=True,
-    validate=_validate_webhook_failure,
-)
-
-REVENUE_REPORT = Runbook(
-    name="revenue_report",
-    title="Revenue report: MRR and its movements, revenue, fees and payment success, reconciled with Stripe",
-    question="What are MRR and ARR per currency and how did they move (new, expansion, reactivation, contraction, "
-    "churn), what came in by plan after refunds, disputes and fees, how many payments succeed, and do the app's "
-    "payment records agree with Stripe?",
-    params=ParamSpec((
-        Param("period", str, "", 'the month to report, "YYYY-MM" or "previous" (UTC); empty: the current month so far'),
-        Param("start_date", str, "", 'or a range of days: its first day, "YYYY-MM-DD" (UTC); overrides period'),
-        Param("end_date", str, "", 'the range\'s last day, included, "YYYY-MM-DD" (UTC); empty: up to now'),
-        Param("currencies", list, [], 'currencies to include, e.g. ["usd", "eur"]; empty: all',
-              pattern=CURRENCY_CODE, pattern_hint="a three-letter currency code like usd"),
-        Param("past_due_grace_days", int, 30, "a past_due subscription still counts as MRR this many days into its unpaid period", minimum=0, maximum=365),
-        Param("history_months", int, 12, "months of MRR history to chart, ending with the period's month", minimum=1, maximum=60),
-        Param("min_success_rate_pct", float, 99.0, "warn when fewer charges than this succeed: succeeded ÷ (succeeded + failed), in %", minimum=0, maximum=100),
-        Param("revenue_tolerance", float, 0.0, "largest amount difference, in major units (e.g. 0.50 for 50 cents), between a payment in the app and its Stripe charge that is not yet a mismatch", minimum=0, maximum=1_000_000),
-    )),
-    entities=("payments",),
-    uses_stripe=True,
-    stripe_probe="list_charges",
-    validate=_validate_revenue_report,
-)
-
-QUOTA_AUDIT = Runbook(
-    name="quota_audit",
-    title="Quota audit: usage against plan limits, drifted counters, the app against Stripe",
-    question="Who is over or near their plan's limit, whose stored usage counter drifted from real usage, whose plan or "
-    "subscription status in the app disagrees with Stripe, which customers do not map, who is billed twice — and reset "
-    "drifted counters safely.",
-    params=ParamSpec((
-        Param("near_limit_pct", float, 80.0, "report an organisation as near its limit from this share of it, in % (info)", minimum=1, maximum=100),
-        Param("drift_tolerance", int, 0, "a stored counter may differ from the recomputed usage by this many units before it is drift", minimum=0, maximum=1_000_000_000),
-        Param("duplicate_lookback_days", int, 90, "how many days back to look for usage events recorded twice under one idempotency key", minimum=1, maximum=3650),
-        Param("plans_file", str, "params/quota/plans.yaml", "plan limits and the Stripe price -> plan mapping (relative to the project, or absolute)"),
-        Param("plan_limits", str, "auto", "where limits come from: auto (the target's plan table if the mapping names one, else plans_file), database or params", choices=("auto", "database", "params")),
-        Param("apply", bool, False, "reset the drifted usage counters to the recomputed values (default: dry run)"),
-    )),
-    entities=("organisations", "subscriptions", "usage_events", "usage_counters"),
-    # read when the mapping names them, so a target without them still runs
-    optional_entities=("plans", "audit_log"),
-    uses_stripe=True,
-    stripe_probe="list_customers",
-    validate=_validate_quota_audit,
-)
-
-RUNBOOKS: dict[str, Runbook] = {rb.name: rb for rb in (SLOW_QUERIES, WEBHOOK_FAILURE, QUOTA_AUDIT, REVENUE_REPORT)}
+# --------------------------------------------------------------------------------------------
+# A team's own runbook, from the template
 
 
-def get(name: str) -> Runbook:
+def create(name: str, title: str | None = None) -> Path:
+    """Write a thin runbook notebook (and an example parameter set) into the first OPSBOOK_RUNBOOKS
+    folder; returns the notebook's path. Nothing is overwritten."""
+    if not RUNBOOK_NAME.fullmatch(name):
+        raise InvalidInvocation(f"runbook name {quote(name, 60)}: use lower-case letters, digits and _ (like disk_usage), "
+                                "starting with a letter")
+    own = [entry for entry in os.environ.get("OPSBOOK_RUNBOOKS", "").split(":") if entry]
+    if not own:
+        raise InvalidInvocation("OPSBOOK_RUNBOOKS is not set — export OPSBOOK_RUNBOOKS=/path/to/your/runbooks "
+                                "(a folder; several are :-separated, the first gets new runbooks)")
+    if name in names():
+        raise InvalidInvocation(f"there is already a runbook {name!r} ({get(name).notebook}) — choose another name")
+    folder = Path(own[0]).expanduser().resolve()
+    title = title or name.replace("_", " ").capitalize()
+    template = (Path(__file__).parent / "templates" / "runbook.ipynb").read_text(encoding="utf-8")
+    text = template.replace("RUNBOOK_NAME", name).replace("RUNBOOK_TITLE", json.dumps(title)[1:-1]) \
+        .replace("RUNBOOK_QUESTION", json.dumps(f"What {title.lower()} checks, in one sentence")[1:-1])
+    notebook = folder / f"{name}.ipynb"
+    example = folder / "params" / name / "daily.yaml"
     try:
-        return RUNBOOKS[name]
-    except KeyError:
-        raise InvalidInvocation(f"unknown runbook {name!r}; known: {', '.join(RUNBOOKS)} (see `opsbook list`)") from None
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(notebook, "x", encoding="utf-8") as handle:
+            handle.write(text)
+        example.parent.mkdir(parents=True, exist_ok=True)
+        if not example.exists():
+            example.write_text("# opsbook run " + name + " -f daily\nmin_rows: 1000\n", encoding="utf-8")
+    except OSError as err:
+        raise ConfigurationError(f"cannot write {notebook} ({err.strerror}) — is OPSBOOK_RUNBOOKS a folder you may write?") from None
+    return notebook

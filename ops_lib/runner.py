@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__, db, paths, report, runbooks
+from . import __version__, db, report, runbooks
 from . import execution as execution_mod
 from . import target as target_mod
 from .archive import Archive
@@ -28,7 +28,7 @@ from .errors import (
     RunInterrupted,
     StripeAccessError,
     TargetUnreachable,
-    clip,
+    quote,
 )
 from .execution import DEFAULT_CELL_TIMEOUT_S, Execution, tracked
 from .findings import ACTION_MIME, FINDING_MIME, METRICS_MIME, severity_rank, worst
@@ -115,7 +115,7 @@ def validate_timeout(timeout: Any) -> int:
         seconds = float("nan")
     if not (seconds == seconds and 1 <= seconds <= MAX_CELL_TIMEOUT_S and seconds.is_integer()):
         raise ParameterError(
-            f"--timeout {clip(text)} is not a whole number of seconds between 1 and {MAX_CELL_TIMEOUT_S} "
+            f"--timeout {quote(text)} is not a whole number of seconds between 1 and {MAX_CELL_TIMEOUT_S} "
             f"— the longest any one cell may run (default {DEFAULT_CELL_TIMEOUT_S})"
         )
     return int(seconds)
@@ -138,10 +138,10 @@ def run(
     archive = Archive.open(outputs)  # where the record goes: nothing can be recorded before it is known
     started = _utcnow()
     run_id = new_run_id(name if _RUNBOOK_NAME.fullmatch(name) else "unknown", started)
-    files = archive.files(name, run_id) if name in runbooks.RUNBOOKS else None
+    files = archive.files(name, run_id) if name in runbooks.names() else None
     record: dict[str, Any] = {
         "run_id": run_id,
-        "runbook": clip(name, 64),
+        "runbook": name[:64],
         "status": "invalid",
         "severity": "ok",
         "started_at": _iso(started),
@@ -150,7 +150,7 @@ def run(
     with tracked(execution):
         try:
             if fail_on not in FAIL_ON:
-                raise ParameterError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {clip(fail_on)!r}")
+                raise ParameterError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {quote(fail_on)}")
             cell_timeout = validate_timeout(timeout)
             runbook = runbooks.get(name)
             params = runbook.params.resolve(_parameter_files(runbook, param_files), overrides)
@@ -176,9 +176,20 @@ def run(
         outcome = execution_mod.execute(
             execution, runbook.notebook, {**params, "run_id": run_id},
             kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root)},  # audit log beside the run
-            cwd=paths.notebooks_dir(), timeout=cell_timeout,
+            cwd=runbook.notebook.parent, timeout=cell_timeout,
         )
         return _archive_executed(archive, record, files, started, outcome, execution.masker, fail_on)
+
+
+def slowest_first(names: Sequence[str], archive: Archive) -> list[str]:
+    """Order for parallel runs: the longest first (by each runbook's last finished run), so the
+    slowest never starts last and leaves a core idle; unknown durations go first."""
+    last: dict[str, float] = {}
+    for run in archive.runs():  # newest first
+        if run.get("runbook") in names and run["runbook"] not in last and isinstance(run.get("duration_s"), (int, float)) \
+                and run.get("status") in ("ok", "findings"):
+            last[run["runbook"]] = float(run["duration_s"])
+    return sorted(names, key=lambda name: -last.get(name, float("inf")))
 
 
 def _parameter_files(runbook: runbooks.Runbook, given: Sequence[Path | str]) -> list[Path | str]:
@@ -193,7 +204,7 @@ def _archive_unexecuted(archive: Archive, record: dict, started: datetime, statu
     ledger line (no folder is made for a mistyped name)."""
     record.update(status=status, error=error, finished_at=_iso(_utcnow()), exit_code=exit_code,
                   findings=[], checks=[], metrics={}, actions=[])
-    if record["runbook"] in runbooks.RUNBOOKS:
+    if record["runbook"] in runbooks.names():
         record["json"] = str(archive.files(record["runbook"], record["run_id"])["json"].relative_to(archive.root))
     if reason:
         record["reason"] = reason

@@ -107,7 +107,7 @@ def test_a_bad_value_in_a_parameter_file_names_the_parameter_and_the_file(tmp_pa
     assert_one_clear_line(err, ParameterError, str(path), *words)
 
 
-@pytest.mark.parametrize("runbook", list(runbooks.RUNBOOKS.values()), ids=lambda rb: rb.name)
+@pytest.mark.parametrize("runbook", list(runbooks.all_runbooks().values()), ids=lambda rb: rb.name)
 def test_every_number_parameter_is_bounded_and_its_default_passes(runbook):
     for param in runbook.params:
         if param.type in (int, float):

@@ -133,8 +133,8 @@ def test_a_missing_parameter_file_is_reported(tmp_path):
         SPEC.resolve([tmp_path / "nope.yaml"])
 
 
-@pytest.mark.parametrize("runbook", list(runbooks.RUNBOOKS.values()), ids=lambda rb: rb.name)
-def test_notebook_parameters_cell_matches_the_registry(runbook):
+@pytest.mark.parametrize("runbook", list(runbooks.all_runbooks().values()), ids=lambda rb: rb.name)
+def test_a_runbooks_parameters_are_what_its_notebook_declares(runbook):
     import papermill as pm
 
     inferred = pm.inspect_notebook(str(runbook.notebook))
@@ -143,9 +143,21 @@ def test_notebook_parameters_cell_matches_the_registry(runbook):
     assert set(inferred) - {"run_id"} == set(declared)
     for name, param in declared.items():
         assert ast.literal_eval(inferred[name]["default"]) == param.default, name
+        assert param.help and param.help == inferred[name]["help"], name
+        assert isinstance(param.default, param.type), name
 
 
-@pytest.mark.parametrize("runbook", list(runbooks.RUNBOOKS.values()), ids=lambda rb: rb.name)
-def test_every_shipped_parameter_set_is_valid(runbook):
-    for path in runbook.parameter_sets():
-        runbook.params.resolve([path])
+@pytest.mark.parametrize("runbook", list(runbooks.all_runbooks().values()), ids=lambda rb: rb.name)
+def test_every_shipped_parameter_set_resolves_to_the_values_it_names(runbook):
+    import yaml
+
+    sets = runbook.parameter_sets()
+    assert sets, f"{runbook.name} ships no parameter set"
+    for path in sets:
+        named = yaml.safe_load(path.read_text()) or {}
+        resolved = runbook.params.resolve([path])
+        assert set(resolved) == {p.name for p in runbook.params}
+        for name, value in named.items():
+            assert resolved[name] == runbook.params.get(name).coerce(value, str(path)), (path.name, name)
+        untouched = set(resolved) - set(named)
+        assert all(resolved[name] == runbook.params.get(name).default for name in untouched)

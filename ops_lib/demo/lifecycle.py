@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from .. import paths
 from ..db import sqlalchemy_url
 from ..errors import DemoError, InvalidInvocation
-from ..parameters import quote
+from ..errors import quote
 from ..stripe_emulator.state import write_state as write_stripe_state
 from . import billing_history, quota_data, receiver, stripe_account
 from . import seed as demo_seed
