@@ -99,6 +99,8 @@ class Archive:
 
     def record(self, record: dict, *, write_json: bool = True) -> None:
         """Write the run's JSON, add its line to runs.jsonl and refresh index.html."""
+        if os.environ.get("OPSBOOK_STRICT"):
+            check_against_schema(record)
         if write_json:
             files = self.files(record["runbook"], record["run_id"])
             atomic_write(files["json"], json.dumps(record, indent=2, sort_keys=False) + "\n")
@@ -154,6 +156,20 @@ class Archive:
                     return row  # a run still going, or lost before it wrote its JSON
                 return json.loads((self.root / row["json"]).read_text(encoding="utf-8"))
         raise KeyError(run_id)
+
+
+RUN_SCHEMA = Path(__file__).with_name("run.schema.json")
+
+
+def check_against_schema(record: dict) -> None:
+    """Raise if ``record`` does not match the published run schema (OPSBOOK_STRICT=1: the tests)."""
+    import jsonschema
+
+    schema = json.loads(RUN_SCHEMA.read_text(encoding="utf-8"))
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(record), key=lambda e: list(e.path))
+    if errors:
+        where = "/".join(str(p) for p in errors[0].path) or "(top)"
+        raise ValueError(f"run {record.get('run_id')} does not match run.schema.json at {where}: {errors[0].message}")
 
 
 def _settle(row: dict) -> dict:

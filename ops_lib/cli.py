@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a params/RUNBOOK/SET.yaml; several are merged in order, then -p on top")
     run.add_argument("--out", help="archive folder (default: outputs/)")
     run.add_argument("--fail-on", default="warning", choices=("info", "warning", "critical"))
+    run.add_argument("--log-output", action="store_true", help="stream the cells' output to stderr (masked)")
     run.add_argument("--timeout", help="seconds any one cell may run before the run fails (default 600)")
 
     demo = sub.add_parser("demo", help="fresh demo target, every runbook, a verdict table")
@@ -51,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true", help="print the run's JSON")
     show.add_argument("--out", help="archive folder (default: outputs/)")
+
+    diff = sub.add_parser("diff", help="new / resolved / still-open items per check between two runs")
+    diff.add_argument("runs", nargs="*", metavar="RUN", help="none: the latest run against its previous one; one: "
+                      "that run against its previous one; two: the first (older) against the second")
+    diff.add_argument("--json", action="store_true", help="print the changes as JSON")
+    diff.add_argument("--out", help="archive folder (default: outputs/)")
 
     new = sub.add_parser("new", help="a thin runbook notebook from a template, in the first OPSBOOK_RUNBOOKS folder")
     new.add_argument("name", help="the runbook's name: lower-case letters, digits and _")
@@ -167,7 +174,8 @@ def cmd_run(args) -> int:
     def one(name: str):
         try:
             result = runner.run(name, args.parameters_file, [tuple(p) for p in args.parameter],
-                                outputs=args.out, fail_on=args.fail_on, timeout=args.timeout)
+                                outputs=args.out, fail_on=args.fail_on, timeout=args.timeout,
+                                progress=len(names) == 1 and sys.stderr.isatty(), log_output=args.log_output)
         except OpsbookError as err:
             complain(f"{name}: {err}")
             return err.exit_code
@@ -260,6 +268,48 @@ def cmd_show(args) -> int:
     return EXIT_OK
 
 
+def cmd_diff(args) -> int:
+    import json
+
+    from . import changes
+    from .archive import Archive
+
+    if len(args.runs) > 2:
+        raise InvalidInvocation("diff takes at most two run ids: the older, then the newer")
+    archive = Archive.open(args.out)
+
+    def load(run_id: str) -> dict:
+        try:
+            return archive.load(run_id)
+        except KeyError:
+            raise InvalidInvocation(f"no archived run {quote(run_id)} — see `opsbook history`") from None
+
+    if len(args.runs) == 2:
+        older, newer = load(args.runs[0]), load(args.runs[1])
+        if older.get("runbook") != newer.get("runbook"):
+            raise InvalidInvocation(f"{older['run_id']} and {newer['run_id']} are runs of different runbooks")
+    else:
+        finished = [r for r in archive.runs() if r.get("status") in changes.FINISHED]
+        if not finished:
+            raise InvalidInvocation("no finished run to compare — see `opsbook history`")
+        newer = load(args.runs[0]) if args.runs else load(finished[0]["run_id"])
+        older = changes.previous_run(archive, newer)
+        if older is None:
+            raise InvalidInvocation(f"{newer['run_id']} has no earlier finished run of {newer['runbook']} on the same target")
+    result = changes.compare(older, newer)
+    if args.json:
+        say(json.dumps(result, indent=2))
+        return EXIT_OK
+    say(f"{older['run_id']} → {newer['run_id']}: {result['new']} new, {result['resolved']} resolved")
+    for check, change in result["checks"].items():
+        say(f"  {check}: {len(change['new'])} new, {len(change['resolved'])} resolved, {change['still_open']} still open")
+        for item in change["new"]:
+            say(f"    + {item}")
+        for item in change["resolved"]:
+            say(f"    - {item}")
+    return EXIT_OK
+
+
 def cmd_new(args) -> int:
     notebook = runbooks.create(args.name, args.title)
     say(f"{notebook}")
@@ -289,6 +339,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "history": cmd_history,
     "show": cmd_show,
+    "diff": cmd_diff,
     "new": cmd_new,
     "lab": cmd_lab,
 }

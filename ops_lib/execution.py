@@ -150,8 +150,21 @@ class Outcome:
         return self.reason is not None
 
 
+class _MaskedStream:
+    """Cell output streamed to the terminal (--log-output), masked as the archive is."""
+
+    def __init__(self, stream, masker: Masker):
+        self.stream, self.masker = stream, masker
+
+    def write(self, text: str) -> None:
+        self.stream.write(self.masker.text(text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def execute(execution: Execution, source: Path, parameters: dict, *, kernel_env: dict[str, str],
-            cwd: Path, timeout: float | None) -> Outcome:
+            cwd: Path, timeout: float | None, progress: bool = False, log_output: bool = False) -> Outcome:
     """Run ``source`` into ``execution.nb_path``; every ending leaves a masked notebook there."""
     _silence_slow_imports()
     import papermill as pm
@@ -168,8 +181,10 @@ def execute(execution: Execution, source: Path, parameters: dict, *, kernel_env:
             parameters=parameters,
             engine_name=_ENGINE,
             kernel_name="python3",
-            progress_bar=False,
+            progress_bar=progress,  # a bar over cells, on a terminal only
             log_output=False,
+            stdout_file=_MaskedStream(sys.stderr, masker) if log_output else None,
+            stderr_file=_MaskedStream(sys.stderr, masker) if log_output else None,
             execution_timeout=timeout,
             start_timeout=KERNEL_START_TIMEOUT_S,
             cwd=str(cwd),
@@ -324,6 +339,12 @@ def mark_stopped_cell(nb_path: Path, reason: str, line: str, masker: Masker) -> 
     cell = started[-1] if started else (code[0] if code else None)
     if cell is None:
         return
+    if not any("papermill-error-cell" in "".join(c.get("source", "")) for c in nb["cells"]
+               if c.get("cell_type") == "markdown"):
+        anchor = {"cell_type": "markdown", "id": "opsbook-stopped-here", "metadata": {"tags": [ERROR_TAG]},
+                  "source": [f'<span id="papermill-error-cell" style="color:red;font-size:1.5em">'
+                             f"The run stopped here ({reason}):</span>"]}
+        nb["cells"].insert(nb["cells"].index(cell), anchor)
     outputs = cell.setdefault("outputs", [])
     if not any(o.get("output_type") == "error" for o in outputs):
         outputs.append({"output_type": "error", "ename": reason, "evalue": line, "traceback": [line]})

@@ -18,6 +18,7 @@ METRICS_MIME = "application/vnd.opsbook.metrics+json"
 ACTION_MIME = "application/vnd.opsbook.action+json"
 
 SEVERITIES = ("ok", "info", "warning", "critical")
+MAX_JSON_ROWS = 200  # evidence rows a finding keeps in the run's JSON (the notebook table shows 50)
 _RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 
 _COLOURS = {"ok": "#2e7d32", "info": "#1565c0", "warning": "#ef6c00", "critical": "#c62828"}
@@ -97,9 +98,12 @@ class Finding:
         return asdict(self)
 
     def summary(self) -> dict:
-        """What the run's JSON keeps per finding: evidence rows stay in the notebook."""
-        data = {k: v for k, v in self.to_dict().items() if k != "rows"}
-        return {k: v for k, v in data.items() if v not in (None, [])}
+        """What the run's JSON keeps per finding: everything, its evidence capped at
+        ``MAX_JSON_ROWS`` rows (``rows_total`` says how many there were)."""
+        data = {k: v for k, v in self.to_dict().items() if v not in (None, [])}
+        if len(self.rows) > MAX_JSON_ROWS:
+            data["rows"], data["rows_total"] = self.rows[:MAX_JSON_ROWS], len(self.rows)
+        return data
 
     def _repr_html_(self) -> str:
         colour = _COLOURS[self.severity]
@@ -132,11 +136,12 @@ def rows_to_html(rows: list[dict], limit: int = 50) -> str:
     for row in rows[:limit]:
         cells = "".join(f"<td>{html_text(_cell(row.get(c)))}</td>" for c in columns)
         body.append(f"<tr>{cells}</tr>")
-    more = f"<div>… {len(rows) - limit} more rows</div>" if len(rows) > limit else ""
+    more = (f"<div>… {len(rows) - limit} more rows: the run's JSON keeps up to {MAX_JSON_ROWS} "
+            "(findings[].rows)</div>") if len(rows) > limit else ""
     # overflow-wrap: a long word (a statement without spaces, a hash) wraps instead of widening the page
     table = inert(f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody>', tag="table",
                   classes="dataframe", attrs='style="overflow-wrap:anywhere"')
-    return table + more
+    return f'<div style="overflow-x:auto">{table}</div>{more}'  # a wide table scrolls, never clipped
 
 
 def _cell(value: Any) -> str:

@@ -6,6 +6,8 @@ import re
 from pathlib import Path
 
 from .archive import atomic_write
+from .changes import describe as describe_changes
+from .execution import ERROR_TAG
 from .findings import rows_to_html
 from .literal import html_text, markdown_block, shorten
 from .secrets import Masker
@@ -16,7 +18,10 @@ def finish_notebook(nb, record: dict, files: dict[str, Path], masker: Masker) ->
     import nbformat
 
     nb.metadata["opsbook"] = {k: v for k, v in record.items() if k not in ("notebook", "html", "json")}
-    nb.cells = [c for c in nb.cells if "opsbook-verdict" not in c.get("metadata", {}).get("tags", [])]
+    # The verdict says it once: no earlier verdict, and not papermill's own "An Exception was
+    # encountered" heading (the verdict links to the failing cell's anchor instead).
+    nb.cells = [c for c in nb.cells if "opsbook-verdict" not in c.get("metadata", {}).get("tags", [])
+                and not _is_papermill_error_heading(c)]
     verdict = nbformat.v4.new_markdown_cell(verdict_markdown(record))
     verdict.metadata["tags"] = ["opsbook-verdict"]
     nb.cells.insert(0, verdict)
@@ -34,11 +39,33 @@ def _encodable(json_text: str) -> str:
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def render_html(nb) -> str:
+def _is_papermill_error_heading(cell) -> bool:
+    return (cell.get("cell_type") == "markdown" and ERROR_TAG in cell.get("metadata", {}).get("tags", [])
+            and "An Exception was encountered" in "".join(cell.get("source", "")))
+
+
+# Report mode: a reviewer reads the verdict, the narrative and the evidence; the code is one click
+# away (no script: the checkbox and :has() do it). Wide outputs scroll instead of being clipped.
+_REPORT_MODE = (
+    "<style>"
+    "body:not(:has(#opsbook-show-code:checked)) .jp-CodeCell .jp-Cell-inputWrapper{display:none}"
+    "body:not(:has(#opsbook-show-code:checked)) .jp-CodeCell:not(:has(.jp-OutputArea-output)){display:none}"
+    ".jp-OutputArea-output{overflow-x:auto}"
+    ".opsbook-code-toggle{position:fixed;top:8px;right:12px;z-index:10;background:#fff;border:1px solid #ccc;"
+    "border-radius:4px;padding:4px 8px;font:13px sans-serif}"
+    "</style>"
+    '<label class="opsbook-code-toggle"><input type="checkbox" id="opsbook-show-code"> show code</label>'
+)
+_BODY = re.compile(r"<body[^>]*>")
+
+
+def render_html(nb, *, report_mode: bool = True) -> str:
     from nbconvert import HTMLExporter
 
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(nb)
+    if report_mode:
+        body = _BODY.sub(lambda m: m.group(0) + _REPORT_MODE, body, count=1)
     return body
 
 
@@ -62,6 +89,8 @@ def verdict_html(record: dict) -> str:
         "findings": f"<b>{html_text(severity.upper())}</b> — {len(findings)} check(s) found problems.",
         "error": f"<b>ERROR</b> — the run failed: <code>{html_text(record.get('error', ''), limit=2000)}</code>",
     }.get(status, html_text(status))
+    if status == "error" and record.get("notebook"):
+        headline += ' <a href="#papermill-error-cell">Go to the failing cell.</a>'
     target = record.get("target", {})
     parts = [
         f"<p>{headline}</p>",
@@ -84,7 +113,21 @@ def verdict_html(record: dict) -> str:
     ok = [c["check"] for c in record.get("checks", []) if c["severity"] == "ok"]
     if ok:
         parts.append(f"<p>Passed: {', '.join(f'<code>{html_text(c)}</code>' for c in ok)}.</p>")
+    if "changes" in record:
+        parts.append(f"<p>{html_text(describe_changes(record['changes']), limit=None)}{_new_items(record['changes'])}</p>")
+    if record.get("parameters"):
+        shown = ", ".join(f"<code>{html_text(k)}</code> = <code>{html_text(repr(v), limit=120)}</code>"
+                          for k, v in record["parameters"].items())
+        parts.append(f"<p>Parameters: {shown}.</p>")
     return "".join(parts)
+
+
+def _new_items(changes: dict) -> str:
+    new = [(check, c["new"]) for check, c in changes.get("checks", {}).items() if c["new"]]
+    if not new or changes.get("previous_run") is None:
+        return ""
+    return " New: " + "; ".join(f"<code>{html_text(check)}</code>: {html_text(_items_preview(items, 3))}"
+                                  for check, items in new) + "."
 
 
 def _items_preview(items: list, shown: int = 5) -> str:

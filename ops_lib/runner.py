@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from . import __version__, db, report, runbooks
+from . import __version__, changes, db, report, runbooks
 from . import execution as execution_mod
 from . import target as target_mod
 from .archive import Archive
@@ -37,6 +37,7 @@ from .schema_map import SchemaMap
 from .secrets import Masker
 
 FAIL_ON = ("info", "warning", "critical")
+RUN_SCHEMA_VERSION = 1  # ops_lib/run.schema.json
 _RUNBOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 MAX_CELL_TIMEOUT_S = 86_400
 
@@ -130,6 +131,8 @@ def run(
     fail_on: str = "warning",
     timeout: float | None = None,
     env: dict[str, str] | None = None,
+    progress: bool = False,
+    log_output: bool = False,
 ) -> RunResult:
     """Validate, check the target, execute and archive one runbook.
 
@@ -140,6 +143,7 @@ def run(
     run_id = new_run_id(name if _RUNBOOK_NAME.fullmatch(name) else "unknown", started)
     files = archive.files(name, run_id) if name in runbooks.names() else None
     record: dict[str, Any] = {
+        "schema_version": RUN_SCHEMA_VERSION,
         "run_id": run_id,
         "runbook": name[:64],
         "status": "invalid",
@@ -175,8 +179,9 @@ def run(
         archive.record_running(record)
         outcome = execution_mod.execute(
             execution, runbook.notebook, {**params, "run_id": run_id},
-            kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root)},  # audit log beside the run
-            cwd=runbook.notebook.parent, timeout=cell_timeout,
+            # the audit log beside the run; and the kernel knows its verdict goes on top of the report
+            kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root), "OPSBOOK_ARCHIVED_RUN": run_id},
+            cwd=runbook.notebook.parent, timeout=cell_timeout, progress=progress, log_output=log_output,
         )
         return _archive_executed(archive, record, files, started, outcome, execution.masker, fail_on)
 
@@ -237,6 +242,7 @@ def _archive_executed(archive: Archive, record: dict, files: dict[str, Path], st
     if outcome.failed:
         record.update(error=outcome.error, reason=outcome.reason)
     record["exit_code"] = exit_code_for(status, severity, fail_on)
+    record["changes"] = changes.compare(changes.previous_run(archive, record), record)
     record = masker.obj(record)
     if nb is not None:
         report.finish_notebook(nb, record, files, masker)

@@ -35,6 +35,7 @@ def start() -> dict:
 
         os.environ["OPSBOOK_HOME"] = str(scratch_dir("demo-home"))
         os.environ["OPSBOOK_OUTPUTS"] = str(scratch_dir("outputs"))
+        os.environ["OPSBOOK_STRICT"] = "1"  # every run archived by a test is checked against run.schema.json
         for name in TARGET_VARIABLES:
             os.environ.pop(name, None)
         _state = lifecycle.up(seed=42, scale=1.0)

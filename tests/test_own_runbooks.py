@@ -112,3 +112,18 @@ def test_a_broken_runbook_notebook_is_one_line_naming_it(folder, breakage, words
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "broken_one.ipynb" in lines[0]
     assert opsbook("list", folder=folder).returncode == 3, "list names the broken notebook rather than hiding it"
+
+
+def test_log_output_streams_cell_output_to_stderr_masked(folder, database18):
+    assert opsbook("new", "chatty", folder=folder).returncode == 0
+    path = folder / "chatty.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(4, nbformat.v4.new_code_cell('print("hello from the cell", "sk_" + "test_" + "abcdefghijklmnop")'))
+    nbformat.write(nb, path)
+    done = opsbook("run", "chatty", "--log-output", folder=folder, out=folder.parent / "out",
+                   env={"DATABASE_URL": database18.url})
+    assert done.returncode == 0, done.stderr
+    assert "hello from the cell sk_test_***" in done.stderr
+    assert "abcdefghijklmnop" not in done.stderr
+    quiet = opsbook("run", "chatty", folder=folder, out=folder.parent / "out", env={"DATABASE_URL": database18.url})
+    assert quiet.returncode == 0 and quiet.stderr == "", "quiet when not asked and not on a terminal"

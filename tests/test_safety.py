@@ -323,7 +323,7 @@ def test_a_signal_mid_run_ends_it_with_a_complete_record(demo, signum):
     assert _marked_cells(out), "the interrupted cell is marked"
     assert (out / record["html"]).is_file()
     assert [r["status"] for r in _ledger(out)] == ["running", "error"]
-    assert waited < 15
+    assert waited < 30  # the cell is interrupted at once; the kernel is killed 5 s later if it holds on
     _fault(f"{signum.name} mid-run", code, stderr, waited, True)
 
 
@@ -468,8 +468,3 @@ def figures_in_the_readme():
     updated = re.sub(r"<!-- safety-figures:.*?<!-- /safety-figures -->", block, text, flags=re.S)
     if updated != text:
         readme.write_text(updated)
-
-
-def test_timings_print(bad_input_outcomes):
-    for name, o in sorted(bad_input_outcomes.items(), key=lambda kv: -kv[1].seconds)[:15]:
-        print(f"{o.seconds:6.1f}s {name}")
