@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import paths
 from .errors import ConfigurationError, quote
-from .findings import severity_rank
+from .findings import SEVERITIES, severity_rank
 from .literal import html_attr, html_text
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -203,11 +203,55 @@ _BADGE = {"ok": "#2e7d32", "info": "#1565c0", "warning": "#ef6c00", "critical": 
           "error": "#c62828", "invalid": "#6d4c41"}
 
 
+_FILTER_SCRIPT = (
+    "<script>function opsbookFilter(){const rb=document.getElementById('rb').value,"
+    "v=document.getElementById('verdict').value;for(const tr of document.querySelectorAll('tr[data-runbook]'))"
+    "{tr.hidden=(rb!==''&&tr.dataset.runbook!==rb)||(v!==''&&tr.dataset.verdict!==v);}}"
+    "document.addEventListener('DOMContentLoaded',()=>document.querySelectorAll('select.opsbook-filter')"
+    ".forEach(s=>s.addEventListener('change',opsbookFilter)));</script>"
+)
+TREND_RUNS = 12
+
+
+def _verdict(run: dict) -> str:
+    status = str(run.get("status", ""))
+    return str(run.get("severity", "ok")) if status in ("ok", "findings") else status
+
+
+def _select(name: str, label: str, values: list[str]) -> str:
+    options = "".join(f'<option value="{html_attr(v)}">{html_text(v, limit=80)}</option>' for v in values)
+    return (f'<label>{label} <select id="{name}" class="opsbook-filter"><option value="">all</option>'
+            f"{options}</select></label> ")
+
+
+def _trend(runs: list[dict]) -> str:
+    """Per runbook, each check's severity over its last runs (oldest left): what keeps coming back."""
+    sections = []
+    for runbook in sorted({str(r.get("runbook", "")) for r in runs}):
+        recent = [r for r in runs if r.get("runbook") == runbook][:TREND_RUNS][::-1]
+        findings = [r.get("findings") if isinstance(r.get("findings"), dict) else {} for r in recent]
+        checks = sorted({str(c) for f in findings for c in f})
+        if not checks:
+            continue
+        rows = []
+        for check in checks:
+            cells = []
+            for run, found in zip(recent, findings):
+                finished = run.get("status") in ("ok", "findings")
+                severity = str(found.get(check, "ok")) if finished else _verdict(run)
+                colour = _BADGE.get(severity, "#9e9e9e") if finished else "#bdbdbd"
+                cells.append(f'<td title="{html_attr(run.get("run_id", ""))}: {html_attr(severity)}" '
+                             f'style="background:{colour};width:14px"></td>')
+            rows.append(f"<tr><td><code>{html_text(check, limit=80)}</code></td>{''.join(cells)}</tr>")
+        sections.append(f"<h3>{html_text(runbook, limit=80)}</h3><table class='trend'>{''.join(rows)}</table>")
+    return ("<h2>Checks over the last runs</h2><p>Oldest left; grey: the run did not finish.</p>" + "".join(sections)
+            if sections else "")
+
+
 def render_index(runs: list[dict], root: Path) -> str:
     rows = []
     for run in runs:
-        status, severity = str(run.get("status", "")), str(run.get("severity", "ok"))
-        verdict = severity if status in ("ok", "findings") else status
+        verdict = _verdict(run)
         colour = _BADGE.get(verdict, "#555")
         links = " ".join(
             f'<a href="{html_attr(run[k])}">{label}</a>'
@@ -216,22 +260,27 @@ def render_index(runs: list[dict], root: Path) -> str:
         findings = run.get("findings") if isinstance(run.get("findings"), dict) else {}
         problems = ", ".join(
             f"{html_text(check, limit=80)} ({html_text(sev, limit=20)})"
-            for check, sev in sorted(findings.items(), key=lambda kv: -severity_rank(kv[1]) if kv[1] in _BADGE else 0)
+            for check, sev in sorted(findings.items(), key=lambda kv: -severity_rank(kv[1]) if kv[1] in SEVERITIES else 0)
             if sev != "ok"
         )
         error = html_text(run.get("error") or "", limit=300)
         rows.append(
-            f"<tr><td>{html_text(run.get('started_at', ''), limit=40)}</td><td>{html_text(run.get('runbook', ''), limit=80)}</td>"
+            f'<tr data-runbook="{html_attr(run.get("runbook", ""), limit=80)}" data-verdict="{html_attr(verdict, limit=20)}">'
+            f"<td>{html_text(run.get('started_at', ''), limit=40)}</td><td>{html_text(run.get('runbook', ''), limit=80)}</td>"
             f'<td><b style="color:{colour}">{html_text(verdict, limit=20)}</b></td>'
             f"<td>{error or problems}</td><td>{links}</td>"
             f"<td><code>{html_text(run.get('run_id', ''), limit=100)}</code></td></tr>"
         )
+    runbooks = sorted({str(r.get("runbook", ""))[:80] for r in runs})
+    verdicts = [v for v in (*SEVERITIES, "error", "invalid", "lost", "running") if any(_verdict(r) == v for r in runs)]
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>opsbook runs</title>"
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-        "td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}</style></head>"
+        "td,th{border-bottom:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}"
+        "table.trend td{border:1px solid #fff;padding:2px 6px}</style>" + _FILTER_SCRIPT + "</head>"
         f"<body><h1>opsbook runs</h1><p>{len(runs)} runs, newest first.</p>"
+        f"<p>{_select('rb', 'runbook', runbooks)}{_select('verdict', 'verdict', verdicts)}</p>"
         "<table><tr><th>started (UTC)</th><th>runbook</th><th>verdict</th><th>findings / error</th><th>files</th><th>run id</th></tr>"
         + "".join(rows)
-        + "</table></body></html>\n"
+        + "</table>" + _trend(runs) + "</body></html>\n"
     )

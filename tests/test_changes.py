@@ -99,3 +99,28 @@ def test_the_report_hides_code_behind_one_click_and_states_the_verdict_once(data
     assert 'id="opsbook-show-code"' in html and ".jp-Cell-inputWrapper{display:none}" in html
     assert html.count(">Verdict:") == 1, "the verdict is stated once, on top"
     assert html.index(">Verdict:") < html.index("Tables without a primary key")
+
+
+def test_the_index_filters_by_runbook_and_verdict_and_never_shows_a_failed_run_green(tmp_path):
+    from ops_lib.archive import render_index
+
+    runs = [
+        {"run_id": "a-20260101T000003Z-000003", "runbook": "alpha", "status": "invalid", "severity": "ok",
+         "started_at": "2026-01-01T00:00:03Z", "error": "bad parameter"},
+        {"run_id": "a-20260101T000002Z-000002", "runbook": "alpha", "status": "findings", "severity": "warning",
+         "started_at": "2026-01-01T00:00:02Z", "findings": {"unused_indexes": "warning"}},
+        {"run_id": "a-20260101T000001Z-000001", "runbook": "alpha", "status": "ok", "severity": "ok",
+         "started_at": "2026-01-01T00:00:01Z", "findings": {}},
+        {"run_id": "b-20260101T000000Z-000000", "runbook": "beta", "status": "lost", "severity": "ok",
+         "started_at": "2026-01-01T00:00:00Z"},
+    ]
+    page = render_index(runs, tmp_path)
+    assert 'data-runbook="alpha" data-verdict="invalid"' in page and 'data-verdict="lost"' in page
+    invalid_row = page[page.index('data-verdict="invalid"'):].split("</tr>")[0]
+    assert "#2e7d32" not in invalid_row, "an invalid run is not shown green"
+    assert '<option value="beta">' in page and '<option value="warning">' in page
+    trend = page[page.index("Checks over the last runs"):]
+    assert "unused_indexes" in trend
+    # oldest left: ok (green), then warning (orange), then the invalid run (grey)
+    cells = trend.split("unused_indexes")[1].split("</tr>")[0]
+    assert cells.index("#2e7d32") < cells.index("#ef6c00") < cells.index("#bdbdbd")
