@@ -17,7 +17,8 @@ def finish_notebook(nb, record: dict, files: dict[str, Path], masker: Masker) ->
     """Put the verdict first, the record in the metadata, and write the final ipynb and its HTML."""
     import nbformat
 
-    nb.metadata["opsbook"] = {k: v for k, v in record.items() if k not in ("notebook", "html", "json")}
+    # the run's record, beside the runbook's own declaration (metadata "opsbook")
+    nb.metadata["opsbook_run"] = {k: v for k, v in record.items() if k not in ("notebook", "html", "json")}
     # The verdict says it once: no earlier verdict, and not papermill's own "An Exception was
     # encountered" heading (the verdict links to the failing cell's anchor instead).
     nb.cells = [c for c in nb.cells if "opsbook-verdict" not in c.get("metadata", {}).get("tags", [])

@@ -88,7 +88,8 @@ def test_the_archived_notebook_opens_with_the_verdict_and_carries_the_findings(d
     nb = nbformat.read(out / result.record["notebook"], as_version=4)
     assert "opsbook-verdict" in nb.cells[0].metadata["tags"]
     assert nb.cells[0].source.startswith("# Verdict: ")
-    assert nb.metadata["opsbook"]["findings"] == result.record["findings"]
+    assert nb.metadata["opsbook_run"]["findings"] == result.record["findings"]
+    assert nb.metadata["opsbook"]["title"], "the runbook's declaration is kept"
     injected = [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     assert injected and result.record["run_id"] in injected[0].source
     html = (out / result.record["html"]).read_text()
