@@ -190,7 +190,8 @@ def _settle(row: dict) -> dict:
 
 
 def ledger_line(record: dict) -> dict:
-    keys = ("run_id", "runbook", "status", "severity", "started_at", "finished_at", "duration_s", "exit_code", "error")
+    keys = ("run_id", "runbook", "status", "severity", "started_at", "finished_at", "duration_s", "exit_code", "error",
+            "interactive")
     line = {k: record.get(k) for k in keys if record.get(k) is not None}
     line["findings"] = {f["check"]: f["severity"] for f in record.get("findings", [])}
     for kind in ("json", "notebook", "html"):

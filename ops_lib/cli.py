@@ -324,7 +324,9 @@ def cmd_lab(args) -> int:
     jupyter = Path(sys.executable).with_name("jupyter")
     own = [entry for entry in os.environ.get("OPSBOOK_RUNBOOKS", "").split(":") if entry]
     folder = Path(own[0]).expanduser() if own else paths.notebooks_dir()  # a team's runbooks, else the shipped ones
-    command = [str(jupyter), "lab", "--notebook-dir", str(folder), *args.lab_args]
+    # saving a notebook that was run archives it as an interactive run and keeps the file output-free
+    command = [str(jupyter), "lab", "--notebook-dir", str(folder),
+               "--ContentsManager.pre_save_hook=ops_lib.lab.pre_save_hook", *args.lab_args]
     sys.stdout.flush()
     sys.stderr.flush()
     # JupyterLab takes this process's place: a signal that stops `opsbook lab` stops JupyterLab

@@ -16,6 +16,7 @@ from .literal import html_attr, html_text, inert, one_line
 FINDING_MIME = "application/vnd.opsbook.finding+json"
 METRICS_MIME = "application/vnd.opsbook.metrics+json"
 ACTION_MIME = "application/vnd.opsbook.action+json"
+RUN_MIME = "application/vnd.opsbook.run+json"  # a run's identity, displayed where it starts
 
 SEVERITIES = ("ok", "info", "warning", "critical")
 MAX_JSON_ROWS = 200  # evidence rows a finding keeps in the run's JSON (the notebook table shows 50)

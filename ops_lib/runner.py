@@ -6,6 +6,7 @@ record with exit 3. Once execution has started, every outcome leaves an archived
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -254,6 +255,68 @@ def kernel_environment(target: target_mod.Target) -> dict[str, str]:
     """The kernel learns its target from its environment: exactly this run's target variables."""
     env = {k: v for k, v in os.environ.items() if k not in target_mod.TARGET_VARIABLES and k != "OPSBOOK_DEMO"}
     return {**env, **target.env()}
+
+
+def archive_interactive(nb_dict: dict, identity: dict, *, outputs: Path | str | None = None) -> dict:
+    """Archive a notebook run in JupyterLab as a run: masked, verdict first, in the ledger as
+    interactive. Saving the same session again replaces that run's files."""
+    import nbformat
+
+    archive = Archive.open(outputs)
+    runbook = runbooks.get(str(identity["runbook"]))
+    run_id = str(identity["run_id"])
+    if not re.fullmatch(r"[a-z][a-z0-9_]*-[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}", run_id) or not run_id.startswith(runbook.name):
+        raise InvalidInvocation(f"the notebook's run id {quote(run_id)} is not one opsbook made")
+    nb = nbformat.reads(json.dumps(nb_dict), as_version=4)  # rejoins sources split into lines
+    collected = collect_outputs(nb)
+    started = str(identity.get("started_at") or _iso(_utcnow()))
+    finished = _utcnow()
+    severity = worst(f["severity"] for f in collected["findings"])
+    errored = any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    status = "error" if errored else ("findings" if severity != "ok" else "ok")
+    files = archive.files(runbook.name, run_id)
+    record: dict[str, Any] = {
+        "schema_version": RUN_SCHEMA_VERSION, "run_id": run_id, "runbook": runbook.name, "interactive": True,
+        "status": status, "severity": severity, "started_at": started, "finished_at": _iso(finished),
+        "duration_s": max(0.0, round((finished - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds(), 3)),
+        "parameters": _parameters_cell_values(nb, runbook),
+        "target": identity.get("target") or {},
+        "findings": collected["findings"], "checks": collected["checks"], "metrics": collected["metrics"],
+        "actions": collected["actions"],
+        "notebook": str(files["ipynb"].relative_to(archive.root)), "html": str(files["html"].relative_to(archive.root)),
+        "json": str(files["json"].relative_to(archive.root)),
+    }
+    if errored:
+        record.update(error="a cell raised in the interactive session (see the notebook)", reason="cell_error")
+    record["exit_code"] = exit_code_for(status, severity, "warning")
+    record["changes"] = changes.compare(changes.previous_run(archive, record), record)
+    masker = Masker.from_env()
+    record = masker.obj(record)
+    report.finish_notebook(nb, record, files, masker)
+    archive.record(record)
+    return record
+
+
+def _parameters_cell_values(nb, runbook: runbooks.Runbook) -> dict[str, Any]:
+    """The values the session's parameters cell held (simple assignments of literals)."""
+    import ast
+
+    values = runbook.params.defaults()
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "parameters" in cell.metadata.get("tags", []):
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                break
+            for node in tree.body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name) \
+                        and node.targets[0].id in values:
+                    try:
+                        values[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        pass
+            break
+    return values
 
 
 def _read_notebook(path: Path):

@@ -19,7 +19,7 @@ from . import __version__, db
 from . import target as target_mod
 from .audit import AuditLog
 from .demo import target_or_demo
-from .findings import Finding, rows_to_html, worst
+from .findings import RUN_MIME, Finding, rows_to_html, worst
 from .literal import html_text, inert, visible
 from .schema_map import SchemaMap
 
@@ -89,6 +89,12 @@ class RunContext:
         if described["demo"]:
             parts.append("<i>demo target</i>")
         return inert(" · ".join(parts) + f" · opsbook {html_text(__version__)}")
+
+    def _repr_mimebundle_(self, include=None, exclude=None):
+        # The run's identity travels with the notebook: a save in JupyterLab archives it as this run.
+        return {"text/html": self._repr_html_(), "text/plain": f"{self.runbook} run {self.run_id}",
+                RUN_MIME: {"run_id": self.run_id, "runbook": self.runbook, "target": self.target.describe(),
+                           "started_at": self.started_at.isoformat(timespec="seconds").replace("+00:00", "Z")}}
 
     def verdict(self) -> "Verdict":
         return Verdict(self.findings)
