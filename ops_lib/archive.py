@@ -6,6 +6,7 @@ rename), so a reader never sees half a file and concurrent runs never overwrite 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .errors import ConfigurationError, quote
+from .errors import ConfigurationError, first_line, quote
 from .findings import SEVERITIES, severity_rank
 from .literal import html_attr, html_text
 
@@ -54,11 +55,10 @@ class Archive:
         exists or can be made, and that this user may write."""
         given = str(root) if root else (os.environ.get("OPSBOOK_OUTPUTS") or str(paths.outputs_dir()))
         origin = "--out" if root else "OPSBOOK_OUTPUTS" if os.environ.get("OPSBOOK_OUTPUTS") else "the archive folder"
-        if _URL_SCHEME.match(given):
-            raise ConfigurationError(
-                f"{origin} {quote(given)}: remote archives are not supported yet — give a local folder "
-                "(and copy it to object storage afterwards)"
-            )
+        if given.startswith("file://"):
+            given = given[len("file://"):]
+        elif _URL_SCHEME.match(given):
+            return RemoteArchive.open_url(given, origin)
         if "\0" in given or not given.strip():
             raise ConfigurationError(f"{origin} {quote(given)} is not a folder name")
         archive = cls.default(given)
@@ -128,34 +128,141 @@ class Archive:
     def runs(self, runbook: str | None = None) -> list[dict]:
         """Runs newest first, one per run id (its last line wins); a run whose process is gone
         without a final line is ``lost``. Unreadable lines are skipped and noted."""
-        self.unreadable_lines = []
         if not self.ledger.exists():
+            self.unreadable_lines = []
             return []
-        by_id: dict[str, dict] = {}
         with open(self.ledger, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw.decode("utf-8"))
-                except (UnicodeDecodeError, json.JSONDecodeError):
-                    row = None
-                if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not isinstance(row.get("runbook"), str):
-                    self.unreadable_lines.append(number)
-                    continue
-                earlier = by_id.get(row["run_id"])
-                if earlier is None or earlier.get("status") == "running" or row.get("status") != "running":
-                    by_id[row["run_id"]] = row
+            return self._merge(enumerate(handle, start=1), runbook)
+
+    def _merge(self, lines, runbook: str | None) -> list[dict]:
+        """Ledger lines (numbered raw bytes) → one row per run, newest first."""
+        self.unreadable_lines = []
+        by_id: dict[str, dict] = {}
+        for number, raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                row = None
+            if not isinstance(row, dict) or not isinstance(row.get("run_id"), str) or not isinstance(row.get("runbook"), str):
+                self.unreadable_lines.append(number)
+                continue
+            earlier = by_id.get(row["run_id"])
+            if earlier is None or earlier.get("status") == "running" or row.get("status") != "running":
+                by_id[row["run_id"]] = row
         rows = [_settle(row) for row in by_id.values() if runbook is None or row.get("runbook") == runbook]
         return sorted(rows, key=lambda r: str(r.get("started_at", "")), reverse=True)
+
+    def read_text(self, relative: str) -> str | None:
+        """A file of the archive, by its path relative to the root (None if absent)."""
+        path = self.root / relative
+        return path.read_text(encoding="utf-8") if path.is_file() else None
+
+    @property
+    def location(self) -> str:
+        """Where the archive is, as the user named it (for messages)."""
+        return str(self.root)
 
     def load(self, run_id: str) -> dict:
         for row in self.runs():
             if row["run_id"] == run_id:
-                if not row.get("json") or not (self.root / row["json"]).is_file():
-                    return row  # a run still going, or lost before it wrote its JSON
-                return json.loads((self.root / row["json"]).read_text(encoding="utf-8"))
+                text = self.read_text(row["json"]) if row.get("json") else None
+                return row if text is None else json.loads(text)  # no JSON: still going, or lost
         raise KeyError(run_id)
+
+
+class RemoteArchive(Archive):
+    """An archive in object storage (any fsspec URL: ``s3://bucket/runs``, ``gs://…``), for
+    scheduled runs on workers that do not keep their disk.
+
+    A run is written to a local staging folder exactly as to a local archive, and its files are
+    uploaded when it is recorded. Object stores cannot append, so the ledger is one object per
+    line (``ledger/<run_id>.<n>.json``: the ``running`` line, then the final one): concurrent runs
+    never write the same object. ``index.html`` is rebuilt from the ledger after every run.
+    """
+
+    def __init__(self, url: str, fs, base: str):
+        staging = paths.home() / "staging" / hashlib.sha256(url.encode()).hexdigest()[:16]
+        super().__init__(staging)
+        self.url, self.fs, self.base = url, fs, base.rstrip("/")
+
+    @classmethod
+    def open_url(cls, url: str, origin: str) -> "RemoteArchive":
+        import fsspec
+        from fsspec.registry import known_implementations
+
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in known_implementations:
+            raise ConfigurationError(f"{origin} {quote(url)}: unknown scheme {scheme}:// — give a folder, or an fsspec "
+                                     "URL such as s3://bucket/runs")
+        # Bounded like every other wait: an unreachable endpoint fails in seconds, not minutes.
+        options = {"config_kwargs": {"connect_timeout": 5, "read_timeout": 30, "retries": {"max_attempts": 2}}} \
+            if scheme in ("s3", "s3a") else {}
+        try:
+            fs, base = fsspec.core.url_to_fs(url, **options)
+        except ImportError as err:
+            package = known_implementations[scheme].get("err") or str(err)
+            raise ConfigurationError(f"{origin} {quote(url)}: {first_line(package)}") from None
+        except Exception as err:  # each filesystem has its own errors for a malformed URL
+            raise ConfigurationError(f"{origin} {quote(url)} is not usable: {first_line(err)}") from None
+        archive = cls(url, fs, base)
+        try:
+            fs.pipe_file(f"{archive.base}/.write-check", b"")
+            fs.rm_file(f"{archive.base}/.write-check")
+        except Exception as err:
+            raise ConfigurationError(
+                f"{origin} {quote(url)} cannot be written ({first_line(err)}) — check the bucket and the credentials "
+                "in the environment"
+            ) from None
+        archive.root.mkdir(parents=True, exist_ok=True)
+        return archive
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    def _remote(self, relative: str) -> str:
+        return f"{self.base}/{relative}"
+
+    def record(self, record: dict, *, write_json: bool = True) -> None:
+        super().record(record, write_json=write_json)
+        uploaded = []
+        for key in ("notebook", "html", "json"):
+            local = self.root / record[key] if record.get(key) else None
+            if local is not None and local.is_file():
+                self.fs.put_file(str(local), self._remote(record[key]))
+                uploaded.append(local)
+        self._upload_audit(record["run_id"])
+        for local in uploaded:  # the bucket is the archive; the worker's disk keeps nothing
+            local.unlink(missing_ok=True)
+
+    def _upload_audit(self, run_id: str) -> None:
+        audit = self.root / "audit.jsonl"
+        if audit.is_file():
+            mine = [line for line in audit.read_text(encoding="utf-8").splitlines() if f'"{run_id}"' in line]
+            if mine:
+                self.fs.pipe_file(self._remote(f"audit/{run_id}.jsonl"), ("\n".join(mine) + "\n").encode())
+
+    def _append(self, line: dict) -> None:
+        final = 0 if line.get("status") == "running" else 1
+        self.fs.pipe_file(self._remote(f"ledger/{line['run_id']}.{final}.json"),
+                          json.dumps(line, sort_keys=False).encode("utf-8"))
+        self.fs.pipe_file(self._remote("index.html"), render_index(self.runs(), self.root).encode("utf-8"))
+
+    def runs(self, runbook: str | None = None) -> list[dict]:
+        try:
+            names = sorted(self.fs.glob(self._remote("ledger/*.json")))
+        except FileNotFoundError:
+            names = []
+        blobs = self.fs.cat(names) if names else {}
+        return self._merge(((i, blobs[name]) for i, name in enumerate(names, start=1)), runbook)
+
+    def read_text(self, relative: str) -> str | None:
+        try:
+            return self.fs.cat_file(self._remote(relative)).decode("utf-8")
+        except FileNotFoundError:
+            return None
 
 
 RUN_SCHEMA = Path(__file__).with_name("run.schema.json")

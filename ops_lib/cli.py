@@ -156,10 +156,19 @@ def _print_result(result, out: str | None) -> None:
     say(f"{r['run_id']}: {r['status']} ({r['severity']}) in {r.get('duration_s', 0):.1f}s — {counts}")
     if r.get("error"):
         say(f"  error: {r['error']}")
-    root = Path(out or paths.outputs_dir()).resolve()
     for label, key in (("report", "html"), ("json", "json")):
         if r.get(key):
-            say(f"  {label}: {root / r[key]}")
+            say(f"  {label}: {_located(out, r[key])}")
+
+
+def _located(out: str | None, relative: str) -> str:
+    """Where an archived file is: a path, or the URL of a remote archive."""
+    from .archive import _URL_SCHEME
+
+    root = out or os.environ.get("OPSBOOK_OUTPUTS") or str(paths.outputs_dir())
+    if _URL_SCHEME.match(root) and not root.startswith("file://"):
+        return f"{root.rstrip('/')}/{relative}"
+    return str(Path(root.removeprefix("file://")).resolve() / relative)
 
 
 def cmd_run(args) -> int:
@@ -230,7 +239,7 @@ def cmd_history(args) -> int:
     runs = archive.runs(args.runbook)[: args.limit]
     if archive.unreadable_lines:
         lines = ", ".join(map(str, archive.unreadable_lines[:10])) + (" …" if len(archive.unreadable_lines) > 10 else "")
-        complain(f"skipped {len(archive.unreadable_lines)} unreadable line(s) of {archive.ledger} (line {lines})")
+        complain(f"skipped {len(archive.unreadable_lines)} unreadable line(s) of the ledger in {archive.location} (line {lines})")
     if not runs:
         say("no archived runs")
         return EXIT_OK
@@ -264,7 +273,7 @@ def cmd_show(args) -> int:
             say(f"      fix: {f['remediation']}")
     for name in ("notebook", "html"):
         if record.get(name):
-            say(f"{name}: {Path(Archive.default(args.out).root) / record[name]}")
+            say(f"{name}: {_located(args.out, record[name])}")
     return EXIT_OK
 
 

@@ -144,14 +144,17 @@ def test_no_secret_reaches_any_archived_file(tmp_path, demo):
 
 def test_a_cell_over_the_timeout_fails_the_run_with_exit_2(tmp_path, demo):
     root = checkout_with_extra_cell(tmp_path, 4, "import time\ntime.sleep(30)")
-    done = opsbook("run", "slow_queries", "--timeout", "2", env={"OPSBOOK_ROOT": str(root)}, out=tmp_path / "out")
+    # 6 s: far under the sleep, and over what the imports cell takes on a loaded machine
+    done = opsbook("run", "slow_queries", "--timeout", "6", env={"OPSBOOK_ROOT": str(root)}, out=tmp_path / "out")
     assert done.returncode == 2
     assert "timed out" in done.stderr.lower() or "timeout" in done.stderr.lower(), done.stderr
     record = json.loads(next((tmp_path / "out").rglob("*.json")).read_text())
     assert record["status"] == "error"
     archived = nbformat.read(tmp_path / "out" / record["notebook"], as_version=4)
-    marked = [c for c in archived.cells if "papermill-error-cell-tag" in c.metadata.get("tags", [])]
+    marked = [c for c in archived.cells if c.cell_type == "code" and "papermill-error-cell-tag" in c.metadata.get("tags", [])]
     assert len(marked) == 1 and "time.sleep(30)" in marked[0].source
+    anchor = archived.cells[archived.cells.index(marked[0]) - 1]
+    assert 'id="papermill-error-cell"' in anchor.source, "the verdict's link lands on the stopped cell"
     assert any(o.get("output_type") == "error" for o in marked[0].outputs)
 
 

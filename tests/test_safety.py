@@ -130,13 +130,14 @@ def _cases(demo_env: dict[str, str], stripe_base: Callable[[str], str]) -> list[
                                       b"c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
                                       b"e: [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n")),
         # --- the archive
-        Case("--out s3://", ["run", "slow_queries", "--out", "s3://bucket/runs"], ledger=False, say="remote"),
+        Case("--out with an unknown scheme", ["run", "slow_queries", "--out", "nosuchfs://bucket/runs"], ledger=False,
+             say="unknown scheme"),
         Case("--out a file", ["run", "slow_queries", "--out", "{out}/afile"], setup=_file("afile", b"x"), ledger=False,
              say="file"),
         Case("--out under a file", ["run", "slow_queries", "--out", "{out}/afile/sub"], setup=_file("afile", b"x"),
              ledger=False),
-        Case("OPSBOOK_OUTPUTS gs://", ["run", "slow_queries"], env={"OPSBOOK_OUTPUTS": "gs://bucket/x"}, ledger=False,
-             say="remote"),
+        Case("OPSBOOK_OUTPUTS gs:// without gcsfs", ["run", "slow_queries"], env={"OPSBOOK_OUTPUTS": "gs://bucket/x"},
+             ledger=False, say="gcsfs"),
         # --- the target
         Case("DATABASE_URL malformed", ["run", "slow_queries"],
              env={"DATABASE_URL": f"postgresql://app:{PASSWORD}@db:port/app"}, say="DATABASE_URL"),
