@@ -99,8 +99,13 @@ def check_stripe_access(runbook: runbooks.Runbook, target: target_mod.Target) ->
         )
     client = stripe_api.make_client(target.stripe_api_key, target.stripe_api_base, max_network_retries=1,
                                     timeout=stripe_api.PREFLIGHT_TIMEOUT_S)
+    probe = getattr(stripe_api, str(runbook.stripe_probe), None) if str(runbook.stripe_probe).startswith("list_") else None
+    if not callable(probe):
+        listings = ", ".join(name for name in dir(stripe_api) if name.startswith("list_"))
+        raise runbooks.RunbookDefinitionError(
+            f"{runbook.notebook}: its metadata opsbook.stripe_probe is {quote(runbook.stripe_probe)}; give one of {listings}")
     try:
-        next(iter(getattr(stripe_api, runbook.stripe_probe)(client)), None)
+        next(iter(probe(client)), None)
     except StripeAccessError as err:
         raise TargetUnreachable(str(err)) from None
     return stripe_api.API_VERSION

@@ -127,3 +127,17 @@ def test_log_output_streams_cell_output_to_stderr_masked(folder, database18):
     assert "abcdefghijklmnop" not in done.stderr
     quiet = opsbook("run", "chatty", folder=folder, out=folder.parent / "out", env={"DATABASE_URL": database18.url})
     assert quiet.returncode == 0 and quiet.stderr == "", "quiet when not asked and not on a terminal"
+
+
+def test_a_stripe_probe_that_is_not_a_listing_is_one_line_naming_the_notebook(folder, demo):
+    from ops_lib.demo import lifecycle
+
+    assert opsbook("new", "probing", folder=folder).returncode == 0
+    path = folder / "probing.ipynb"
+    nb = json.loads(path.read_text())
+    nb["metadata"]["opsbook"]["stripe_probe"] = "make_client"
+    path.write_text(json.dumps(nb))
+    done = opsbook("run", "probing", folder=folder, out=folder.parent / "out", env=lifecycle.target_of(demo).env())
+    assert done.returncode == 3
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "probing.ipynb" in lines[0] and "list_charges" in lines[0]
