@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,6 +164,27 @@ class _MaskedStream:
         self.stream.flush()
 
 
+def _execute_notebook(pm, execution: Execution, source: Path, parameters: dict, *, kernel_env: dict[str, str],
+                      cwd: Path, timeout: float | None, progress: bool, log_output: bool, masker: Masker) -> None:
+    pm.execute_notebook(
+        str(source),
+        _MASKED_SCHEME + str(execution.nb_path),
+        parameters=parameters,
+        engine_name=_ENGINE,
+        kernel_name="python3",
+        progress_bar=progress,  # a bar over cells, on a terminal only
+        log_output=False,
+        stdout_file=_MaskedStream(sys.stderr, masker) if log_output else None,
+        stderr_file=_MaskedStream(sys.stderr, masker) if log_output else None,
+        execution_timeout=timeout,
+        start_timeout=KERNEL_START_TIMEOUT_S,
+        cwd=str(cwd),
+        kernel_env=kernel_env,
+        execution=execution,
+        extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # not its TCP notice nor shutdown chatter
+    )
+
+
 def execute(execution: Execution, source: Path, parameters: dict, *, kernel_env: dict[str, str],
             cwd: Path, timeout: float | None, progress: bool = False, log_output: bool = False) -> Outcome:
     """Run ``source`` into ``execution.nb_path``; every ending leaves a masked notebook there."""
@@ -175,23 +197,11 @@ def execute(execution: Execution, source: Path, parameters: dict, *, kernel_env:
     execution.raise_if_interrupted()
     execution.phase = "executing"
     try:
-        pm.execute_notebook(
-            str(source),
-            _MASKED_SCHEME + str(execution.nb_path),
-            parameters=parameters,
-            engine_name=_ENGINE,
-            kernel_name="python3",
-            progress_bar=progress,  # a bar over cells, on a terminal only
-            log_output=False,
-            stdout_file=_MaskedStream(sys.stderr, masker) if log_output else None,
-            stderr_file=_MaskedStream(sys.stderr, masker) if log_output else None,
-            execution_timeout=timeout,
-            start_timeout=KERNEL_START_TIMEOUT_S,
-            cwd=str(cwd),
-            kernel_env=kernel_env,
-            execution=execution,
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],  # not its TCP notice nor shutdown chatter
-        )
+        try:
+            _execute_notebook(pm, execution, source, parameters, kernel_env=kernel_env, cwd=cwd, timeout=timeout,
+                              progress=progress, log_output=log_output, masker=masker)
+        finally:
+            _SAVES.flush(execution.nb_path, forget=True)  # every ending: the held save, before anyone reads it
     except PapermillExecutionError as err:
         if execution.interrupted:
             return Outcome("interrupted", masker.text(f"interrupted by {execution.interrupted} in cell {err.exec_count}"))
@@ -291,7 +301,7 @@ def _register() -> None:
     quiet.addHandler(logging.NullHandler())
     quiet.propagate = False
     papermill_engines.register(_ENGINE, KernelEnvEngine)
-    papermill_io.register(_MASKED_SCHEME, _MaskedNotebookHandler())
+    papermill_io.register(_MASKED_SCHEME, _SAVES)
 
 
 def _mark_not_run(cell, signal_name: str) -> None:
@@ -306,8 +316,23 @@ def _tag(cell) -> None:
         tags.append(ERROR_TAG)
 
 
+# papermill saves the notebook twice per cell (start and end): 50–70 masked, atomic writes for a
+# runbook of cells that take milliseconds. A save within SAVE_INTERVAL_S of the previous one is
+# held and written when the interval is up (a timer) or when execution ends (`flush`, called on
+# every ending before anything reads the notebook), so the file on disk is never more than
+# SAVE_INTERVAL_S behind the run, and always complete once `execute` returns.
+SAVE_INTERVAL_S = 1.0
+
+
 class _MaskedNotebookHandler:
-    """papermill saves the notebook after every cell: mask each save and write it atomically."""
+    """papermill saves the notebook after every cell: mask each save and write it atomically
+    (at most one write per SAVE_INTERVAL_S per notebook; the held one is written by `flush`)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[Path, float] = {}
+        self._pending: dict[Path, tuple[str, Masker]] = {}
+        self._timers: dict[Path, threading.Timer] = {}
 
     @staticmethod
     def _path(path: str) -> Path:
@@ -324,10 +349,41 @@ class _MaskedNotebookHandler:
         with _active_lock:
             execution = _active.get(str(target))
         masker = execution.masker if execution else Masker.from_env()
-        atomic_write(target, masker.json_text(buf))
+        with self._lock:
+            now = time.monotonic()
+            last = self._last.get(target)
+            if last is not None and now - last < SAVE_INTERVAL_S:
+                self._pending[target] = (buf, masker)
+                if target not in self._timers:
+                    timer = threading.Timer(SAVE_INTERVAL_S - (now - last), self.flush, args=(target,))
+                    timer.daemon = True
+                    self._timers[target] = timer
+                    timer.start()
+                return
+            self._pending.pop(target, None)
+            self._last[target] = now
+            atomic_write(target, masker.json_text(buf))
+
+    def flush(self, target: Path, *, forget: bool = False) -> None:
+        """Write the held save of ``target`` now, if there is one (``forget``: its run ended)."""
+        target = Path(target)
+        with self._lock:
+            timer = self._timers.pop(target, None)
+            if timer is not None:
+                timer.cancel()
+            held = self._pending.pop(target, None)
+            if held is not None:
+                buf, masker = held
+                atomic_write(target, masker.json_text(buf))
+                self._last[target] = time.monotonic()
+            if forget:
+                self._last.pop(target, None)
 
     def pretty_path(self, path):
         return str(self._path(path))
+
+
+_SAVES = _MaskedNotebookHandler()
 
 
 def mark_stopped_cell(nb_path: Path, reason: str, line: str, masker: Masker) -> None:

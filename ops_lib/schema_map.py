@@ -26,6 +26,9 @@ class TableMap:
     entity: str
     table: str  # "table" or "schema.table"
     columns: dict[str, str]
+    # fulfilments only: the paid Stripe event types a row of this table is the fulfilment of
+    # (``fulfilled_by:`` in the mapping); empty means the default (paid Checkout Sessions)
+    fulfilled_by: tuple[str, ...] = ()
 
     @property
     def schema_and_name(self) -> tuple[str, str]:
@@ -71,7 +74,11 @@ class SchemaMap:
             for item in specs:
                 if not isinstance(item, dict) or "table" not in item or not isinstance(item.get("columns", {}), dict):
                     raise SchemaMappingError(f"{path}: entities.{entity} needs 'table:' and a 'columns:' mapping")
-                tables.append(TableMap(entity, str(item["table"]), {str(k): str(v) for k, v in (item.get("columns") or {}).items()}))
+                fulfilled_by = item.get("fulfilled_by") or []
+                if not isinstance(fulfilled_by, list) or not all(isinstance(t, str) and t for t in fulfilled_by):
+                    raise SchemaMappingError(f"{path}: entities.{entity}.fulfilled_by must be a list of Stripe event types")
+                tables.append(TableMap(entity, str(item["table"]), {str(k): str(v) for k, v in (item.get("columns") or {}).items()},
+                                       tuple(fulfilled_by)))
             entities[entity] = tuple(tables)
         return cls(path, entities)
 

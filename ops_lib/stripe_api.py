@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -588,11 +588,44 @@ def _plain(obj: Any) -> dict[str, Any]:
     return obj.to_dict(for_json=True)
 
 
-def _paged(service: Any, resource: str, params: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+# The list endpoint behind each resource label `_paged` is called with.
+_LIST_PATHS = {
+    "events": "/v1/events", "subscriptions": "/v1/subscriptions", "invoices": "/v1/invoices",
+    "charges": "/v1/charges", "refunds": "/v1/refunds", "disputes": "/v1/disputes",
+    "balance transactions": "/v1/balance_transactions",
+    "webhook endpoints": "/v1/webhook_endpoints", "customers": "/v1/customers",
+    "prices": "/v1/prices", "checkout sessions": "/v1/checkout/sessions",
+}
+
+
+def _page(service: Any, path: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """One list page as the JSON Stripe sent, through the client's own requestor (its key,
+    pinned version, bounded HTTP client, retries and error mapping), without building SDK objects."""
+    requestor = service._requestor
+    body, code, headers = requestor.request_raw("get", path, params=params, options={},
+                                                base_address="api", api_mode="V1",
+                                                usage=["opsbook_paged"])
+    # (the SDK's parse makes OrderedDicts; plain dicts are what callers get and half the size)
+    return json.loads(requestor._interpret_response(body, code, headers, "V1").body)
+
+
+def _paged(service: Any, resource: str, params: Mapping[str, Any],
+           fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Every object of a listing, page by page, as the plain JSON Stripe sent (no SDK objects:
+    each page is parsed once and dropped when the next is asked for). `fields` keeps only those
+    top-level properties of each object, for callers that hold many of them."""
     params = {"limit": PAGE_SIZE, **{k: v for k, v in params.items() if v is not None}}
+    path = _LIST_PATHS[resource]
+    keep = tuple(fields) if fields is not None else None
     with stripe_errors(resource):
-        for obj in service.list(params=params).auto_paging_iter():
-            yield _plain(obj)
+        while True:
+            page = _page(service, path, params)
+            data = page.get("data") or []
+            for obj in data:
+                yield obj if keep is None else {k: obj[k] for k in keep if k in obj}
+            if not page.get("has_more") or not data:
+                return
+            params = {**params, "starting_after": data[-1]["id"]}
 
 
 def list_events(client: stripe.StripeClient, since: datetime | int,
@@ -641,11 +674,13 @@ def retrieve_event(client: stripe.StripeClient, event_id: str) -> dict[str, Any]
 def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                        created_since: datetime | int | None = None,
                        customer: str | None = None, price: str | None = None,
-                       expand_customer: bool = False) -> Iterator[dict[str, Any]]:
-    """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default)."""
+                       expand_customer: bool = False,
+                       fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default).
+    `fields`: keep only these top-level properties (see `_paged`)."""
     return _paged(client.v1.subscriptions, "subscriptions", {
         "status": status, "created": _created(created_since), "customer": customer,
-        "price": price, "expand": ["data.customer"] if expand_customer else None})
+        "price": price, "expand": ["data.customer"] if expand_customer else None}, fields)
 
 
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,
@@ -706,9 +741,10 @@ def list_webhook_endpoints(client: stripe.StripeClient) -> Iterator[dict[str, An
 
 
 def list_customers(client: stripe.StripeClient, created_since: datetime | int | None = None,
-                   email: str | None = None) -> Iterator[dict[str, Any]]:
+                   email: str | None = None,
+                   fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     return _paged(client.v1.customers, "customers", {"created": _created(created_since),
-                                                     "email": email})
+                                                     "email": email}, fields)
 
 
 def list_prices(client: stripe.StripeClient, active: bool | None = None,

@@ -97,3 +97,13 @@ def demo():
     state = demo_target.start()
     yield state
     demo_target.stop()
+
+
+@pytest.fixture
+def app_db(database18):
+    """A fresh database holding the demo app's schema, one paid plan and one organisation (id 1)."""
+    with database18.admin.connect() as conn:
+        conn.exec_driver_sql((REPO / "ops_lib" / "demo" / "schema.sql").read_text())
+    database18.execute("INSERT INTO plans (code, name, monthly_price, usage_limit, is_paid) VALUES ('pro', 'Pro', 4900, 100000, true)")
+    database18.execute("INSERT INTO organizations (id, name, plan_code, stripe_customer_id) VALUES (1, 'A', 'pro', 'cus_A')")
+    return database18

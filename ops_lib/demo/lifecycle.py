@@ -28,7 +28,7 @@ from ..db import sqlalchemy_url
 from ..errors import DemoError, InvalidInvocation
 from ..errors import quote
 from ..stripe_emulator.state import write_state as write_stripe_state
-from . import billing_history, quota_data, receiver, stripe_account
+from . import billing_history, health_data, quota_data, receiver, stripe_account
 from . import seed as demo_seed
 from .incidents import APP_NAMES
 from .postgres import PostgresCluster, embedded_bin_dir, free_port
@@ -128,12 +128,19 @@ def check_options(*, seed: object, scale: object) -> None:
         raise InvalidInvocation(f"--seed {quote(seed)} is out of range — give a whole number from 0 to {MAX_SEED}")
 
 
-def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bool = True, quiet: bool = True) -> dict:
+def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bool = True, quiet: bool = True,
+       **sizes: int | float | None) -> dict:
     """Start the demo, creating and seeding it first when needed (or when ``fresh``).
 
     The live incidents are planted again whenever they are not all there: after PostgreSQL was
-    stopped (their sessions ended with it) or their process ended."""
+    stopped (their sessions ended with it) or their process ended.
+
+    ``sizes`` (benchmarks): ``organisations``, ``usage_events_per_org``, ``stripe_events``, passed
+    to ``seed.build`` when the demo is created."""
     check_options(seed=seed, scale=scale)
+    unknown = set(sizes) - {"organisations", "usage_events_per_org", "stripe_events"}
+    if unknown:
+        raise TypeError(f"up() got unknown sizes: {', '.join(sorted(unknown))}")
     with _lock():
         state = _load_state()
         if state is not None and fresh:
@@ -142,7 +149,7 @@ def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bo
         if state is not None and not Path(state["pg"]["data_dir"], "PG_VERSION").exists():
             state = None
         if state is None:
-            state = _create(seed=seed, scale=scale, quiet=quiet)
+            state = _create(seed=seed, scale=scale, quiet=quiet, sizes=sizes)
         else:
             _cluster(state).start()
             _start_services(state)
@@ -160,7 +167,7 @@ def _say(quiet: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _create(*, seed: int, scale: float, quiet: bool) -> dict:
+def _create(*, seed: int, scale: float, quiet: bool, sizes: dict | None = None) -> dict:
     started = time.monotonic()
     cluster = PostgresCluster(demo_dir() / "pgdata", free_port(), embedded_bin_dir())
     if cluster.data_dir.exists():
@@ -169,7 +176,7 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
     state: dict = {"pids": {}}
     try:
         cluster.init().start()
-        return _populate(cluster, state, seed=seed, scale=scale, quiet=quiet, started=started)
+        return _populate(cluster, state, seed=seed, scale=scale, quiet=quiet, started=started, sizes=sizes)
     except BaseException:
         # Half a demo is no demo: nothing may keep running (a PostgreSQL nobody knows the port of).
         for pid in state["pids"].values():
@@ -179,7 +186,8 @@ def _create(*, seed: int, scale: float, quiet: bool) -> dict:
         raise
 
 
-def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float, quiet: bool, started: float) -> dict:
+def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float, quiet: bool, started: float,
+              sizes: dict | None = None) -> dict:
     app_password = secrets.token_urlsafe(18)
     monitor_password = secrets.token_urlsafe(18)
     admin = sa.create_engine(sqlalchemy_url(cluster.url()), isolation_level="AUTOCOMMIT")
@@ -197,7 +205,7 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
         conn.exec_driver_sql(f"CREATE DATABASE {APP_DB} OWNER {APP_ROLE}")
     admin.dispose()
 
-    data = demo_seed.build(seed=seed, scale=scale)
+    data = demo_seed.build(seed=seed, scale=scale, **{k: v for k, v in (sizes or {}).items() if v is not None})
     app_url = cluster.url(APP_DB, APP_ROLE, app_password)
     super_app = sa.create_engine(sqlalchemy_url(cluster.url(APP_DB)))
     _say(quiet, f"demo: seeding {len(data.organizations)} organisations, {data.usage_event_count} usage events")
@@ -233,6 +241,7 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
     stripe_account.deliver(plan, url=state["webhook_url"], secret=state["stripe_webhook_secret"],
                            old_secret="whsec_" + secrets.token_hex(16), admin=super_app)
     planted["webhook_failure"] = stripe_account.planted(plan)
+    planted["service_health"] = health_data.planted()
 
     # Statistics start now: what the seeding did is not the app's workload.
     with super_app.begin() as conn:

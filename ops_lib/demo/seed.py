@@ -46,13 +46,19 @@ class Dataset:
     users: list[dict] = field(default_factory=list)
     subscriptions: list[dict] = field(default_factory=list)
     usage_event_count: int = 0
+    stripe_events: int = 0  # background Stripe events beyond the planted ones (benchmarks)
 
 
-def build(seed: int = 42, scale: float = 1.0, now: datetime | None = None) -> Dataset:
+def build(seed: int = 42, scale: float = 1.0, now: datetime | None = None, *,
+          organisations: int | None = None, usage_events_per_org: float | None = None,
+          stripe_events: int = 0) -> Dataset:
+    """The data set; ``scale`` sizes everything, and the benchmark's knobs override it one by one:
+    ``organisations`` (at least 40: the planted incidents need 30 buyers), ``usage_events_per_org``
+    and ``stripe_events`` (extra, already-delivered events of a type the app does not handle)."""
     rng = random.Random(seed)
     now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
-    data = Dataset(seed=seed, scale=scale, now=now)
-    n_orgs = max(20, int(300 * scale))
+    data = Dataset(seed=seed, scale=scale, now=now, stripe_events=max(0, int(stripe_events)))
+    n_orgs = max(40, int(organisations)) if organisations is not None else max(20, int(300 * scale))
     for org_id in range(1, n_orgs + 1):
         plan = rng.choices(["free", "pro", "team"], weights=[5, 4, 1])[0]
         created = now - timedelta(days=rng.randint(40, 700))
@@ -85,6 +91,8 @@ def build(seed: int = 42, scale: float = 1.0, now: datetime | None = None) -> Da
                 "created_at": created,
             })
     data.usage_event_count = max(20_000, int(400_000 * scale))
+    if usage_events_per_org is not None:
+        data.usage_event_count = max(1_000, int(usage_events_per_org * n_orgs))
     return data
 
 
@@ -177,10 +185,40 @@ SLOW_STATEMENTS = {
     # the idempotency check the app runs before recording an event; its index is invalid
     "usage_by_idempotency_key": "SELECT id FROM usage_events WHERE idempotency_key = :key",
 }
+# Usually fast, sometimes slow (one large tenant's export waits): erratic_statements' incident.
+# The slow statements above are steady (stddev well under their mean) and are its controls.
+ERRATIC_STATEMENTS = {
+    "organization_export": "SELECT id, name, pg_sleep(CASE WHEN :large THEN 0.06 ELSE 0 END) "
+                           "FROM organizations WHERE id = :id",
+}
+ERRATIC_EVERY = 10  # one call in ten is the large tenant's
 FAST_STATEMENTS = {
     "organization_by_id": "SELECT id, name, plan_code FROM organizations WHERE id = :id",
     "recent_usage": "SELECT count(*) FROM usage_events WHERE occurred_at >= :since",
 }
+
+
+# Planted for slow_queries' space and maintenance checks (after the statistics reset, so the
+# dead rows and the missing analyse are what the runbook sees).
+BLOATED_TABLE = "job_runs"
+NEVER_ANALYZED_TABLE = "export_files"
+JOB_RUNS, JOB_RUNS_KEPT, EXPORT_FILES = 40_000, 8_000, 2_000
+
+
+def plant_maintenance(conn: Connection, data: Dataset) -> dict:
+    """job_runs: 40,000 wide rows, all but 8,000 purged, no vacuum since (dead rows, empty pages);
+    export_files: 2,000 rows, never analysed. Every other table is analysed and vacuumed: the controls."""
+    conn.execute(sa.text(
+        f"INSERT INTO {BLOATED_TABLE} (id, job, output, finished_at) "
+        "SELECT g, 'nightly-report', repeat(md5(g::text), 12), :now - g * interval '1 minute' "
+        "FROM generate_series(1, :n) g"), {"n": JOB_RUNS, "now": data.now})
+    conn.execute(sa.text(f"DELETE FROM {BLOATED_TABLE} WHERE id > :kept"), {"kept": JOB_RUNS_KEPT})
+    conn.exec_driver_sql(f"ANALYZE {BLOATED_TABLE}")
+    conn.execute(sa.text(
+        f"INSERT INTO {NEVER_ANALYZED_TABLE} (id, organization_id, path, created_at) "
+        "SELECT g, 1 + g % :orgs, 'exports/' || g || '.csv', :now - g * interval '1 hour' FROM generate_series(1, :n) g"),
+        {"n": EXPORT_FILES, "orgs": len(data.organizations), "now": data.now})
+    return {"table_bloat": [BLOATED_TABLE], "vacuum_lag": [BLOATED_TABLE], "never_analyzed": [NEVER_ANALYZED_TABLE]}
 
 
 def run_workload(url: str, data: Dataset, calls: int = 110, workers: int = 2) -> None:
@@ -194,17 +232,21 @@ def run_workload(url: str, data: Dataset, calls: int = 110, workers: int = 2) ->
     jobs += [("usage_by_idempotency_key", {"key": f"missing-{i}"}) for i in range(calls)]
     jobs += [("organization_by_id", {"id": rng.randint(1, len(data.organizations))}) for _ in range(300)]
     jobs += [("recent_usage", {"since": data.now - timedelta(minutes=rng.randint(1, 30))}) for _ in range(50)]
+    jobs += [("organization_export", {"large": i % ERRATIC_EVERY == 0, "id": 1 + i % len(data.organizations)})
+             for i in range(calls)]
 
     def worker(share: list) -> None:
         with engine.connect() as conn:
             for name, params in share:
-                sql = SLOW_STATEMENTS.get(name) or FAST_STATEMENTS[name]
+                sql = SLOW_STATEMENTS.get(name) or ERRATIC_STATEMENTS.get(name) or FAST_STATEMENTS[name]
                 conn.execute(sa.text(sql), params).fetchall()
             conn.rollback()
 
     threads = [threading.Thread(target=worker, args=(jobs[i::workers],)) for i in range(workers)]
     for t in threads:
         t.start()
+    with engine.begin() as conn:
+        plant_maintenance(conn, data)
     for t in threads:
         t.join()
     engine.dispose()

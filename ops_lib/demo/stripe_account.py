@@ -21,6 +21,7 @@ from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import add_objects, new_state
 from ..webhooks.event_types import HANDLED_EVENT_TYPES
 from ..webhooks.signature import sign
+from . import payment_intent_incidents, refund_incidents
 from .seed import Dataset
 
 PLAN_PRICES = {"pro": 2_900, "team": 9_900}
@@ -36,6 +37,9 @@ class WebhookPlan:
     fails_at_app: list[dict] = field(default_factory=list)     # sent while the org lacks its customer id
     stored_with_old_secret: list[dict] = field(default_factory=list)
     never_delivered: list[dict] = field(default_factory=list)
+    stuck: list[dict] = field(default_factory=list)            # acknowledged (2xx), never processed
+    refund_events: list[tuple] = field(default_factory=list)    # refund_incidents: (scenario, session, event)
+    payment_intent_events: list[tuple] = field(default_factory=list)  # payment_intent_incidents: (scenario, session, event)
     orphan_org_ids: list[int] = field(default_factory=list)
     endpoint_id: str = ""
     disabled_endpoint_id: str = ""
@@ -49,8 +53,11 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
     plan = WebhookPlan()
 
     customers = {}
+    owners: dict[int, dict] = {}  # each org's first user (one pass: seeding stays linear)
+    for user in data.users:
+        owners.setdefault(user["organization_id"], user)
     for org in data.organizations:
-        owner = next(u for u in data.users if u["organization_id"] == org["id"])
+        owner = owners[org["id"]]
         customers[org["id"]] = so.make_customer(
             id=org["stripe_customer_id"], email=owner["email"], name=org["name"],
             created=int(org["created_at"].timestamp()), metadata={"organization_id": str(org["id"])},
@@ -99,6 +106,7 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
     never = {0, 1, 17}        # two still within test mode's retry window, one long past it
     fails = {5}               # the org's customer id was saved after the payment
     old_secret = {9, 12}      # stored by the previous app version, signed with the old secret
+    stuck = {22}              # acknowledged, then the worker crashed before processing it
     for i, (org_id, event) in enumerate(events):
         if i in never:
             event["pending_webhooks"] = 1
@@ -107,11 +115,24 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
             event["pending_webhooks"] = 1
             plan.fails_at_app.append(event)
             plan.orphan_org_ids.append(org_id)
+        elif i in stuck:
+            event["pending_webhooks"] = 0  # Stripe got its 2xx: it will not send this again
+            plan.stuck.append(event)
         elif i in old_secret:
             event["pending_webhooks"] = 1
             plan.stored_with_old_secret.append(event)
         else:
             plan.delivered.append(event)
+        add_objects(state, event)
+
+    # Background load (benchmarks): delivered events of a type the app does not handle, over
+    # the last 30 days, each about one customer.
+    org_ids = [o["id"] for o in data.organizations]
+    for n in range(data.stripe_events):
+        customer = customers[org_ids[n % len(org_ids)]]
+        created = now - 3_600 - (n * 2_591_000) // max(1, data.stripe_events)
+        event = so.make_event("customer.updated", customer, created=created)
+        event["pending_webhooks"] = 0
         add_objects(state, event)
 
     endpoint = so.make_webhook_endpoint(
@@ -124,6 +145,8 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
     )
     plan.endpoint_id, plan.disabled_endpoint_id = endpoint["id"], legacy["id"]
     add_objects(state, endpoint, legacy)
+    refund_incidents.add_events(state, plan)
+    payment_intent_incidents.add_events(state, plan)
     return state, plan
 
 
@@ -175,6 +198,22 @@ def deliver(plan: WebhookPlan, *, url: str, secret: str, old_secret: str, admin:
                 """
             ), {"id": event["id"], "type": event["type"], "body": body,
                 "header": sign(body, old_secret, event["created"] + 3), "at": event["created"] + 3})
+    plant_stuck(plan, secret=secret, admin=admin)
+    refund_incidents.plant(plan, secret=secret, admin=admin)
+    payment_intent_incidents.plant(plan, secret=secret, admin=admin)
+
+
+def plant_stuck(plan: WebhookPlan, *, secret: str, admin: Engine) -> None:
+    """Events the app acknowledged and recorded as 'received', then never processed (a crash
+    between the 2xx and the work): what stuck_events names. Signed with the current secret."""
+    with admin.begin() as conn:
+        for event in plan.stuck:
+            body = json.dumps(event)
+            conn.execute(sa.text(
+                "INSERT INTO webhook_events (stripe_event_id, type, status, raw_body, signature_header, received_at) "
+                "VALUES (:id, :type, 'received', :body, :header, to_timestamp(:at))"
+            ), {"id": event["id"], "type": event["type"], "body": body,
+                "header": sign(body, secret, event["created"] + 3), "at": event["created"] + 3})
 
 
 def planted(plan: WebhookPlan) -> dict:
@@ -185,7 +224,10 @@ def planted(plan: WebhookPlan) -> dict:
         "failed_events": ids(plan.fails_at_app + plan.stored_with_old_secret),
         "signature_mismatch": ids(plan.stored_with_old_secret),
         "undelivered_events": ids(not_processed),
-        "unfulfilled_payments": ids(not_processed),
+        "unfulfilled_payments": ids(not_processed + plan.stuck) + payment_intent_incidents.planted(plan),
+        "stuck_events": ids(plan.stuck),
+        "unfulfilled_payments_ignored_by_the_app": payment_intent_incidents.planted(plan),
+        "refunds_not_reversed": refund_incidents.planted(plan),
         "endpoint_missing_event_types": [plan.endpoint_id],
         "endpoint_disabled": [plan.disabled_endpoint_id],
     }

@@ -120,6 +120,12 @@ class StatementsInfo:
             return "total_exec_time", "mean_exec_time"
         return "total_time", "mean_time"
 
+    def spread_columns(self) -> tuple[str, str]:
+        """(stddev, max) time columns, renamed alongside total and mean."""
+        if self.version and self.version >= (1, 8):
+            return "stddev_exec_time", "max_exec_time"
+        return "stddev_time", "max_time"
+
 
 def _preload_list(setting: str | None) -> list[str]:
     if setting is None:
@@ -240,13 +246,20 @@ def _statement_rows(
     limit: int,
     min_mean_ms: float = 0,
     min_calls: int = 0,
+    erratic_factor: float | None = None,
+    min_stddev_ms: float = 0,
 ) -> list[dict]:
     total, mean = info.columns()
-    order_by = {"total": "total_ms", "mean": "mean_ms", "calls": "calls"}[order]
+    stddev, maximum = info.spread_columns()
+    order_by = {"total": "total_ms", "mean": "mean_ms", "calls": "calls", "stddev": "stddev_ms"}[order]
+    # erratic: the spread dwarfs the mean (a statement usually fast, sometimes very slow)
+    erratic = ("AND stddev_ms >= :erratic_factor * mean_ms AND stddev_ms >= :min_stddev_ms"
+               if erratic_factor is not None else "")
     # Identifiers only: the view's schema (quoted by the server) and version-dependent columns.
     sql = f"""
         WITH stats AS (
-            SELECT s.queryid, s.userid, s.calls, s.{total} AS total_ms, s.{mean} AS mean_ms, s.rows, s.query
+            SELECT s.queryid, s.userid, s.calls, s.{total} AS total_ms, s.{mean} AS mean_ms,
+                   s.{stddev} AS stddev_ms, s.{maximum} AS max_ms, s.rows, s.query
             FROM {info.view} s
             WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
               AND s.calls > 0
@@ -256,20 +269,23 @@ def _statement_rows(
             calls,
             round(total_ms::numeric, 2)::float8 AS total_ms,
             round(mean_ms::numeric, 3)::float8 AS mean_ms,
+            round(stddev_ms::numeric, 3)::float8 AS stddev_ms,
+            round(max_ms::numeric, 3)::float8 AS max_ms,
             rows,
             round((100 * total_ms / nullif((SELECT sum(total_ms) FROM stats), 0))::numeric, 2)::float8 AS share_pct,
             pg_get_userbyid(userid) AS usename,
             current_database() AS datname,
             left(query, :max_chars) AS query
         FROM stats
-        WHERE mean_ms >= :min_mean_ms AND calls >= :min_calls
+        WHERE mean_ms >= :min_mean_ms AND calls >= :min_calls {erratic}
         ORDER BY {order_by} DESC, queryid
         LIMIT :limit
     """
+    extra = {"erratic_factor": float(erratic_factor), "min_stddev_ms": float(min_stddev_ms)} if erratic_factor is not None else {}
     with savepoint(conn):
         return select_all(
             conn, sql, max_chars=MAX_QUERY_CHARS, min_mean_ms=float(min_mean_ms),
-            min_calls=int(min_calls), limit=int(limit),
+            min_calls=int(min_calls), limit=int(limit), **extra,
         )
 
 
@@ -286,9 +302,10 @@ def _stats_window_note(conn: Connection, info: StatementsInfo) -> str | None:
 
 
 def top_statements(conn: Connection, *, by: str = "total", limit: int = 10) -> list[dict]:
-    """This database's statements ordered by total time, mean time or calls; [] without the extension."""
-    if by not in ("total", "mean", "calls"):
-        raise ParameterError(f"top_statements: by must be 'total', 'mean' or 'calls', not {by!r}")
+    """This database's statements ordered by total time, mean time, calls or variability
+    (``stddev``), each with its stddev and max next to the mean; [] without the extension."""
+    if by not in ("total", "mean", "calls", "stddev"):
+        raise ParameterError(f"top_statements: by must be 'total', 'mean', 'calls' or 'stddev', not {by!r}")
     info = statements_info(conn)
     if not info.available:
         return []
@@ -317,6 +334,31 @@ def slow_queries(conn: Connection, *, min_mean_ms: float = 20, min_calls: int = 
             "(CREATE INDEX CONCURRENTLY), or rewrite them to read fewer rows; then reset the statistics "
             "and compare."
         ),
+        note=_stats_window_note(conn, info),
+    )
+
+
+def erratic_statements(conn: Connection, *, min_calls: int = 100, factor: float = 2.0, min_stddev_ms: float = 10.0,
+                       limit: int = 10) -> Finding:
+    """Statements whose time varies far more than it averages: standard deviation at least
+    ``factor`` × the mean and at least ``min_stddev_ms``, over at least ``min_calls`` calls. The mean
+    hides them (usually fast, sometimes very slow: a lock wait, a cold cache, a plan flip, one
+    customer with far more rows) — the p95 a user feels is far above it."""
+    check = "erratic_statements"
+    info = statements_info(conn)
+    if not info.available:
+        return Finding(check, "ok", "Variability not measured: pg_stat_statements is not available",
+                       note="See pg_stat_statements_missing for how to enable it.")
+    rows = _statement_rows(conn, info, order="stddev", limit=limit, min_calls=min_calls,
+                           erratic_factor=factor, min_stddev_ms=min_stddev_ms)
+    return Finding.from_rows(
+        check, rows, severity="warning",
+        title=f"{len(rows)} statement(s) vary far more than they average (stddev ≥ {factor:g}× the mean, ≥ {min_stddev_ms:g} ms)",
+        ok_title=f"No statement's time varies ≥ {factor:g}× its mean (and ≥ {min_stddev_ms:g} ms) over ≥ {min_calls} calls",
+        item="queryid",
+        remediation="Find what the slow calls have in common: lock waits (blocked_queries, log_lock_waits), "
+        "parameters that select far more rows (one large tenant: EXPLAIN with its values), a generic plan chosen "
+        "after five executions (plan_cache_mode), or cache misses after a restart.",
         note=_stats_window_note(conn, info),
     )
 

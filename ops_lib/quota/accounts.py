@@ -74,11 +74,19 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[dict]]:
     return {"organisations": organisations, "subscriptions": subscriptions}
 
 
+# What the join and the checks read of each Stripe object: the rest is dropped as pages stream
+# in, so memory grows with these fields only, not with whole objects.
+CUSTOMER_FIELDS = ("id", "object", "email", "name", "created", "metadata", "deleted")
+SUBSCRIPTION_FIELDS = ("id", "object", "customer", "status", "items", "current_period_start",
+                       "current_period_end", "created", "start_date", "ended_at", "canceled_at",
+                       "cancel_at_period_end", "trial_end", "metadata")
+
+
 def fetch_stripe(client) -> dict[str, list[dict]]:
     """Every customer and every subscription (any status), read once per run."""
     return {
-        "customers": list(list_customers(client)),
-        "subscriptions": list(list_subscriptions(client, status="all")),
+        "customers": list(list_customers(client, fields=CUSTOMER_FIELDS)),
+        "subscriptions": list(list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)),
     }
 
 

@@ -291,15 +291,23 @@ def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: dateti
     quantity = f"sum(e.{events.col('quantity')})" if events.has("quantity") else "count(*)"
     rows = select_all(
         conn,
+        # First the repeated keys, with a count alone (one hashed pass over the window); then the
+        # evidence for those few keys only, instead of aggregating lists for every key.
         f"""
+        WITH repeated AS (
+            SELECT e.{key} AS idempotency_key
+            FROM {events.sql_table} e
+            WHERE e.{at} >= :since
+            GROUP BY e.{key}
+            HAVING count(*) > 1
+        )
         SELECT e.{key} AS idempotency_key, count(*) AS copies,
                string_agg(DISTINCT e.{org}::text, ', ') AS organisation_ids,
                {ids} AS event_ids, {quantity} AS total_quantity,
                min(e.{at}) AS first_at, max(e.{at}) AS last_at
         FROM {events.sql_table} e
-        WHERE e.{at} >= :since
+        WHERE e.{at} >= :since AND e.{key} IN (SELECT idempotency_key FROM repeated)
         GROUP BY e.{key}
-        HAVING count(*) > 1
         ORDER BY min(e.{at}), e.{key}
         """,
         since=since,

@@ -1,7 +1,7 @@
 """Usage recomputed from the usage events, in one statement for every organisation's period.
 
-``recompute_usage`` sends every organisation's billing period as three bound arrays (ids,
-starts, ends), joins them with the usage events in one pass over the events between the
+``recompute_usage`` sends every organisation's billing period as three bound array literals (ids,
+starts, ends; ids in their own integer type when they are integers), joins them with the usage events in one pass over the events between the
 earliest start and the latest end, and with the stored counters, in a single SQL statement:
 no query per customer, however many there are.
 
@@ -22,7 +22,7 @@ from ..schema_map import SchemaMap
 from .accounts import Accounts
 
 
-def _usage_sql(schema: SchemaMap) -> str:
+def _usage_sql(schema: SchemaMap, id_type: str = "text") -> str:
     events = schema.table("usage_events")
     counters = schema.table("usage_counters")
     org, at, key = events.col("organisation_id"), events.col("occurred_at"), events.col("idempotency_key")
@@ -31,13 +31,13 @@ def _usage_sql(schema: SchemaMap) -> str:
     return f"""
         WITH periods AS (
             SELECT p.organisation_id, p.period_start, p.period_end
-            FROM unnest(CAST(:ids AS text[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))
+            FROM unnest(CAST(:ids AS {id_type}[]), CAST(:starts AS timestamptz[]), CAST(:ends AS timestamptz[]))
                  AS p(organisation_id, period_start, period_end)
         ),
         counted AS (
             SELECT p.organisation_id, e.{key} AS idempotency_key, max({quantity}) AS quantity, count(*) AS copies
             FROM {events.sql_table} e
-            JOIN periods p ON p.organisation_id = e.{org}::text
+            JOIN periods p ON p.organisation_id = e.{org}{"" if id_type != "text" else "::text"}
                           AND e.{at} >= p.period_start AND e.{at} < p.period_end
             WHERE e.{at} >= :lo AND e.{at} < :hi
             GROUP BY p.organisation_id, e.{key}
@@ -48,13 +48,13 @@ def _usage_sql(schema: SchemaMap) -> str:
             GROUP BY organisation_id
         ),
         stored AS (
-            SELECT c.{c_org}::text AS organisation_id, c.{c_start} AS period_start,
+            SELECT c.{c_org}{"" if id_type != "text" else "::text"} AS organisation_id, c.{c_start} AS period_start,
                    max(c.{c_used}) AS used, count(*) AS counter_rows
             FROM {counters.sql_table} c
             WHERE c.{c_start} >= :lo AND c.{c_start} < :hi
             GROUP BY 1, 2
         )
-        SELECT p.organisation_id,
+        SELECT p.organisation_id::text AS organisation_id,
                coalesce(u.used, 0)::bigint AS used,
                coalesce(u.events, 0)::bigint AS events,
                coalesce(u.repeated, 0)::bigint AS repeated,
@@ -64,6 +64,16 @@ def _usage_sql(schema: SchemaMap) -> str:
         LEFT JOIN used u ON u.organisation_id = p.organisation_id
         LEFT JOIN stored s ON s.organisation_id = p.organisation_id AND s.period_start = p.period_start
     """
+
+
+def _iso(moment) -> str:
+    return moment.isoformat() if hasattr(moment, "isoformat") else str(moment)
+
+
+def _array_literal(values) -> str:
+    """A PostgreSQL array literal, every element quoted: '{"a","b"}'."""
+    quoted = ('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
+    return "{" + ",".join(quoted) + "}"
 
 
 def recompute_usage(conn: Connection, schema: SchemaMap, accounts: Accounts) -> list[dict]:
@@ -76,12 +86,17 @@ def recompute_usage(conn: Connection, schema: SchemaMap, accounts: Accounts) -> 
     if not orgs:
         return []
     conn.exec_driver_sql("SET TIME ZONE 'UTC'")
+    # Integer ids join the events on their own type (a text cast on the events' side would
+    # defeat the hash join); the arrays travel as one array literal each, parsed once by the
+    # server, not as a million-element ARRAY[...] expression.
+    integer_ids = all(isinstance(o["organisation_id"], int) and not isinstance(o["organisation_id"], bool)
+                      for o in orgs)
     found = select_all(
         conn,
-        _usage_sql(schema),
-        ids=[str(o["organisation_id"]) for o in orgs],
-        starts=[o["period_start"] for o in orgs],
-        ends=[o["period_end"] for o in orgs],
+        _usage_sql(schema, "bigint" if integer_ids else "text"),
+        ids=_array_literal(str(o["organisation_id"]) for o in orgs),
+        starts=_array_literal(_iso(o["period_start"]) for o in orgs),
+        ends=_array_literal(_iso(o["period_end"]) for o in orgs),
         lo=min(o["period_start"] for o in orgs),
         hi=max(o["period_end"] for o in orgs),
     )

@@ -52,16 +52,24 @@ def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
     """Each customer whose MRR moved in [start, end), per currency (exact, minor units): MRR as of
     the last second before ``start`` against the last second before ``end``."""
     before, after = book.snapshot_closing(start), book.snapshot_closing(end)
-    paying_before = {c for c, _ in before}
-    paying_after = {c for c, _ in after}
+    # Each customer's currencies at either end, indexed once: O(n log n) for the sort, not a
+    # scan of every snapshot per customer.
+    currencies_before: dict[str, set[str]] = {}
+    for c, cur in before:
+        currencies_before.setdefault(c, set()).add(cur)
+    currencies_after: dict[str, set[str]] = {}
+    for c, cur in after:
+        currencies_after.setdefault(c, set()).add(cur)
+    paying_before, paying_after = currencies_before.keys(), currencies_after.keys()
+    empty: set[str] = set()
     rows = []
     for customer, currency in sorted(set(before) | set(after)):
         s, e = before.get((customer, currency), ZERO), after.get((customer, currency), ZERO)
         first = book.first_positive(customer)
         movement = classify(
             s, e,
-            other_before=any(c == customer and cur != currency for c, cur in before),
-            other_after=any(c == customer and cur != currency for c, cur in after),
+            other_before=bool(currencies_before.get(customer, empty) - {currency}),
+            other_after=bool(currencies_after.get(customer, empty) - {currency}),
             had_mrr_before=first is not None and first < start,
         )
         if movement is None:
@@ -77,15 +85,25 @@ def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Itera
     before, after = book.snapshot_closing(start), book.snapshot_closing(end)
     moves = customer_movements(book, start, end)
     seen = {cur for _, cur in before} | {cur for _, cur in after} | {m["currency"] for m in moves} | set(currencies)
+    totals = {cur: {"start": ZERO, "end": ZERO, "customers_start": 0, "customers_end": 0,
+                    **{movement: ZERO for movement in MOVEMENTS}} for cur in seen}
+    for (_, cur), v in before.items():  # one pass over each side, not one per currency
+        totals[cur]["start"] += v
+        totals[cur]["customers_start"] += 1
+    for (_, cur), v in after.items():
+        totals[cur]["end"] += v
+        totals[cur]["customers_end"] += 1
+    for m in moves:
+        totals[m["currency"]][m["movement"]] += abs(m["change"])
     rows = []
     for currency in sorted(seen):
-        row = {"currency": currency, "month": label, "from": start, "to": end,
-               "start": sum((v for (c, cur), v in before.items() if cur == currency), ZERO)}
+        t = totals[currency]
+        row = {"currency": currency, "month": label, "from": start, "to": end, "start": t["start"]}
         for movement in MOVEMENTS:
-            row[movement] = sum((abs(m["change"]) for m in moves if m["currency"] == currency and m["movement"] == movement), ZERO)
-        row["end"] = sum((v for (c, cur), v in after.items() if cur == currency), ZERO)
-        row["customers_start"] = sum(1 for _, cur in before if cur == currency)
-        row["customers_end"] = sum(1 for _, cur in after if cur == currency)
+            row[movement] = t[movement]
+        row["end"] = t["end"]
+        row["customers_start"] = t["customers_start"]
+        row["customers_end"] = t["customers_end"]
         rows.append(row)
     return rows
 

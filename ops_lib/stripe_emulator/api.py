@@ -8,6 +8,7 @@ silently ignored, so a runbook never trusts an unfiltered answer.
 """
 from __future__ import annotations
 
+import bisect
 import copy
 import re
 from dataclasses import dataclass, field
@@ -394,6 +395,53 @@ class Account:
                 self.by_id[obj["id"]] = obj
             # Stripe lists newest first; ties (same second) by id, descending.
             self.by_type[object_type] = sorted(items, key=_sort_key, reverse=True)
+        # Each object's position in its listing (cursors are O(1)), and per type the
+        # ascending `created` values of the reversed listing (a created range is a bisect).
+        self.position: dict[str, int] = {}
+        self._created_asc: dict[str, list[int]] = {}
+        for items in self.by_type.values():
+            for i, obj in enumerate(items):
+                self.position[obj["id"]] = i
+        self._children: dict[tuple[str, str], dict[str, list[Obj]]] = {}
+
+    def created_bounds(self, object_type: str, value: Any, param: str) -> tuple[int, int]:
+        """The slice [lo, hi) of the listing whose `created` can satisfy `created=...`."""
+        items = self.by_type.get(object_type, [])
+        asc = self._created_asc.get(object_type)
+        if asc is None:
+            asc = self._created_asc[object_type] = [obj.get("created") or 0
+                                                    for obj in reversed(items)]
+        n = len(asc)
+        low_ts, high_ts = None, None  # inclusive bounds on created
+        if isinstance(value, dict):
+            for op, bound in value.items():
+                if op not in _RANGE_OPS:
+                    return 0, n  # the filter itself reports the error
+                ts = _integer(bound, f"{param}[{op}]")
+                if op in ("gt", "gte"):
+                    ts = ts + 1 if op == "gt" else ts
+                    low_ts = ts if low_ts is None else max(low_ts, ts)
+                else:
+                    ts = ts - 1 if op == "lt" else ts
+                    high_ts = ts if high_ts is None else min(high_ts, ts)
+        else:
+            low_ts = high_ts = _integer(value, param)
+        # Ascending indexes [a, b) hold low_ts <= created <= high_ts.
+        a = 0 if low_ts is None else bisect.bisect_left(asc, low_ts)
+        b = n if high_ts is None else bisect.bisect_right(asc, high_ts)
+        if b <= a:
+            return 0, 0
+        return n - b, n - a
+
+    def children(self, object_type: str, key: str, parent_id: str) -> list[Obj]:
+        """Objects of `object_type` whose `key` is `parent_id`, newest first (indexed once)."""
+        index = self._children.get((object_type, key))
+        if index is None:
+            index = {}
+            for obj in self.by_type.get(object_type, []):
+                index.setdefault(obj.get(key), []).append(obj)
+            self._children[(object_type, key)] = index
+        return index.get(parent_id, [])
 
     def counts(self) -> dict[str, int]:
         return {object_type: len(items) for object_type, items in self.by_type.items()}
@@ -439,12 +487,12 @@ class Account:
     def _includable(self, node: Obj, name: str) -> Any:
         object_type, object_id = node["object"], node["id"]
         if object_type == "charge" and name == "refunds":
-            refunds = [r for r in self.by_type.get("refund", []) if r["charge"] == object_id]
+            refunds = self.children("refund", "charge", object_id)
             return _list_object([self.render(r) for r in refunds],
                                 f"/v1/charges/{object_id}/refunds")
         if object_type == "customer" and name == "subscriptions":
-            subs = [s for s in self.by_type.get("subscription", [])
-                    if s["customer"] == object_id and s["status"] != "canceled"]
+            subs = [s for s in self.children("subscription", "customer", object_id)
+                    if s["status"] != "canceled"]
             return _list_object([self.render(s) for s in subs],
                                 f"/v1/customers/{object_id}/subscriptions")
         # Served copies (and prices embedded in items) lack it: the stored object has it.
@@ -538,27 +586,47 @@ def list_objects(account: Account, collection: Collection, params: Obj) -> Obj:
     predicates = [build(params[name], name) for name, build in collection.filters.items()
                   if name in params]
     predicates += [test for name, test in collection.defaults.items() if name not in params]
-    matching = [obj for obj in account.by_type.get(collection.object_type, [])
-                if all(test(obj) for test in predicates)]
+    items = account.by_type.get(collection.object_type, [])
+    # Only the slice a `created` filter allows, from the cursor's position on: a page costs
+    # what it scans, not the size of the collection.
+    lo, hi = 0, len(items)
+    if "created" in params and "created" in collection.filters:
+        lo, hi = account.created_bounds(collection.object_type, params["created"], "created")
 
-    if "starting_after" in params:
-        cursor = _cursor(account, collection, params, "starting_after")
-        older = [obj for obj in matching if _sort_key(obj) < cursor]
-        page, has_more = older[:limit], len(older) > limit
-    elif "ending_before" in params:
+    def matches(obj: Obj) -> bool:
+        return all(test(obj) for test in predicates)
+
+    if "ending_before" in params:
         cursor = _cursor(account, collection, params, "ending_before")
-        newer = [obj for obj in matching if _sort_key(obj) > cursor]
         # The page is the `limit` objects just before the cursor, still newest first.
-        page, has_more = newer[-limit:], len(newer) > limit
+        newer: list[Obj] = []
+        for i in range(min(cursor, hi) - 1, lo - 1, -1):
+            if matches(items[i]):
+                newer.append(items[i])
+                if len(newer) > limit:
+                    break
+        has_more = len(newer) > limit
+        page = newer[:limit][::-1]
     else:
-        page, has_more = matching[:limit], len(matching) > limit
+        start = lo
+        if "starting_after" in params:
+            start = max(lo, _cursor(account, collection, params, "starting_after") + 1)
+        page = []
+        for i in range(start, hi):
+            if matches(items[i]):
+                page.append(items[i])
+                if len(page) > limit:
+                    break
+        has_more = len(page) > limit
+        page = page[:limit]
     return _list_object([account.render(obj, expand, prefix="data.") for obj in page],
                         collection.path, has_more)
 
 
-def _cursor(account: Account, collection: Collection, params: Obj, name: str) -> tuple[int, str]:
+def _cursor(account: Account, collection: Collection, params: Obj, name: str) -> int:
+    """The cursor object's position in its (newest first) listing."""
     object_id = _string(params[name], name)
     obj = account.by_id.get(object_id)
     if obj is None or obj["object"] != collection.object_type:
         raise _no_such(collection.object_type, object_id, name, 400)
-    return _sort_key(obj)
+    return account.position[object_id]

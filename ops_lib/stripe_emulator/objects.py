@@ -39,7 +39,7 @@ def seed_ids(seed: int | str) -> None:
 
 
 def _random_chars(n: int, alphabet: str = _ALPHABET) -> str:
-    return "".join(_ids.choice(alphabet) for _ in range(n))
+    return "".join(_ids.choices(alphabet, k=n))  # one call, not n: ids are most of a big seed's time
 
 
 def _random_code() -> str:

@@ -27,6 +27,9 @@ OBJECT_TYPES = (
 )
 
 
+READABLE_UP_TO = 50_000  # objects: states this small are written indented
+
+
 def new_state(api_keys: Iterable[str | Mapping[str, Any]]) -> dict[str, Any]:
     return {
         "api_keys": list(api_keys),
@@ -48,10 +51,14 @@ def add_objects(state: dict[str, Any], *objects: Mapping[str, Any]) -> dict[str,
 def write_state(path: str | os.PathLike, state: Mapping[str, Any]) -> None:
     """Write the state atomically, so a running emulator never reads half a file."""
     path = Path(path)
+    # Indented (human-readable) up to a demo's size; compact beyond, where indentation would
+    # also force json's pure-Python encoder (a benchmark's state is gigabytes).
+    size = sum(len(items) for items in (state.get("objects") or {}).values())
+    indent = 2 if size <= READABLE_UP_TO else None
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state, f, indent=2, ensure_ascii=False)
+            json.dump(state, f, indent=indent, ensure_ascii=False)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

@@ -12,6 +12,10 @@ Vocabulary, per Stripe event in the window:
 * *processed*: the app recorded it with status ``processed``;
 * *failed*: the app recorded it with another status (``failed``, or ``received`` left behind by
   a crash): Stripe's delivery reached the app, fulfilment did not finish;
+* *stuck*: acknowledged but never finished — recorded with a status that is neither
+  ``processed`` nor ``failed`` (``received``) for longer than a grace period. Stripe advises
+  acknowledging first and processing after; younger ones are *in flight* and not named. Stripe
+  got its 2xx, so it never sends a stuck event again: only a replay finishes it;
 * *missing*: the app has no record of it at all;
 * *undelivered*: Stripe has not had a 2xx for it from some endpoint (``pending_webhooks > 0``)
   and the app has not processed it. Stripe retries with backoff for up to 3 days in live mode
@@ -46,6 +50,9 @@ FULFILMENT_EVENT_TYPES = ("checkout.session.completed", "checkout.session.async_
 # The app's webhook_events.status values (the demo app's; see ops_lib/demo/schema.sql).
 STATUS_PROCESSED = "processed"
 STATUS_FAILED = "failed"
+# How long an acknowledged event may stay unprocessed before it counts as stuck (the runbook's
+# default `stuck_grace_minutes`): a queue worker normally finishes within seconds.
+DEFAULT_STUCK_GRACE_MINUTES = 15
 
 # Stripe retries a failed delivery with exponential backoff for up to 3 days in live mode and
 # for a few hours in test mode (docs.stripe.com/webhooks#retries).
@@ -346,6 +353,43 @@ def failed_events(received: Sequence[Mapping]) -> Finding:
     )
 
 
+def stuck_events(received: Sequence[Mapping], *, now: datetime | None = None,
+                 grace_minutes: float = DEFAULT_STUCK_GRACE_MINUTES) -> Finding:
+    """Events the app acknowledged (recorded) but never finished processing, older than the
+    grace period; younger ones are in flight and not named.
+
+    A status that is neither processed nor failed (the demo app's ``received``) is "acknowledged,
+    not finished". Stripe got a 2xx for the delivery, so it will not retry it.
+    """
+    check = "stuck_events"
+    now_dt = _aware(now or datetime.now(timezone.utc))
+    cutoff = now_dt - timedelta(minutes=grace_minutes)
+    rows, in_flight = [], 0
+    for r in received:
+        if r.get("status") in (STATUS_PROCESSED, STATUS_FAILED):
+            continue
+        received_at = r.get("received_at")
+        if isinstance(received_at, datetime) and received_at.tzinfo is None:
+            received_at = received_at.replace(tzinfo=timezone.utc)  # a timestamp without time zone: UTC
+        if isinstance(received_at, datetime) and received_at > cutoff:
+            in_flight += 1
+            continue
+        age = (now_dt - received_at).total_seconds() / 60 if isinstance(received_at, datetime) else None
+        rows.append({"event_id": r["stripe_event_id"], "type": r.get("type"), "status": r.get("status"),
+                     "received_at": received_at, "stuck_minutes": None if age is None else round(age, 1)})
+    note = (f"{in_flight} acknowledged event(s) younger than {grace_minutes:g} min are in flight and not named."
+            if in_flight else None)
+    return Finding.from_rows(
+        check, rows, severity="critical",
+        title=f"{len(rows)} webhook event(s) acknowledged but never processed (stuck for over {grace_minutes:g} min)",
+        ok_title=f"No acknowledged event has been waiting for processing longer than {grace_minutes:g} min",
+        item="event_id", note=note,
+        remediation="Stripe got a 2xx for these and will not send them again. Find why the app's worker stopped "
+        "(a crash between acknowledging and processing, a dead queue consumer, a deploy mid-event), then replay "
+        "them (apply=True): the app finishes each once.",
+    )
+
+
 def signature_mismatch(received: Sequence[Mapping], secret: str | None) -> Finding:
     """Stored deliveries whose ``Stripe-Signature`` does not verify with the current secret.
 
@@ -403,52 +447,107 @@ def signature_mismatch(received: Sequence[Mapping], secret: str | None) -> Findi
 # --------------------------------------------------------------------------- fulfilment
 
 
-def unfulfilled_payments(conn: Connection, schema: SchemaMap, events: Sequence[Mapping]) -> Finding:
-    """Paid checkouts in the window with no row in any mapped fulfilment table for their event.
+def is_paid(event: Mapping) -> bool:
+    """Whether a paid-event type's object says the money arrived: a Checkout Session's
+    ``payment_status`` is ``paid``; a PaymentIntent, charge or invoice is ``succeeded`` / ``paid``."""
+    obj = _session(event)
+    if "payment_status" in obj:
+        return obj.get("payment_status") == "paid"
+    return obj.get("status") in ("succeeded", "paid")
 
-    One query per fulfilment table, with the event ids as a bound array.
+
+def fulfilment_types(schema: SchemaMap) -> dict[str, tuple]:
+    """Paid event type → the fulfilment tables that fulfil it (``fulfilled_by`` in the mapping;
+    a table without it fulfils paid Checkout Sessions)."""
+    by_type: dict[str, list] = {}
+    for table in schema.tables("fulfilments"):
+        for event_type in table.fulfilled_by or FULFILMENT_EVENT_TYPES:
+            by_type.setdefault(event_type, []).append(table)
+    return {t: tuple(tables) for t, tables in by_type.items()}
+
+
+def unfulfilled_payments(conn: Connection, schema: SchemaMap, events: Sequence[Mapping]) -> Finding:
+    """Paid events in the window (the types the mapping's ``fulfilled_by`` names: Checkout
+    Sessions, PaymentIntents, …) with nothing in any fulfilment table for them.
+
+    A payment counts as fulfilled when a table that fulfils its type has a row for its event id,
+    or any fulfilment table that maps ``stripe_payment_intent_id`` has a row for its PaymentIntent
+    (a Checkout payment also sends ``payment_intent.succeeded``: one order answers both).
+    One query per table, with the ids as bound arrays.
     """
     check = "unfulfilled_payments"
-    paid = [e for e in sorted(events, key=_event_order)
-            if e.get("type") in FULFILMENT_EVENT_TYPES and _session(e).get("payment_status") == "paid"]
+    by_type = fulfilment_types(schema)
     tables = schema.tables("fulfilments")
     names = ", ".join(t.table for t in tables)
+    paid = [e for e in sorted(events, key=_event_order) if e.get("type") in by_type and is_paid(e)]
     if not paid:
-        return Finding(check, "ok", "No paid checkout in the window")
-    ids = [e["id"] for e in paid]
-    fulfilled: set[str] = set()
+        return Finding(check, "ok", "No paid checkout or payment in the window",
+                       note=f"Paid event types checked: {', '.join(by_type)}.")
+    pis = sorted({pi for pi in map(_payment_intent, paid) if pi})
+    fulfilled: dict[str, set[str]] = {}  # table → event ids found in it
+    fulfilled_pis: set[str] = set()
     for table in tables:
         column = table.col("stripe_event_id")
-        found = select_all(
-            conn,
-            f"SELECT DISTINCT {column} AS stripe_event_id FROM {table.sql_table} WHERE {column} = ANY(CAST(:ids AS text[]))",
-            ids=ids,
-        )
-        fulfilled.update(row["stripe_event_id"] for row in found)
+        wanted = [e["id"] for e in paid if table in by_type[e["type"]]]
+        if wanted:
+            found = select_all(
+                conn,
+                f"SELECT DISTINCT {column} AS stripe_event_id FROM {table.sql_table} "
+                f"WHERE {column} = ANY(CAST(:ids AS text[]))",
+                ids=wanted,
+            )
+            fulfilled[table.table] = {row["stripe_event_id"] for row in found}
+        if pis and table.has("stripe_payment_intent_id"):
+            pi_column = table.col("stripe_payment_intent_id")
+            found = select_all(
+                conn,
+                f"SELECT DISTINCT {pi_column} AS pi FROM {table.sql_table} WHERE {pi_column} = ANY(CAST(:pis AS text[]))",
+                pis=pis,
+            )
+            fulfilled_pis.update(row["pi"] for row in found)
+    done = set().union(*fulfilled.values()) if fulfilled else set()
     rows = []
     for event in paid:
-        if event["id"] in fulfilled:
+        if event["id"] in done or (_payment_intent(event) in fulfilled_pis):
             continue
-        session = _session(event)
-        customer = session.get("customer")
+        obj = _session(event)
+        customer = obj.get("customer")
+        checkout = event["type"].startswith("checkout.session.")
         rows.append({
             "event_id": event["id"],
             "type": event["type"],
-            "session_id": session.get("id"),
+            "session_id": obj.get("id") if checkout else None,
+            "payment_intent": _payment_intent(event),
             "customer": customer.get("id") if isinstance(customer, Mapping) else customer,
-            "customer_email": (session.get("customer_details") or {}).get("email") or session.get("customer_email"),
-            "amount_total": session.get("amount_total"),
-            "currency": session.get("currency"),
+            "customer_email": ((obj.get("customer_details") or {}).get("email") or obj.get("customer_email")
+                               or obj.get("receipt_email")),
+            "amount_total": obj.get("amount_total") if checkout else obj.get("amount_received", obj.get("amount")),
+            "currency": obj.get("currency"),
             "created": _when(event["created"]),
+            "expected_in": ", ".join(t.table for t in by_type[event["type"]]),
         })
+    kinds = sorted({r["type"] for r in rows})
     return Finding.from_rows(
         check, rows, severity="critical",
-        title=f"{len(rows)} paid checkout(s) got nothing: paid, but no order or credit grant ({names})",
-        ok_title=f"All {len(paid)} paid checkouts in the window were fulfilled",
+        title=f"{len(rows)} paid checkout(s) or payment(s) got nothing: paid, but no order or credit grant ({names})",
+        ok_title=f"All {len(paid)} paid checkouts and payments in the window were fulfilled",
         item="event_id",
-        remediation="Fix why the app did not fulfil them (missing_events, failed_events), then replay these events "
-        "(apply=True): the app fulfils each once. Tell the customers if they waited long.",
+        note=f"Paid event types checked (the mapping's fulfilled_by): {', '.join(by_type)}." if rows else None,
+        remediation="Fix why the app did not fulfil them (missing_events, failed_events, stuck_events), then replay "
+        "these events (apply=True): the app fulfils each once. An event the app recorded as processed but did not "
+        "fulfil (its handler ignores that type"
+        + (", e.g. " + ", ".join(kinds) if kinds else "")
+        + ") is not replayed: fix the handler first, then fulfil those by hand or replay them. Tell the customers "
+        "if they waited long.",
     )
+
+
+def _payment_intent(event: Mapping) -> str | None:
+    obj = _session(event)
+    if obj.get("object") == "payment_intent":
+        return obj.get("id")
+    pi = obj.get("payment_intent")
+    return pi.get("id") if isinstance(pi, Mapping) else pi
 
 
 # --------------------------------------------------------------------------- overview

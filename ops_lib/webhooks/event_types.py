@@ -12,4 +12,6 @@ HANDLED_EVENT_TYPES = (
     "customer.subscription.deleted",
     "payment_intent.succeeded",
     "payment_intent.payment_failed",
+    "charge.refunded",
+    "charge.dispute.created",
 )

@@ -41,7 +41,7 @@ from ..errors import ConfigurationError
 from ..findings import Action, ActionLog
 from ..schema_map import SchemaMap
 from ..stripe_api import BoundedTransport, NetworkFailure, mask_secrets
-from .checks import STATUS_PROCESSED, _display_url
+from .checks import STATUS_FAILED, STATUS_PROCESSED, _display_url
 from .signature import HEADER, sign
 
 ACTION = "replay_webhook_event"
@@ -53,11 +53,22 @@ MAX_SILENT_IN_A_ROW = 3  # after this many events in a row got no answer, the re
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
-def replay_candidates(events: Sequence[Mapping], received: Sequence[Mapping]) -> list[dict]:
+def replay_candidates(events: Sequence[Mapping], received: Sequence[Mapping], *,
+                      in_flight_minutes: float = 0, now: datetime | None = None) -> list[dict]:
     """The window's events the app has not processed — missing, failed, or left half-done —
-    oldest first."""
+    oldest first. With ``in_flight_minutes``, an event the app acknowledged less than that long
+    ago (neither processed nor failed yet: still being processed) is left to the app."""
     status = {r["stripe_event_id"]: r.get("status") for r in received}
-    return [dict(e) for e in sorted(events, key=_order) if status.get(e["id"]) != STATUS_PROCESSED]
+    skip: set[str] = set()
+    if in_flight_minutes > 0:
+        cutoff = (now or datetime.now(timezone.utc)).timestamp() - in_flight_minutes * 60
+        for r in received:
+            at = r.get("received_at")
+            if r.get("status") not in (STATUS_PROCESSED, STATUS_FAILED) and isinstance(at, datetime):
+                if (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp() > cutoff:
+                    skip.add(r["stripe_event_id"])
+    return [dict(e) for e in sorted(events, key=_order)
+            if status.get(e["id"]) != STATUS_PROCESSED and e["id"] not in skip]
 
 
 def plan_replay(events: Sequence[Mapping], received: Sequence[Mapping], *, url: str | None = None,
