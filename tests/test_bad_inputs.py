@@ -439,7 +439,7 @@ def assert_incidents_planted(state: dict) -> None:
     assert sessions[APP_NAMES["blocked"]] == ("active", "Lock")
 
 
-def test_ensure_up_plants_the_live_incidents_again_after_postgres_restarts(monkeypatch):
+def test_ensure_up_plants_incidents_again_after_a_restart_and_rebuilds_another_versions_demo(monkeypatch):
     from tests.demo_target import scratch_dir
 
     home = scratch_dir("restart-home")
@@ -458,6 +458,14 @@ def test_ensure_up_plants_the_live_incidents_again_after_postgres_restarts(monke
         assert again["pids"]["incidents"] != old_incidents
         assert not lifecycle._alive(old_incidents), "the old incidents process does not linger"
         assert lifecycle.ensure_up()["pids"] == again["pids"], "a running demo is left as it is"
+
+        # A demo another version of opsbook built (its schema may lack what the runbooks now read)
+        older = {**lifecycle._load_state(), "build": "an-older-opsbook"}
+        lifecycle._write_state(older)
+        rebuilt = lifecycle.ensure_up()
+        assert rebuilt["build"] == lifecycle.build_fingerprint()
+        assert rebuilt["database_url"] != state["database_url"], "built again, with new credentials"
+        assert_incidents_planted(rebuilt)
     finally:
         lifecycle.down(destroy=True)
         shutil.rmtree(home, ignore_errors=True)

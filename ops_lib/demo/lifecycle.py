@@ -111,10 +111,27 @@ def env_exports(state: dict) -> str:
     return "\n".join(lines)
 
 
+def build_fingerprint() -> str:
+    """What the demo was built from: its code, schema and mapping. A demo left by another version
+    of opsbook would not match what the runbooks read (a mapped table it lacks), so it is rebuilt."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    sources = [*sorted(package.glob("*.py")), package / "schema.sql", paths.params_dir() / "schema" / "reference.yaml"]
+    for source in sources:
+        if source.is_file():
+            digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def ensure_up() -> dict:
-    """The running demo; started (its live incidents planted again) when it is not running."""
+    """The running demo; started (its live incidents planted again) when it is not running, and
+    rebuilt when another version of opsbook built it."""
     state = read_state()
-    return state if state is not None else up()
+    if state is not None and state.get("build") == build_fingerprint():
+        return state
+    return up()
 
 
 def check_options(*, seed: object, scale: object) -> None:
@@ -147,6 +164,11 @@ def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bo
             _stop(state, destroy=True)
             state = None
         if state is not None and not Path(state["pg"]["data_dir"], "PG_VERSION").exists():
+            state = None
+        if state is not None and state.get("build") != build_fingerprint():
+            if not quiet:
+                print("the demo was built by another version of opsbook: building it again", file=sys.stderr)
+            _stop(state, destroy=True)
             state = None
         if state is None:
             state = _create(seed=seed, scale=scale, quiet=quiet, sizes=sizes)
@@ -221,6 +243,7 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
     receiver_port, emulator_port = free_port(), free_port()
     state.update({
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "build": build_fingerprint(),
         "seed": seed,
         "scale": scale,
         "pg": {"data_dir": str(cluster.data_dir), "port": cluster.port, "bin_dir": str(cluster.bin_dir)},
