@@ -291,6 +291,8 @@ def _register() -> None:
             kwargs.pop("input_path", None)
             client = InterruptibleClient(
                 nb_man, execution, timeout=execution_timeout, startup_timeout=start_timeout, kernel_name=kernel_name,
+                # the kernel holds nothing worth a graceful goodbye once the last cell ran: saves ~0.4 s
+                shutdown_kernel="immediate",
                 log=logging.getLogger("papermill.opsbook"), log_output=log_output, stdout_file=stdout_file,
                 stderr_file=stderr_file, **kwargs,
             )
