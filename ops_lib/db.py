@@ -172,12 +172,12 @@ def connect(engine: Engine) -> Connection:
         return engine.connect()
     except sa.exc.OperationalError as err:
         raise TargetUnreachable(
-            f"cannot connect to {_where(engine)}: {first_line(err.orig or err)} "
+            f"cannot connect to {_where(engine)}: {first_line(err)} "
             "— check DATABASE_URL (host, port, user, password) or start the demo with `opsbook demo up`"
         ) from None
     except (sa.exc.ProgrammingError, sa.exc.InterfaceError) as err:  # libpq refused the URL itself
         raise ConfigurationError(
-            f"DATABASE_URL for {_where(engine)} is not usable: {first_line(err.orig or err)} "
+            f"DATABASE_URL for {_where(engine)} is not usable: {first_line(err)} "
             "— remove or correct the query options (libpq's connection parameters)"
         ) from None
 

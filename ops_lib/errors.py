@@ -38,7 +38,11 @@ def quote(value: Any, limit: int = QUOTE_CHARS) -> str:
 
 
 def first_line(error: BaseException | str, limit: int = MAX_QUOTED_CHARS) -> str:
-    """An error's first non-empty line, clipped: what a one-line message may quote of it."""
+    """An error's first non-empty line, clipped: what a one-line message may quote of it.
+
+    A wrapped driver error (SQLAlchemy's, with ``.orig``) is read through to the driver's message."""
+    if isinstance(error, BaseException):
+        error = getattr(error, "orig", None) or error
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     line = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException) else "")
     return line if len(line) <= limit else f"{line[:limit - 1]}… ({len(line)} characters)"

@@ -7,9 +7,10 @@ what the run found.
 """
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from .literal import html_attr, html_text, inert, one_line
 
@@ -82,13 +83,18 @@ class Finding:
         title: str,
         ok_title: str,
         item: str | None = None,
+        items: Iterable | None = None,
         remediation: str | None = None,
         note: str | None = None,
     ) -> "Finding":
-        """The usual shape: any row is a problem of ``severity``; no rows is ``ok``."""
+        """The usual shape: any row is a problem of ``severity``; no rows is ``ok``.
+
+        Items are ``row[item]`` for each row, or ``items`` when given (e.g. sorted or deduplicated ids).
+        """
         if not rows:
             return cls(check, "ok", ok_title, note=note)
-        items = [row[item] for row in rows] if item else []
+        if items is None:
+            items = [row[item] for row in rows] if item else []
         return cls(check, severity, title, items=items, rows=rows, remediation=remediation, note=note)
 
     @property
@@ -127,6 +133,28 @@ class Finding:
             "text/plain": f"[{self.severity}] {one_line(self.check)}: {one_line(self.title, limit=1000)}",
             FINDING_MIME: self.summary(),
         }
+
+
+def run_checks(checks: Mapping[str, Callable[..., Finding]], inputs: Mapping[str, Any],
+               options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Finding]:
+    """Every check of a domain's ``CHECKS`` (check id -> function), in order.
+
+    The one way each domain package runs its checks: a check is called with the ``inputs`` its
+    parameters name (``conn``, ``usage``, ``events``, …) and its own keyword options from
+    ``options[check_id]``; an option for a check id the domain does not have is refused.
+    """
+    options = dict(options or {})
+    unknown = set(options) - set(checks)
+    if unknown:
+        from .errors import ParameterError
+
+        raise ParameterError(f"unknown check id(s): {', '.join(sorted(unknown))}; known: {', '.join(checks)}")
+    findings = []
+    for check_id, check in checks.items():
+        wanted = inspect.signature(check).parameters
+        given = {name: inputs[name] for name in wanted if name in inputs}
+        findings.append(check(**given, **options.get(check_id, {})))
+    return findings
 
 
 def rows_to_html(rows: list[dict], limit: int = 50) -> str:

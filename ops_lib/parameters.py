@@ -23,7 +23,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from .errors import ParameterError, quote
+from .errors import ParameterError, first_line, quote
 
 _TRUE = {"true", "yes", "1", "on"}
 _FALSE = {"false", "no", "0", "off"}
@@ -329,7 +329,7 @@ def load_yaml_mapping(path: Path | str, *, what: str, error: type[Exception],
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         raise error(f"{shown} is not valid YAML{where}: {quote(problem, 120).strip(chr(39))}") from None
     except _YamlRefused as why:
         raise error(f"{shown} is refused: {why}") from None

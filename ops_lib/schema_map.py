@@ -52,6 +52,15 @@ class TableMap:
     def has(self, logical: str) -> bool:
         return logical in self.columns
 
+    def select_list(self, logical: Iterable[str], *, required: Iterable[str] = ()) -> str:
+        """``<column> AS <logical>, …``: each logical column's mapped column, or ``NULL AS <logical>``
+        when the mapping has none; a ``required`` one that is not mapped raises SchemaMappingError."""
+        required = set(required)
+        return ", ".join(
+            f"{self.col(name)} AS {name}" if self.has(name) or name in required else f"NULL AS {name}"
+            for name in logical
+        )
+
 
 @dataclass(frozen=True)
 class SchemaMap:

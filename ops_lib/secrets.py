@@ -29,6 +29,23 @@ _PATTERNS = [
     (re.compile(r"(password\s*=\s*)('[^']*'|[^\s\"',;]+)", re.IGNORECASE), r"\1" + MASK),
 ]
 
+# A Stripe key or webhook secret as a message may name it: its kind and last four characters.
+_STRIPE_KEY = re.compile(r"\b((?:sk|rk|pk)_(?:live|test)_|whsec_)([A-Za-z0-9_*]+)")
+
+
+def mask_key(key: str) -> str:
+    """sk_test_51Nx...abcd -> sk_test_…abcd (enough to tell keys apart, useless to an attacker)."""
+    match = _STRIPE_KEY.match(key or "")
+    if not match:
+        return "…" + key[-4:] if key and len(key) > 8 else "…"
+    prefix, secret = match.groups()
+    return f"{prefix}…{secret[-4:]}" if len(secret) > 8 else f"{prefix}…"
+
+
+def mask_secrets(text: str) -> str:
+    """Every Stripe key or webhook secret in ``text``, shown as ``mask_key`` shows it."""
+    return _STRIPE_KEY.sub(lambda m: mask_key(m.group(0)), text)
+
 
 def mask_url(url: str) -> str:
     return mask_text(url, ())

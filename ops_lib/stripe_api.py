@@ -30,7 +30,7 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
@@ -40,6 +40,8 @@ import urllib3
 import urllib3.connection
 
 from ops_lib.errors import ConfigurationError, StripeAccessError
+from ops_lib.secrets import mask_key, mask_secrets  # noqa: F401 - Stripe-key masking lives in secrets
+from ops_lib.utc import to_epoch
 
 API_VERSION = "2023-08-16"
 CONNECT_TIMEOUT_S = 5.0   # to open a TCP (and TLS) connection
@@ -49,29 +51,14 @@ MIN_ATTEMPT_S = 2.0       # a retry starts only if this much of the budget is le
 PREFLIGHT_TIMEOUT_S = 10.0  # for a one-read probe before a run: one try's worth, no second chance
 PAGE_SIZE = 100  # Stripe's maximum: fewest round trips
 
-_LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
-_SECRET = re.compile(r"\b((?:sk|rk|pk)_(?:live|test)_|whsec_)([A-Za-z0-9_*]+)")
-
-
-def mask_key(key: str) -> str:
-    """sk_test_51Nx...abcd -> sk_test_…abcd (enough to tell keys apart, useless to an attacker)."""
-    match = _SECRET.match(key or "")
-    if not match:
-        return "…" + key[-4:] if key and len(key) > 8 else "…"
-    prefix, secret = match.groups()
-    return f"{prefix}…{secret[-4:]}" if len(secret) > 8 else f"{prefix}…"
-
-
-def mask_secrets(text: str) -> str:
-    """Every Stripe key or webhook secret in `text`, masked."""
-    return _SECRET.sub(lambda m: mask_key(m.group(0)), text)
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})  # this machine: no proxy, "emulator" mode
 
 
 def mode_of(api_key: str, api_base: str | None = None) -> str:
     """"emulator" when the API base is this machine, else "live" or "test" by the key."""
     if api_base:
         host = urlsplit(api_base).hostname or ""
-        if host in _LOCAL_HOSTS:
+        if host in LOOPBACK_HOSTS:
             return "emulator"
     return "live" if api_key.startswith(("sk_live_", "rk_live_")) else "test"
 
@@ -336,7 +323,7 @@ def _failure(exc: requests.exceptions.RequestException, where: str, status: int 
     if isinstance(exc, requests.exceptions.ConnectionError):
         if any(isinstance(c, urllib3.exceptions.NewConnectionError) for c in causes):
             reason = next((c.strerror for c in causes if isinstance(c, OSError) and c.strerror), None)
-            return NetworkFailure("unreachable", where, reason or _first_line(str(exc))[:120])
+            return NetworkFailure("unreachable", where, reason or _squeezed(str(exc))[:120])
         return NetworkFailure("closed", where, "closed the connection without answering")
     return NetworkFailure("error", where, f"{type(exc).__name__}", should_retry=False)
 
@@ -534,7 +521,7 @@ def _not_json(exc: stripe.APIError, resource: str | None) -> str:
 def _access_error(exc: stripe.StripeError, message: str) -> StripeAccessError:
     if exc.request_id:
         message += f" [request {exc.request_id}]"
-    return StripeAccessError(mask_secrets(_first_line(message)))
+    return StripeAccessError(mask_secrets(_squeezed(message)))
 
 
 _QUOTED_KEY = re.compile(r"\b((?:sk|rk)_(?:live|test)_)\*+([A-Za-z0-9]{4})\b")
@@ -548,7 +535,7 @@ def _quoted_key(exc: stripe.StripeError) -> str:
 
 def _network_problem(exc: stripe.APIConnectionError) -> str:
     """"at 127.0.0.1:12111 (Connection refused)", from the SDK's long network error."""
-    text = _first_line(exc.user_message)
+    text = _squeezed(exc.user_message)
     host = re.search(r"host='([^']+)', port=(\d+)", text)
     reason = re.search(r"\[Errno -?\d+\] ([^\"')]+)", text)
     if reason:
@@ -561,19 +548,16 @@ def _network_problem(exc: stripe.APIConnectionError) -> str:
     return f"at {host.group(1)}:{host.group(2)} ({why})" if host else f"({why})"
 
 
-def _first_line(text: str | None) -> str:
+def _squeezed(text: str | None) -> str:
+    """All of ``text`` on one line, runs of whitespace as one space (the SDK's network error
+    spreads the host and the reason over several lines)."""
     return " ".join((text or "").split())
 
 
 # --------------------------------------------------------------------------- listings
 
 
-def _ts(moment: datetime | int | None) -> int | None:
-    if moment is None or isinstance(moment, int):
-        return moment
-    if moment.tzinfo is None:
-        raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
-    return int(moment.astimezone(timezone.utc).timestamp())
+_ts = to_epoch  # a naive datetime is UTC (ops_lib.utc)
 
 
 def _created(since: datetime | int | None,

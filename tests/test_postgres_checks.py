@@ -212,7 +212,10 @@ def test_pg_stat_statements_missing_explains_preload_and_restart_when_not_preloa
             assert pg.slow_queries(conn).severity == "ok"
             assert pg.top_statements(conn) == []
             assert pg.statement_plans(conn, [{"queryid": 1, "query": "SELECT 1"}])[0]["plan"]
-            assert pg.run_checks(conn)
+            findings = {f.check: f for f in pg.run_checks(conn)}
+            assert list(findings) == list(pg.CHECKS), "every check ran, in order, on the usable session"
+            assert findings["pg_stat_statements_missing"].severity == "warning"
+            assert findings["slow_queries"].severity == "ok" and findings["slow_queries"].note
     finally:
         engine.dispose()
 
@@ -632,7 +635,8 @@ def test_every_check_runs_for_a_role_with_only_pg_monitor_and_pg_read_all_data(d
             assert any("FROM things WHERE name" in s["query"] for s in top)
             plans = pg.statement_plans(conn, [s for s in top if "FROM things WHERE name" in s["query"]])
             assert plans and (plans[0]["plan"] or "16+" in plans[0]["note"])
-            assert pg.connections_by_state(conn)
+            states = {r["state"]: r["connections"] for r in pg.connections_by_state(conn)}
+            assert states.get("active", 0) >= 1, states  # this session's own statement, at least
     finally:
         engine.dispose()
         database.execute(f"DROP OWNED BY {role}")
@@ -789,10 +793,10 @@ def test_slow_queries_notebook_plan_cancels_queries_skips_idle_root_blockers_and
     try:
         with ro.connect() as conn:  # the notebook's read-only session; the reset opens a writable one
             dry = pg.remediate_slow_queries(conn, names, long_running=long_running, blocked=blocked, apply=False,
-                                            audit=audit, open_writable=writable.connect, reason="run nb")
+                                            audit=audit, connect_for_changes=writable.connect, reason="run nb")
             assert [a.outcome for a in dry] == [a.outcome for a in plan] and audit.entries() == []
             done = pg.remediate_slow_queries(conn, names, long_running=long_running, blocked=blocked, apply=True,
-                                             audit=audit, open_writable=writable.connect, reason="run nb")
+                                             audit=audit, connect_for_changes=writable.connect, reason="run nb")
         assert {a.target: a.outcome for a in done} == {
             f"pid {sleeper.pid}": "cancelled", f"pid {waiter.pid}": "cancelled",
             f"pid {holder.pid}": outcomes[f"pid {holder.pid}"],
@@ -805,7 +809,7 @@ def test_slow_queries_notebook_plan_cancels_queries_skips_idle_root_blockers_and
         assert holder.conn.poll() == psycopg2.extensions.POLL_OK  # still holds its transaction
         with ro.connect() as conn:
             again = pg.remediate_slow_queries(conn, names, long_running=long_running, blocked=blocked, apply=True,
-                                              audit=audit, open_writable=writable.connect, reason="run nb")
+                                              audit=audit, connect_for_changes=writable.connect, reason="run nb")
         assert [a.applied for a in again] == [False] * len(again)
         assert sorted(a.outcome for a in again) == sorted(
             ["already gone", "already gone", outcomes[f"pid {holder.pid}"], "already done in this run"])

@@ -419,8 +419,15 @@ def test_plans_from_the_target_table_and_the_file(target, tmp_path):
 
 def test_plots_draw(target, audited):
     accounts, usage, _ = audited
-    for fig in (plots.usage_against_limit(usage), plots.customers_by_plan(accounts),
-                plots.usage_against_limit([]), plots.customers_by_plan(_accounts([], []))):
+    limited = [r for r in usage if r["usage_limit"]]
+    scatter = plots.usage_against_limit(usage).axes[0]
+    assert sum(len(c.get_offsets()) for c in scatter.collections) == len(limited), "one dot per limited organisation"
+    bars = plots.customers_by_plan(accounts).axes[0]
+    assert bars.patches and sum(p.get_width() for p in bars.patches) == len(accounts.organisations)
+    for empty, says in ((plots.usage_against_limit([]), "No organisation is on a plan with a usage limit"),
+                        (plots.customers_by_plan(_accounts([], [])), "No organisations")):
+        assert [t.get_text() for t in empty.axes[0].texts] == [says]
+    for fig in (plots.usage_against_limit(usage), plots.customers_by_plan(accounts)):
         fig.savefig(__import__("io").BytesIO(), format="png")
 
 

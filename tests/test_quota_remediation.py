@@ -49,7 +49,7 @@ def test_the_dry_run_plans_each_reset_and_changes_nothing(target):
         row = drift[action.detail["organisation_id"]]
         assert (action.detail["stored"], action.detail["recomputed"]) == (row["stored"], row["recomputed"])
     assert counters(target) == before and app_audit_rows(target) == audit_before
-    with pytest.raises(UnsafeAction, match="connect="):
+    with pytest.raises(UnsafeAction, match="connect_for_changes="):
         remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True)
 
 
@@ -61,7 +61,7 @@ def test_the_resets_are_one_transaction(target):
     target.db.execute(f"ALTER TABLE audit_log ADD CONSTRAINT quota_test_refuse CHECK (entity_id <> '{last}')")
     try:
         with pytest.raises(sa.exc.IntegrityError):
-            remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target))
+            remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target))
     finally:
         target.db.execute("ALTER TABLE audit_log DROP CONSTRAINT quota_test_refuse")
     assert counters(target) == before
@@ -76,7 +76,7 @@ def test_apply_resets_audits_and_a_second_apply_changes_nothing(target, tmp_path
     moved = sorted(drift)[0]
     target.db.execute("UPDATE usage_counters SET used = used + 1 WHERE organization_id = :org", org=moved)
 
-    applied = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target),
+    applied = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target),
                                                  audit=audit, run_id="quota_audit-test-run", reason="test reset")
     outcome = {a.detail["organisation_id"]: a for a in applied}
     assert outcome[moved].applied is False and outcome[moved].outcome.startswith("skipped: the counter changed")
@@ -97,7 +97,7 @@ def test_apply_resets_audits_and_a_second_apply_changes_nothing(target, tmp_path
     assert all(e["action"] == "reset_usage_counter" and e["run_id"] == "quota_audit-test-run" for e in entries)
 
     # The same plan applied again: every guard finds the counter already reset; nothing written.
-    again = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target), audit=audit)
+    again = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target), audit=audit)
     assert not any(a.applied for a in again)
     assert {a.detail["organisation_id"]: a.outcome.split(":")[0] for a in again} == {
         **{org: "already reset" for org in fixed}, moved: "skipped"}
@@ -107,10 +107,10 @@ def test_apply_resets_audits_and_a_second_apply_changes_nothing(target, tmp_path
     # A fresh run sees only the organisation whose counter moved, and resets it; then nothing is left.
     _, usage, found = target.audit()
     assert found["usage_counter_drift"].items == [moved]
-    remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target), audit=audit)
+    remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target), audit=audit)
     _, usage, found = target.audit()
     assert found["usage_counter_drift"].severity == "ok"
-    assert remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target)) == []
+    assert remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target)) == []
     assert json.dumps([e for e in audit.entries()], default=str)  # the log stays readable JSON
 
 
@@ -122,8 +122,8 @@ def test_a_missing_counter_is_inserted_once(target):
     _, usage, found = target.audit()
     assert found["usage_counter_drift"].items == [org]
     assert "no counter" in found["usage_counter_drift"].rows[0]["what"]
-    first = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target))
+    first = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target))
     assert first[0].applied and first[0].outcome == f"inserted counter at {row['used']}"
-    second = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect=writer(target))
+    second = remediation.reset_drifted_counters(usage, schema=MAPPING, apply=True, connect_for_changes=writer(target))
     assert not second[0].applied and second[0].outcome.startswith("already reset")
     assert counters(target)[org] == row["used"]

@@ -51,7 +51,9 @@ def run(out: Path, **parameters) -> dict:
 
 
 def problems(shown: dict) -> dict:
-    return {check: f["items"] for check, f in shown["findings"].items() if f["severity"] != "ok"}
+    """What the quota checks named; the usage trend (info: who surged) is asserted on its own."""
+    return {check: f["items"] for check, f in shown["findings"].items()
+            if f["severity"] != "ok" and check != "usage_surge"}
 
 
 def test_the_notebook_finds_the_planted_incidents_then_resets_the_drift(target, kernel_env):
@@ -59,7 +61,7 @@ def test_the_notebook_finds_the_planted_incidents_then_resets_the_drift(target, 
 
     dry = run(kernel_env / "dry.ipynb")
     assert problems(dry) == target.planted
-    assert len(dry["findings"]) == 9
+    assert len(dry["findings"]) == 10  # the nine quota checks and the usage trend
     assert dry["metrics"]["organisations"] == len(target.data.organizations)
     assert sorted(a["detail"]["organisation_id"] for a in dry["actions"]) == target.planted["usage_counter_drift"]
     assert not any(a["applied"] for a in dry["actions"])

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from ops_lib.db import make_engine
 from ops_lib.demo import billing_history, seed, stripe_account
 from ops_lib.findings import FINDING_MIME
-from ops_lib.revenue import checks, data as rdata, money, movements, mrr, payments, revenue
+from ops_lib.revenue import checks, conversion, data as rdata, money, movements, mrr, payments, revenue
 from ops_lib.revenue.period import resolve_period
 from ops_lib.schema_map import SchemaMap
 from ops_lib.stripe_api import API_VERSION, make_client
@@ -254,6 +254,7 @@ def test_every_check_finds_what_was_planted(target, report):
         "revenue_mismatch": checks.revenue_mismatch(payments.reconcile(data, report["app"])),
         "mrr_identity_broken": checks.mrr_identity_broken(movements.history(report["book"], report["period"]),
                                                           report["totals"]),
+        "trial_conversion_low": conversion.trial_conversion_low(conversion.trial_cohorts(data.subscriptions, data.period.until_ts)),
     }
     assert set(found) == set(planted)
     for check, finding in found.items():

@@ -80,9 +80,10 @@ def test_the_api_version_is_the_specifications():
     assert API_VERSION == "2023-08-16"
 
 
-def test_the_client_pins_the_version_the_emulator_insists_on(client):
+def test_the_client_pins_the_version_the_emulator_insists_on(state, client):
     # The emulator answers 400 to any other Stripe-Version, the SDK's default included.
-    assert list(list_webhook_endpoints(client))
+    endpoints = [e["id"] for e in list_webhook_endpoints(client)]
+    assert endpoints and sorted(endpoints) == sorted(e["id"] for e in state["objects"]["webhook_endpoint"])
 
 
 def test_the_client_retries_server_errors_as_asked(base_url, faults, requests_made):
@@ -146,9 +147,10 @@ def test_list_events_mixes_families_and_names(state, client):
     assert len({e["type"] for e in events}) == 4
 
 
-def test_list_events_needs_an_aware_datetime(client):
-    with pytest.raises(ValueError, match="no time zone"):
-        list(list_events(client, datetime(2023, 11, 1)))
+def test_list_events_reads_a_naive_datetime_as_utc(client):
+    since = datetime(2023, 11, 1)
+    naive = [e["id"] for e in list_events(client, since)]
+    assert naive == [e["id"] for e in list_events(client, since.replace(tzinfo=timezone.utc))]
 
 
 def test_retrieve_event_returns_the_event_or_none(state, client):
@@ -259,7 +261,7 @@ def test_a_rejected_key_says_so_without_showing_it(base_url):
 
 def test_a_restricted_key_without_permission_names_the_resource(base_url):
     restricted = make_client(RESTRICTED_KEY, base_url)
-    assert list(list_webhook_endpoints(restricted))
+    assert [e["object"] for e in list_webhook_endpoints(restricted)][:1] == ["webhook_endpoint"]
     with pytest.raises(StripeAccessError) as raised:
         list(list_charges(restricted, at(T0 - 30 * DAY)))
     message = one_line(raised.value)

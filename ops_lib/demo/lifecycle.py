@@ -28,7 +28,7 @@ from ..db import sqlalchemy_url
 from ..errors import DemoError, InvalidInvocation
 from ..errors import quote
 from ..stripe_emulator.state import write_state as write_stripe_state
-from . import billing_history, health_data, quota_data, receiver, stripe_account
+from . import billing_history, health_data, quota_data, receiver, stripe_account, usage_trend_data
 from . import seed as demo_seed
 from .incidents import APP_NAMES
 from .postgres import PostgresCluster, embedded_bin_dir, free_port
@@ -258,6 +258,10 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
     _say(quiet, "demo: building the Stripe account and delivering its webhooks")
     account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"])
     planted["revenue_report"] = billing_history.plant(super_app, data, account)
+    usage_trend_data.plant(super_app, data)  # before quota_data: its counters include the surge
+    # Not an exact manifest: the quota incidents' heavy recent usage surges too. The planted
+    # organisation must be named and the control must not.
+    planted["usage_trend"] = usage_trend_data.organisations(data)
     planted["quota_audit"] = quota_data.plant(super_app, data, account)
     write_stripe_state(stripe_state_path(), account)
     _start_services(state)

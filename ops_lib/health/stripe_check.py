@@ -6,7 +6,8 @@ import time
 import stripe
 
 from ..findings import Finding
-from ..stripe_api import make_client, mask_key, mask_secrets, mode_of
+from ..secrets import mask_key, mask_secrets
+from ..stripe_api import make_client, mode_of
 
 
 def stripe_unreachable(api_key: str | None, api_base: str | None = None, *, expected_mode: str = "",

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from sqlalchemy.engine import Connection
 
 from ..findings import Finding
+from ..findings import run_checks as _run_checks
 from .activity import (
     blocked_queries,
     connection_limits,
@@ -68,13 +69,7 @@ CHECKS: dict[str, Callable[..., Finding]] = {
 
 def run_checks(conn: Connection, thresholds: dict[str, dict[str, Any]] | None = None) -> list[Finding]:
     """Every check in ``CHECKS`` with its keyword thresholds from ``thresholds[check_id]``."""
-    thresholds = thresholds or {}
-    unknown = set(thresholds) - set(CHECKS)
-    if unknown:
-        from ..errors import ParameterError
-
-        raise ParameterError(f"unknown check id(s): {', '.join(sorted(unknown))}; known: {', '.join(CHECKS)}")
-    return [check(conn, **thresholds.get(check_id, {})) for check_id, check in CHECKS.items()]
+    return _run_checks(CHECKS, {"conn": conn}, thresholds)
 
 
 __all__ = [

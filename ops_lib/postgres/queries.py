@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..db import select_all, select_one, select_value, server_version_num
-from ..errors import ParameterError
+from ..errors import ParameterError, first_line
 from ..findings import Finding
 from . import trust
 
@@ -39,13 +39,6 @@ ENABLE_STEPS = (
 
 # --------------------------------------------------------------------------------------------
 # Shared helpers
-
-
-def first_line(err: BaseException) -> str:
-    """The server's message without SQLAlchemy's wrapping: one line for a note."""
-    orig = getattr(err, "orig", None) or err
-    text = str(orig).strip()
-    return text.splitlines()[0] if text else type(orig).__name__
 
 
 def _autocommit(conn: Connection) -> bool:

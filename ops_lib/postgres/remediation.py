@@ -37,7 +37,8 @@ from ..audit import AuditLog
 from ..db import select_one, select_value
 from ..errors import ParameterError, UnsafeAction
 from ..findings import Action, ActionLog, Finding
-from .queries import clear_stats_snapshot, first_line, savepoint, statements_info
+from ..errors import first_line
+from .queries import clear_stats_snapshot, savepoint, statements_info
 
 _DETAIL_KEYS = ("pid", "usename", "application_name", "datname", "backend_start", "query_start", "duration_s", "wait_s")
 
@@ -263,12 +264,12 @@ def apply_slow_queries_plan(
     actions: ActionLog,
     *,
     audit: AuditLog | None = None,
-    open_writable: Callable[[], Connection] | None = None,
+    connect_for_changes: Callable[[], Connection] | None = None,
 ) -> ActionLog:
     """Apply a plan from ``plan_for_slow_queries``; skipped actions stay as they are.
 
     Cancels run on ``conn`` (allowed on the read-only session, see the module's docstring).
-    The statistics reset needs a writable session: ``open_writable()`` opens one (and it is
+    The statistics reset needs a writable session: ``connect_for_changes()`` opens one (and it is
     closed again) only if a reset is planned; without it, ``conn`` must itself be writable.
     """
     done = ActionLog()
@@ -278,10 +279,10 @@ def apply_slow_queries_plan(
         elif action.action == "cancel_backend":
             done.extend(cancel_backends(conn, [action.detail], apply=True, audit=audit, reason=action.reason))
         elif action.action == "reset_statement_stats":
-            if open_writable is None:
+            if connect_for_changes is None:
                 done.extend(reset_statement_stats(conn, apply=True, audit=audit, reason=action.reason))
             else:
-                with open_writable() as writable:
+                with connect_for_changes() as writable:
                     done.extend(reset_statement_stats(writable, apply=True, audit=audit, reason=action.reason))
         else:
             raise ParameterError(f"apply_slow_queries_plan: unknown action {action.action!r}")
@@ -296,7 +297,7 @@ def remediate_slow_queries(
     blocked: Finding | list[dict] | None = None,
     apply: bool = False,
     audit: AuditLog | None = None,
-    open_writable: Callable[[], Connection] | None = None,
+    connect_for_changes: Callable[[], Connection] | None = None,
     reason: str | None = None,
 ) -> ActionLog:
     """The notebook's remediation cell in one call: the plan (dry run), or with ``apply=True``
@@ -305,4 +306,4 @@ def remediate_slow_queries(
     plan = plan_for_slow_queries(remediate, long_running=long_running, blocked=blocked, reason=reason)
     if not apply or not plan:
         return plan
-    return apply_slow_queries_plan(conn, plan, audit=audit, open_writable=open_writable)
+    return apply_slow_queries_plan(conn, plan, audit=audit, connect_for_changes=connect_for_changes)

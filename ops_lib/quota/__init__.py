@@ -7,25 +7,15 @@ app and Stripe disagree.
     accounts = join_accounts(app, stripe, plans, now=...)         # joined by customer id, with periods
     usage    = recompute_usage(conn, ctx.schema, accounts)        # ONE statement for every period
     checks.over_limit(usage), checks.tier_mismatch(accounts), ...  # plain data in, Finding out
-    remediation.reset_drifted_counters(usage, schema=..., apply=..., connect=ctx.connect_for_changes)
+    remediation.reset_drifted_counters(usage, schema=..., apply=..., connect_for_changes=ctx.connect_for_changes)
 """
 from .accounts import Accounts, calendar_month, fetch_stripe, join_accounts, read_app
 from .plans import DEFAULT_PLANS_FILE, Plan, PlanBook, load_plans
 from .usage import recompute_usage, usage_metrics
 
-CHECKS = (
-    "over_limit",
-    "near_limit",
-    "usage_counter_drift",
-    "paying_user_blocked",
-    "tier_mismatch",
-    "status_mismatch",
-    "missing_customer_mapping",
-    "multiple_active_subscriptions",
-    "duplicate_usage_events",
-)
+from .checks import CHECKS, run_all, run_checks  # check id -> function; run_all: the older spelling
 
 __all__ = [
     "Accounts", "CHECKS", "DEFAULT_PLANS_FILE", "Plan", "PlanBook", "calendar_month", "fetch_stripe",
-    "join_accounts", "load_plans", "read_app", "recompute_usage", "usage_metrics",
+    "join_accounts", "load_plans", "read_app", "recompute_usage", "run_all", "run_checks", "usage_metrics",
 ]

@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all
 from ..findings import Metrics
 from ..schema_map import SchemaMap
+from ..utc import as_utc, from_epoch
 from ..stripe_api import list_customers, list_subscriptions
 from .plans import PlanBook
 
@@ -54,17 +55,12 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[dict]]:
     orgs = schema.table("organisations")
     subs = schema.table("subscriptions")
     org_cols = ["id", "name", "plan", "stripe_customer_id", "is_blocked"]
-    org_select = ", ".join(
-        f"{orgs.col(c)} AS {c}" if orgs.has(c) or c in ("id", "plan", "stripe_customer_id") else f"NULL AS {c}"
-        for c in org_cols
-    )
+    org_select = orgs.select_list(org_cols, required=("id", "plan", "stripe_customer_id"))
     organisations = select_all(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")
     sub_cols = ["organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
                 "current_period_start", "current_period_end"]
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
-    sub_select = ", ".join(
-        f"{subs.col(c)} AS {c}" if subs.has(c) or c not in optional else f"NULL AS {c}" for c in sub_cols
-    )
+    sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
     subscriptions = select_all(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")
     for row in organisations:
         row["is_blocked"] = bool(row["is_blocked"]) if row["is_blocked"] is not None else None
@@ -105,11 +101,11 @@ def _utc(value: Any) -> Any:
     if value is None:
         return None
     if isinstance(value, (int, float)):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return from_epoch(value)
     if isinstance(value, str):
         value = datetime.fromisoformat(value.replace("Z", "+00:00"))
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return as_utc(value)
     return value
 
 

@@ -11,12 +11,13 @@ where the app's plan differs from what Stripe sells the customer, ``tier_mismatc
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from sqlalchemy.engine import Connection
 
 from ..db import select_all
 from ..findings import Finding
+from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
 
@@ -42,12 +43,11 @@ def over_limit(usage: list[dict]) -> Finding:
         for r in usage if r["usage_limit"] is not None and r["used"] > r["usage_limit"]
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
-    if not rows:
-        return Finding("over_limit", "ok", "No organisation has used more than its plan allows this period")
-    return Finding(
-        "over_limit", "warning",
-        f"{len(rows)} organisation(s) used more than their plan's limit this period: enforcement leaked",
-        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "over_limit", rows, severity="warning",
+        title=f"{len(rows)} organisation(s) used more than their plan's limit this period: enforcement leaked",
+        ok_title="No organisation has used more than its plan allows this period",
+        items=_sorted_ids(r["organisation_id"] for r in rows),
         remediation="Find why the app accepted usage past the limit (a counter that lags the events, a code path "
         "that does not check the limit, a plan change mid-period). Then upgrade the customer or enforce the limit; "
         "a counter that drifted is reset below.",
@@ -63,11 +63,11 @@ def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT)
         if r["usage_limit"] and r["used"] <= r["usage_limit"] and r["used"] * 100.0 >= threshold_pct * r["usage_limit"]
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
-    if not rows:
-        return Finding("near_limit", "ok", f"No organisation is at {threshold_pct:g} % of its limit or more")
-    return Finding(
-        "near_limit", "info", f"{len(rows)} organisation(s) have used {threshold_pct:g} % of their limit or more this period",
-        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "near_limit", rows, severity="info",
+        title=f"{len(rows)} organisation(s) have used {threshold_pct:g} % of their limit or more this period",
+        ok_title=f"No organisation is at {threshold_pct:g} % of its limit or more",
+        items=_sorted_ids(r["organisation_id"] for r in rows),
         remediation="Tell them before they hit the limit (and offer the next plan): a block they did not see coming is a support ticket.",
     )
 
@@ -90,13 +90,11 @@ def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
         rows.append({"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"],
                      "stored": stored, "recomputed": used, "difference": None if stored is None else stored - used,
                      "usage_limit": r["usage_limit"], "what": what, **_period(r)})
-    if not rows:
-        return Finding("usage_counter_drift", "ok", "Every stored usage counter matches the usage recomputed from the events",
-                       note=f"tolerance {tolerance}" if tolerance else None)
-    return Finding(
-        "usage_counter_drift", "warning",
-        f"{len(rows)} stored usage counter(s) disagree with the usage recomputed from the events",
-        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "usage_counter_drift", rows, severity="warning",
+        title=f"{len(rows)} stored usage counter(s) disagree with the usage recomputed from the events",
+        ok_title="Every stored usage counter matches the usage recomputed from the events",
+        items=_sorted_ids(r["organisation_id"] for r in rows),
         remediation="Reset each counter to the recomputed value (the remediation below: dry run by default, apply=True "
         "writes in one transaction and audits each change); then find the writer that drifts (lost increments, "
         "double counting of retried events, a reset at the wrong period boundary).",
@@ -133,12 +131,11 @@ def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
                          "stripe_status": org["stripe_status"], "stripe_plan": org["stripe_plan"],
                          "app_plan": org["app_plan"], "is_blocked": org["is_blocked"],
                          "used": real, "stored": u.get("stored"), "why": "; ".join(reasons)})
-    if not rows:
-        return Finding("paying_user_blocked", "ok", "No paying customer is blocked or limited as free by the app")
-    return Finding(
-        "paying_user_blocked", "critical",
-        f"{len(rows)} paying customer(s) blocked or limited as free by the app",
-        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "paying_user_blocked", rows, severity="critical",
+        title=f"{len(rows)} paying customer(s) blocked or limited as free by the app",
+        ok_title="No paying customer is blocked or limited as free by the app",
+        items=_sorted_ids(r["organisation_id"] for r in rows),
         remediation="Unblock them now (they pay for access); if a drifted counter tripped the block, reset it (below). "
         "Then sync the plan from Stripe and find the missed webhook or the enforcement bug.",
     )
@@ -159,12 +156,11 @@ def tier_mismatch(accounts: Accounts) -> Finding:
                      "app_subscription_plan": app_sub.get("plan") if app_sub else None,
                      "app_subscription_price": app_sub.get("stripe_price_id") if app_sub else None})
     note = _unmapped_note(accounts)
-    if not rows:
-        return Finding("tier_mismatch", "ok", "Every subscriber's plan in the app matches the plan Stripe bills", note=note)
-    return Finding(
-        "tier_mismatch", "warning",
-        f"{len(rows)} organisation(s) on a different plan in the app than the one Stripe bills",
-        items=_sorted_ids(r["organisation_id"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "tier_mismatch", rows, severity="warning",
+        title=f"{len(rows)} organisation(s) on a different plan in the app than the one Stripe bills",
+        ok_title="Every subscriber's plan in the app matches the plan Stripe bills",
+        items=_sorted_ids(r["organisation_id"] for r in rows),
         remediation="Stripe is what the customer pays for: set the app's plan from the subscription's price (replay the "
         "missed customer.subscription.updated event, or update the plan by hand and log it), or fix the subscription "
         "in Stripe if the app is right.",
@@ -202,15 +198,14 @@ def status_mismatch(accounts: Accounts) -> Finding:
             elif in_app is None and not app_grants:
                 rows.append(_status_row(org, sub["id"], "no such subscription", sub["status"],
                                         "Stripe active, app not: charged for nothing"))
-    if not rows:
-        return Finding("status_mismatch", "ok", "Subscription status agrees between the app and Stripe")
     free = sum(1 for r in rows if r["direction"].endswith("free access"))
     charged = len(rows) - free
-    return Finding(
-        "status_mismatch", "critical",
-        f"{len(rows)} subscription(s) where the app and Stripe disagree on access: "
-        f"{free} with free access, {charged} charged for nothing",
-        items=_sorted_ids({r["organisation_id"] for r in rows}), rows=rows,
+    return Finding.from_rows(
+        "status_mismatch", rows, severity="critical",
+        title=f"{len(rows)} subscription(s) where the app and Stripe disagree on access: "
+              f"{free} with free access, {charged} charged for nothing",
+        ok_title="Subscription status agrees between the app and Stripe",
+        items=_sorted_ids({r["organisation_id"] for r in rows}),
         remediation="Free access: end access in the app (the customer.subscription.deleted/updated event was missed — "
         "replay it). Charged for nothing: restore access, or cancel the subscription in Stripe and refund the period "
         "the customer could not use.",
@@ -240,13 +235,12 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
             rows.append({"stripe_customer_id": org["stripe_customer_id"], "organisation_id": org["organisation_id"],
                          "email": None, "live_subscriptions": 0,
                          "direction": "organisation whose Stripe customer does not exist"})
-    if not rows:
-        return Finding("missing_customer_mapping", "ok", "Every Stripe customer maps to an organisation and back")
     rows.sort(key=lambda r: r["stripe_customer_id"])
-    return Finding(
-        "missing_customer_mapping", "warning",
-        f"{len(rows)} customer mapping(s) broken between the app and Stripe",
-        items=sorted({r["stripe_customer_id"] for r in rows}), rows=rows,
+    return Finding.from_rows(
+        "missing_customer_mapping", rows, severity="warning",
+        title=f"{len(rows)} customer mapping(s) broken between the app and Stripe",
+        ok_title="Every Stripe customer maps to an organisation and back",
+        items=sorted({r["stripe_customer_id"] for r in rows}),
         remediation="A Stripe customer without an organisation: find its organisation (email, metadata) and store the "
         "customer id on it — its payments reach nobody until then. An organisation whose customer does not exist: "
         "the customer was deleted or the id is from another Stripe account or mode (test/live); clear or correct it.",
@@ -269,12 +263,11 @@ def multiple_active_subscriptions(accounts: Accounts) -> Finding:
                      "name": org["name"] if org else None, "live_subscriptions": len(subs),
                      "subscriptions": ", ".join(s["id"] for s in subs),
                      "plans": ", ".join(s["plan"] for s in subs), "statuses": ", ".join(s["status"] for s in subs)})
-    if not rows:
-        return Finding("multiple_active_subscriptions", "ok", "No customer has more than one live plan subscription")
-    return Finding(
-        "multiple_active_subscriptions", "critical",
-        f"{len(rows)} customer(s) with more than one live plan subscription: likely billed twice",
-        items=[r["stripe_customer_id"] for r in rows], rows=rows,
+    return Finding.from_rows(
+        "multiple_active_subscriptions", rows, severity="critical",
+        title=f"{len(rows)} customer(s) with more than one live plan subscription: likely billed twice",
+        ok_title="No customer has more than one live plan subscription",
+        item="stripe_customer_id",
         remediation="Keep the subscription the app uses, cancel the other in Stripe (prorated) and refund what was billed "
         "twice; then make checkout refuse a second plan subscription for a customer who has one.",
     )
@@ -315,13 +308,11 @@ def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: dateti
     for row in rows:
         if isinstance(row.get("event_ids"), list):
             row["event_ids"] = ", ".join(row["event_ids"])
-    if not rows:
-        return Finding("duplicate_usage_events", "ok", "No idempotency key was recorded twice in the lookback window",
-                       note=f"since {since:%Y-%m-%d %H:%M} UTC")
-    return Finding(
-        "duplicate_usage_events", "warning",
-        f"{len(rows)} idempotency key(s) recorded more than once: retried events counted twice",
-        items=sorted(r["idempotency_key"] for r in rows), rows=rows,
+    return Finding.from_rows(
+        "duplicate_usage_events", rows, severity="warning",
+        title=f"{len(rows)} idempotency key(s) recorded more than once: retried events counted twice",
+        ok_title="No idempotency key was recorded twice in the lookback window",
+        items=sorted(r["idempotency_key"] for r in rows),
         remediation="The recomputation above counts each key once. Delete the later copies (keep the first id), and make "
         "the key unique (CREATE UNIQUE INDEX CONCURRENTLY … after the cleanup; an INVALID one left by a failed build "
         "must be dropped first) so retries are refused.",
@@ -329,19 +320,32 @@ def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: dateti
     )
 
 
+#: check id -> function, in the order the runbook reports them.
+CHECKS: dict[str, Callable[..., Finding]] = {
+    "over_limit": over_limit,
+    "near_limit": near_limit,
+    "usage_counter_drift": usage_counter_drift,
+    "paying_user_blocked": paying_user_blocked,
+    "tier_mismatch": tier_mismatch,
+    "status_mismatch": status_mismatch,
+    "missing_customer_mapping": missing_customer_mapping,
+    "multiple_active_subscriptions": multiple_active_subscriptions,
+    "duplicate_usage_events": duplicate_usage_events,
+}
+
+
+def run_checks(conn: Connection, schema: SchemaMap, accounts: Accounts, usage: list[dict], *, since: datetime,
+               options: dict[str, dict[str, Any]] | None = None) -> list[Finding]:
+    """Every check in ``CHECKS``, in order, with its keyword options from ``options[check_id]``
+    (``since``: where ``duplicate_usage_events`` starts looking)."""
+    inputs = {"conn": conn, "schema": schema, "accounts": accounts, "usage": usage, "since": since}
+    return _run_checks(CHECKS, inputs, options)
+
+
 def run_all(conn: Connection, schema: SchemaMap, accounts: Accounts, usage: list[dict], *,
             near_limit_pct: float = DEFAULT_NEAR_LIMIT_PCT, drift_tolerance: int = 0,
             duplicates_since: datetime) -> dict[str, Finding]:
-    """Every check, by id (what the notebook records cell by cell; for tests and scripts)."""
-    findings = [
-        over_limit(usage),
-        near_limit(usage, near_limit_pct),
-        usage_counter_drift(usage, drift_tolerance),
-        paying_user_blocked(accounts, usage),
-        tier_mismatch(accounts),
-        status_mismatch(accounts),
-        missing_customer_mapping(accounts),
-        multiple_active_subscriptions(accounts),
-        duplicate_usage_events(conn, schema, since=duplicates_since),
-    ]
+    """Every check, by id (the older spelling of ``run_checks``, kept for scripts)."""
+    options = {"near_limit": {"threshold_pct": near_limit_pct}, "usage_counter_drift": {"tolerance": drift_tolerance}}
+    findings = run_checks(conn, schema, accounts, usage, since=duplicates_since, options=options)
     return {f.check: f for f in findings}

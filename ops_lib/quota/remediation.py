@@ -61,7 +61,7 @@ def reset_drifted_counters(
     *,
     schema: SchemaMap,
     apply: bool = False,
-    connect: Callable[[], Connection] | None = None,
+    connect_for_changes: Callable[[], Connection] | None = None,
     audit: AuditLog | None = None,
     run_id: str | None = None,
     tolerance: int = 0,
@@ -72,11 +72,11 @@ def reset_drifted_counters(
     log = plan_counter_resets(usage, tolerance=tolerance, reason=reason)
     if not apply or not log:
         return log
-    if connect is None:
-        raise UnsafeAction("reset_drifted_counters(apply=True) needs connect= (a writable connection, ctx.connect_for_changes)")
+    if connect_for_changes is None:
+        raise UnsafeAction("reset_drifted_counters(apply=True) needs connect_for_changes= (what opens a writable connection: ctx.connect_for_changes)")
     counters = schema.table("usage_counters")
     app_audit = schema.table("audit_log") if "audit_log" in schema.entities else None
-    conn = connect()
+    conn = connect_for_changes()
     try:
         with conn.begin():  # one transaction: every reset and its audit row, or none
             schema.validate(conn, ["usage_counters"] + (["audit_log"] if app_audit is not None else []))

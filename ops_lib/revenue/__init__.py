@@ -20,7 +20,7 @@ from typing import Iterable, Mapping
 from ..findings import Metrics
 from . import money
 
-__all__ = ["mrr_metrics", "revenue_metrics"]
+__all__ = ["CHECKS", "mrr_metrics", "revenue_metrics", "run_checks"]
 
 
 def mrr_metrics(totals: Iterable[Mapping]) -> Metrics:
@@ -47,3 +47,6 @@ def revenue_metrics(rows: Iterable[Mapping], success: Mapping | None = None) -> 
         out.update({"charges_succeeded": success["succeeded"], "charges_failed": success["failed"],
                     "charges_pending": success["pending"], "payment_success_rate_pct": success["success_rate_pct"]})
     return Metrics(out)
+
+
+from .checks import CHECKS, run_checks  # noqa: E402 - check id -> function; the one way to run them all

@@ -10,9 +10,10 @@
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ..findings import Finding
+from ..findings import run_checks as _run_checks
 from . import money
 from .movements import MOVEMENTS, SIGN, identity_gap
 from .mrr import SubscriptionMRR
@@ -129,3 +130,18 @@ def unpriced_items(results: Iterable[SubscriptionMRR]) -> Finding:
         remediation="If these items are a material part of recurring revenue, track their average monthly "
         "invoiced amount separately (revenue by plan) rather than folding a guess into MRR.",
     )
+
+
+#: check id -> function, in the order the runbook reports them.
+CHECKS: dict[str, Callable[..., Finding]] = {
+    "payment_success_rate_low": payment_success_rate_low,
+    "revenue_mismatch": revenue_mismatch,
+    "mrr_identity_broken": mrr_identity_broken,
+    "unpriced_items": unpriced_items,
+}
+
+
+def run_checks(inputs: Mapping[str, Any], options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Finding]:
+    """Every check in ``CHECKS``, in order: ``inputs`` by parameter name (``charges``, ``rows`` — the
+    reconciliation —, ``history``, ``current``, ``results``), keyword options from ``options[check_id]``."""
+    return _run_checks(CHECKS, inputs, options)

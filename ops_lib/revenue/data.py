@@ -15,10 +15,11 @@ on our side rather than multiplying requests.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Iterable, Sequence
 
 from ..findings import Metrics
+from ..utc import from_epoch
 from ..stripe_api import (list_balance_transactions, list_charges, list_disputes, list_invoices,
                           list_refunds, list_subscriptions)
 from .period import Period, history_buckets
@@ -42,7 +43,7 @@ class StripeData:
     @property
     def history_start(self) -> datetime:
         first = history_buckets(self.period, self.history_months)[0][1]
-        return datetime.fromtimestamp(first, timezone.utc)
+        return from_epoch(first)
 
     @property
     def charges_in_period(self) -> list[dict]:
@@ -99,6 +100,5 @@ def id_of(ref) -> str | None:
     return ref.get("id")
 
 
-def at(ts: int | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, timezone.utc)
+at = from_epoch  # Stripe's epoch seconds as a UTC datetime (ops_lib.utc)
 

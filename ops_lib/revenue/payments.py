@@ -15,13 +15,13 @@ refunded charge keeps its amount and may say ``refunded``).
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
 
 from ..db import select_all
 from ..schema_map import SchemaMap
+from ..utc import to_epoch
 from . import money
 from .data import StripeData, at, id_of
 
@@ -35,14 +35,7 @@ _REQUIRED = ("stripe_charge_id", "amount", "currency", "paid_at")
 def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> list[dict]:
     """The app's payments paid in the period, or naming a charge or invoice of Stripe's period."""
     table = schema.table("payments")
-    select = []
-    for logical in _COLUMNS:
-        if table.has(logical):
-            select.append(f"{table.col(logical)} AS {logical}")
-        elif logical in _REQUIRED:
-            table.col(logical)  # raises, naming the missing column
-        else:
-            select.append(f"NULL AS {logical}")
+    select = table.select_list(_COLUMNS, required=_REQUIRED)
     charge_ids = sorted({c["id"] for c in data.charges})
     where = [f"({table.col('paid_at')} >= :start AND {table.col('paid_at')} < :until)",
              f"{table.col('stripe_charge_id')} = ANY(:charges)"]
@@ -50,17 +43,12 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> list[
     if table.has("stripe_invoice_id"):
         where.append(f"{table.col('stripe_invoice_id')} = ANY(:invoices)")
         params["invoices"] = sorted({id_of(c.get("invoice")) for c in data.charges if c.get("invoice")})
-    sql = (f"SELECT {', '.join(select)} FROM {table.sql_table} WHERE {' OR '.join(where)} "
+    sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
     return select_all(conn, sql, **params)
 
 
-def _ts(value) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return int((value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp())
-    return int(value)
+_ts = to_epoch
 
 
 def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float = 0.0) -> list[dict]:

@@ -17,7 +17,7 @@ period; ``pending`` charges have no outcome yet and are left out.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
@@ -217,6 +217,3 @@ def failed_charge_rows(charges: Iterable[Mapping]) -> list[dict]:
              "currency": c["currency"], "failure_code": c.get("failure_code"),
              "failure_message": c.get("failure_message")} for c in failed]
 
-
-def as_utc(ts: int) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)

@@ -37,6 +37,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all
 from ..findings import Finding, Metrics
 from ..schema_map import SchemaMap
+from ..utc import as_utc, from_epoch
 from ..stripe_api import list_events, list_webhook_endpoints
 from .signature import SignatureError, parse_header
 from .event_types import HANDLED_EVENT_TYPES
@@ -105,17 +106,10 @@ def received_events(conn: Connection, schema: SchemaMap, *, since: datetime, wit
     included), oldest first: stripe_event_id, type, status, error, received_at, and
     raw_body/signature_header when the mapping has them (and ``with_bodies``)."""
     table = schema.table("webhook_events")
-    wanted = ["stripe_event_id", "type", "status", "error", "received_at"]
-    if with_bodies:
-        wanted += ["raw_body", "signature_header"]
-    select = []
-    for logical in wanted:
-        if table.has(logical):
-            select.append(f"{table.col(logical)} AS {logical}")
-        elif logical in ("stripe_event_id", "status", "received_at"):
-            table.col(logical)  # raises SchemaMappingError naming the missing column
-        elif logical in ("type", "error"):
-            select.append(f"NULL AS {logical}")
+    select = [table.select_list(["stripe_event_id", "type", "status", "error", "received_at"],
+                                required=("stripe_event_id", "status", "received_at"))]
+    if with_bodies:  # only when mapped: no column at all, rather than NULL, when the mapping has none
+        select += [f"{table.col(c)} AS {c}" for c in ("raw_body", "signature_header") if table.has(c)]
     sql = (
         f"SELECT {', '.join(select)} FROM {table.sql_table} "
         f"WHERE {table.col('received_at')} >= :since "
@@ -369,8 +363,8 @@ def stuck_events(received: Sequence[Mapping], *, now: datetime | None = None,
         if r.get("status") in (STATUS_PROCESSED, STATUS_FAILED):
             continue
         received_at = r.get("received_at")
-        if isinstance(received_at, datetime) and received_at.tzinfo is None:
-            received_at = received_at.replace(tzinfo=timezone.utc)  # a timestamp without time zone: UTC
+        if isinstance(received_at, datetime):
+            received_at = as_utc(received_at)  # a timestamp without time zone: UTC
         if isinstance(received_at, datetime) and received_at > cutoff:
             in_flight += 1
             continue
@@ -656,11 +650,5 @@ def _session(event: Mapping) -> Mapping:
     return ((event.get("data") or {}).get("object") or {})
 
 
-def _when(ts: int | float | None) -> datetime | None:
-    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
-
-
-def _aware(moment: datetime) -> datetime:
-    if moment.tzinfo is None:
-        raise ValueError(f"{moment!r} has no time zone: pass an aware datetime (UTC)")
-    return moment
+_when = from_epoch
+_aware = as_utc  # a naive datetime is UTC (ops_lib.utc)

@@ -11,6 +11,7 @@ import matplotlib.dates as mdates
 from matplotlib.ticker import MaxNLocator
 
 from ..figures import Figure, empty_figure, label
+from ..utc import as_utc
 
 OUTCOMES = ("processed", "retrying", "failed", "missing")
 _COLOURS = {"processed": "#2e7d32", "retrying": "#f9a825", "failed": "#c62828", "missing": "#6a1b9a"}
@@ -20,9 +21,7 @@ _MAX_BARS = 24 * 31
 def _hour(value) -> datetime:
     if isinstance(value, str):
         value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).replace(minute=0, second=0, microsecond=0)
+    return as_utc(value).replace(minute=0, second=0, microsecond=0)
 
 
 def plot_events_by_hour(rows: list[dict], *, title: str | None = None) -> Figure:

@@ -37,10 +37,12 @@ from sqlalchemy.engine import Connection
 
 from ..audit import AuditLog
 from ..db import select_all, select_value
-from ..errors import ConfigurationError
+from ..errors import ConfigurationError, first_line
 from ..findings import Action, ActionLog
 from ..schema_map import SchemaMap
-from ..stripe_api import BoundedTransport, NetworkFailure, mask_secrets
+from ..utc import as_utc, from_epoch
+from ..secrets import mask_secrets
+from ..stripe_api import LOOPBACK_HOSTS, BoundedTransport, NetworkFailure
 from .checks import STATUS_FAILED, STATUS_PROCESSED, _display_url
 from .signature import HEADER, sign
 
@@ -50,7 +52,6 @@ DEFAULT_REASON = "replay of Stripe events the app missed or failed (webhook_fail
 DEFAULT_TIMEOUT_S = 10  # per event, from connecting to the end of the answer; a slow app is a finding too
 CONNECT_TIMEOUT_S = 5
 MAX_SILENT_IN_A_ROW = 3  # after this many events in a row got no answer, the rest are not sent
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def replay_candidates(events: Sequence[Mapping], received: Sequence[Mapping], *,
@@ -65,7 +66,7 @@ def replay_candidates(events: Sequence[Mapping], received: Sequence[Mapping], *,
         for r in received:
             at = r.get("received_at")
             if r.get("status") not in (STATUS_PROCESSED, STATUS_FAILED) and isinstance(at, datetime):
-                if (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp() > cutoff:
+                if as_utc(at).timestamp() > cutoff:
                     skip.add(r["stripe_event_id"])
     return [dict(e) for e in sorted(events, key=_order)
             if status.get(e["id"]) != STATUS_PROCESSED and e["id"] not in skip]
@@ -157,7 +158,7 @@ class _Sent:
 def _send(url: str, secret: str, event: Mapping, timeout: float) -> _Sent:
     """POST one event; never longer than `timeout` seconds, whatever the app does."""
     body = body_of(event)
-    local = (urlsplit(url).hostname or "") in _LOOPBACK
+    local = (urlsplit(url).hostname or "") in LOOPBACK_HOSTS
     try:
         answer = (_LOCAL if local else _REMOTE).send(
             "POST", url, deadline=time.monotonic() + timeout, body=body,
@@ -170,13 +171,13 @@ def _send(url: str, secret: str, event: Mapping, timeout: float) -> _Sent:
         return _Sent(mask_secrets(_no_answer(err, timeout)), answered=False)
     if 200 <= answer.status < 300:
         return _Sent(f"delivered (HTTP {answer.status})", answered=True)
-    return _Sent(mask_secrets(f"app answered HTTP {answer.status}: {_first_line(answer.body) or answer.reason}"),
+    return _Sent(mask_secrets(f"app answered HTTP {answer.status}: {_answer_message(answer.body) or answer.reason}"),
                  answered=True)
 
 
 def _no_answer(err: NetworkFailure, timeout: float) -> str:
     if err.kind in ("unreachable", "connect_timeout", "tls"):
-        return f"unreachable: {_one_line(err.detail)}"
+        return f"unreachable: {first_line(err.detail)}"
     unsure = "the app may have processed it: its status is read again before any later replay"
     if err.kind == "no_answer":
         return f"no answer within {timeout:g} s ({unsure})"
@@ -186,7 +187,7 @@ def _no_answer(err: NetworkFailure, timeout: float) -> str:
         return f"app answered HTTP {err.status} but did not finish its answer within {timeout:g} s ({unsure})"
     if err.kind == "truncated":
         return f"app answered HTTP {err.status} but closed the connection mid-answer ({unsure})"
-    return f"failed: {_one_line(err.detail)} ({unsure})"
+    return f"failed: {first_line(err.detail)} ({unsure})"
 
 
 # Never send a local app through a proxy; a remote one goes through the environment's, if any.
@@ -194,7 +195,8 @@ _LOCAL = BoundedTransport(CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S, trust_env=False)
 _REMOTE = BoundedTransport(CONNECT_TIMEOUT_S, DEFAULT_TIMEOUT_S)
 
 
-def _first_line(raw: bytes) -> str:
+def _answer_message(raw: bytes) -> str:
+    """The first line of the app's error message, from a JSON error document or the plain body."""
     text = raw.decode("utf-8", "replace").strip()
     try:
         document = json.loads(text)
@@ -207,12 +209,7 @@ def _first_line(raw: bytes) -> str:
         message = error or document.get("message")
         if isinstance(message, str) and message.strip():
             text = message
-    return _one_line((text.splitlines() or [""])[0])
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return first_line(text)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -254,7 +251,7 @@ def _action(event: Mapping, url: str | None, reason: str, *, app_status: str | N
         reason=reason,
         detail={
             "type": event.get("type"),
-            "created": datetime.fromtimestamp(event["created"], tz=timezone.utc),
+            "created": from_epoch(event["created"]),
             "url": _display_url(url) if url else "(OPSBOOK_WEBHOOK_URL not set)",
             "app_status": app_status or "not received",
         },
