@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import add_objects
-from .app_records import record_processed_event
+from .app_records import record_event
 
 AMOUNT = 4_900
 # scenario -> position in the plan's delivered purchases whose organisation (and, for the checkout
@@ -49,7 +49,7 @@ def add_events(state: dict, plan) -> None:
 def plant(plan, *, secret: str, admin: Engine) -> None:
     with admin.begin() as conn:
         for scenario, session, event in plan.payment_intent_events:
-            record_processed_event(conn, event, secret)
+            record_event(conn, event, secret)
             if scenario == "direct_fulfilled":
                 pi = event["data"]["object"]
                 conn.execute(sa.text(

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import add_objects
-from .app_records import record_processed_event
+from .app_records import record_event
 
 # position in the plan's delivered purchases -> what happens to it
 SCENARIOS = {2: "refund_not_reversed", 5: "dispute_not_reversed", 8: "refund_reversed", 11: "partial_refund"}
@@ -50,7 +50,7 @@ def plant(plan, *, secret: str, admin: Engine) -> None:
     """The app processed every refund event (as its handler would record them); it reversed one."""
     with admin.begin() as conn:
         for scenario, session, event in plan.refund_events:
-            record_processed_event(conn, event, secret)
+            record_event(conn, event, secret)
             if scenario == "refund_reversed":
                 conn.execute(sa.text(
                     "INSERT INTO fulfilment_reversals (organization_id, stripe_event_id, stripe_payment_intent_id, "

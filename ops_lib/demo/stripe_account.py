@@ -22,6 +22,7 @@ from ..stripe_emulator.state import add_objects, new_state
 from ..webhooks.event_types import HANDLED_EVENT_TYPES
 from ..webhooks.signature import sign
 from . import payment_intent_incidents, refund_incidents
+from .app_records import record_event
 from .seed import Dataset
 
 PLAN_PRICES = {"pro": 2_900, "team": 9_900}
@@ -208,12 +209,7 @@ def plant_stuck(plan: WebhookPlan, *, secret: str, admin: Engine) -> None:
     between the 2xx and the work): what stuck_events names. Signed with the current secret."""
     with admin.begin() as conn:
         for event in plan.stuck:
-            body = json.dumps(event)
-            conn.execute(sa.text(
-                "INSERT INTO webhook_events (stripe_event_id, type, status, raw_body, signature_header, received_at) "
-                "VALUES (:id, :type, 'received', :body, :header, to_timestamp(:at))"
-            ), {"id": event["id"], "type": event["type"], "body": body,
-                "header": sign(body, secret, event["created"] + 3), "at": event["created"] + 3})
+            record_event(conn, event, secret, processed=False)
 
 
 def planted(plan: WebhookPlan) -> dict:
