@@ -303,3 +303,20 @@ def faulty_server():
     """A factory: `faulty_server("hang")` starts a server, closed (threads joined) at teardown."""
     with contextlib.ExitStack() as stack:
         yield lambda *behaviours, **options: stack.enter_context(faulty_http(*behaviours, **options))
+
+
+@contextlib.contextmanager
+def serving(handler: type) -> Iterator[str]:
+    """A plain well-behaved server with ``handler`` (an http.server request handler class) on
+    127.0.0.1; yields its base URL and shuts it down afterwards."""
+    import http.server
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(_JOIN_S)

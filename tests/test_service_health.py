@@ -19,6 +19,8 @@ from ops_lib.health import certificates, database, endpoint, migrations, stripe_
 from ops_lib.schema_map import SchemaMap
 from ops_lib.stripe_emulator import new_state, start_emulator, stop_emulator, write_state
 
+from .faulty_http import serving
+
 REPO = Path(__file__).resolve().parent.parent
 MAPPING = SchemaMap.load(REPO / "params" / "schema" / "reference.yaml")
 CHECKS = ("health_endpoint_down", "database_slow_to_answer", "replication_lag", "wal_archiving_failing",
@@ -59,11 +61,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def http_server():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 def test_health_endpoint_down(http_server):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import http.server
-import threading
 
 import pytest
 
 from ops_lib.audit import AuditLog
 from ops_lib.demo import lifecycle
 from ops_lib.webhooks.unsigned import ACTION, endpoint_accepts_unsigned
+
+from .faulty_http import serving
 
 
 class _Careless(http.server.BaseHTTPRequestHandler):
@@ -29,11 +30,8 @@ class _Careless(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture
 def careless_url():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Careless)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/stripe/webhook"
-    server.shutdown()
-    server.server_close()
+    with serving(_Careless) as url:
+        yield f"{url}/stripe/webhook"
 
 
 def test_an_endpoint_that_accepts_unsigned_deliveries_is_named_and_the_probe_audited(careless_url, tmp_path):
