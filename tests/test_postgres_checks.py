@@ -7,6 +7,7 @@ database; the state itself is always real: real seq scans, real lock chains, rea
 from __future__ import annotations
 
 import io
+import json
 import select
 import shutil
 import stat
@@ -24,9 +25,10 @@ from ops_lib.audit import AuditLog
 from ops_lib.db import make_engine, server_version_num, sqlalchemy_url
 from ops_lib.demo.postgres import PostgresCluster, embedded_bin_dir, free_port
 from ops_lib.errors import ParameterError, UnsafeAction
-from ops_lib.findings import SEVERITIES, Finding
+from ops_lib.findings import METRICS_MIME, SEVERITIES, Finding
 from ops_lib import postgres as pg
 from ops_lib.postgres import plots
+from ops_lib.utc import as_utc
 
 
 # ------------------------------------------------------------------------------------------
@@ -354,16 +356,46 @@ def test_blocked_queries_names_the_root_blocker_of_a_three_level_chain(database,
     finding = check(ro, pg.blocked_queries)
     assert_valid(finding, "blocked_queries")
     assert finding.severity == "warning"
-    assert finding.items == [holder.pid] and finding.count == 2
+    # the items are the blocked sessions, pid@backend_start (UTC), the longest waiting first
+    started = dict(database.execute("SELECT pid, backend_start FROM pg_stat_activity WHERE pid IN (:a, :b)",
+                                    a=middle.pid, b=tail.pid).all())
+    assert finding.items == [f"{p}@{as_utc(started[p]).isoformat()}" for p in (middle.pid, tail.pid)]
+    assert finding.count == 2
     rows = {r["pid"]: r for r in finding.rows}
     assert set(rows) == {middle.pid, tail.pid}
+    assert [r["session"] for r in finding.rows] == finding.items
     assert rows[middle.pid]["blocked_by"] == [holder.pid] and rows[middle.pid]["depth"] == 1
     assert rows[tail.pid]["blocked_by"] == [middle.pid] and rows[tail.pid]["depth"] == 2
-    for row in rows.values():
+    holder_xact = database.execute("SELECT extract(epoch FROM clock_timestamp() - xact_start) FROM pg_stat_activity "
+                                   "WHERE pid = :p", p=holder.pid).scalar()
+    for row in rows.values():  # the root blocker, in each blocked session's row
         assert row["root_blocker"] == holder.pid
         assert row["root_state"] == "idle in transaction"
-        assert row["root_xact_age_s"] >= 0 and "UPDATE accounts" in row["root_query"]
+        assert 0 <= row["root_xact_age_s"] <= float(holder_xact) + 0.1
+        assert row["root_query"] == "BEGIN; UPDATE accounts SET balance = balance + 1 WHERE id = 1"
     assert check(ro, pg.blocked_queries, min_wait_seconds=3600).severity == "ok"
+
+
+def test_a_blocked_session_stays_open_across_runs_and_another_one_is_new(database, ro, sessions):
+    from ops_lib.changes import compare
+
+    holder, middle, tail = _lock_chain(database, sessions)
+
+    def run(run_id):
+        finding = check(ro, pg.blocked_queries)
+        return {"run_id": run_id, "checks": [{"check": "blocked_queries"}], "findings": [finding.summary()]}
+
+    first = run("a")
+    tail.close()
+    wait_for(database, "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = :p)", p=tail.pid)
+    other = sessions().send("UPDATE accounts SET balance = balance + 1 WHERE id = 2")
+    wait_until_lock_wait(database, other.pid)
+    second = run("b")
+    key = {r["pid"]: r["session"] for r in second["findings"][0]["rows"]}
+    changes = compare(first, second)["checks"]["blocked_queries"]
+    assert changes["new"] == [key[other.pid]]
+    assert changes["resolved"] == [next(i for i in first["findings"][0]["items"] if i.startswith(f"{tail.pid}@"))]
+    assert changes["still_open"] == 1  # the middle session, blocked all along
 
 
 def test_blocked_queries_is_ok_when_nobody_waits(database, ro, sessions):
@@ -406,6 +438,56 @@ def test_connection_saturation_warns_then_turns_critical_as_connections_cross_th
     assert any(r["state"] == "idle" and r["connections"] >= 6 for r in warned.rows)
     assert "max_connections" in warned.note
     assert check(ro, pg.connection_saturation, warn_pct=threshold, critical_pct=threshold).severity == "critical"
+
+
+def test_server_metrics_follow_real_connections_sessions_and_locks(database, ro, sessions):
+    limits = check(ro, pg.connection_limits)
+    before = check(ro, pg.server_metrics)
+    assert before["connections_usable"] == limits["max_connections"] - limits["superuser_reserved"] - limits["reserved"]
+    assert before["blocked_queries"] == before["idle_in_transaction"] == before["long_running_queries"] == 0
+    assert before["longest_query_s"] is None
+    for _ in range(5):
+        sessions()
+    grown = check(ro, pg.server_metrics)
+    assert grown["connections_used"] == before["connections_used"] + 5
+    assert grown["connections_used_pct"] == round(100.0 * grown["connections_used"] / grown["connections_usable"], 1)
+
+    holder, middle, tail = _lock_chain(database, sessions)
+    time.sleep(1.2)
+    now = check(ro, pg.server_metrics, long_running_seconds=1, idle_in_transaction_seconds=1)
+    assert now["connections_used"] == before["connections_used"] + 8
+    # a metric named after a check counts what its finding counts, at the same thresholds
+    assert now["blocked_queries"] == check(ro, pg.blocked_queries).count == 2
+    assert now["idle_in_transaction"] == check(ro, pg.idle_in_transaction, min_seconds=1).count == 1
+    assert now["long_running_queries"] == check(ro, pg.long_running_queries, min_seconds=1).count == 2
+    assert check(ro, pg.server_metrics, long_running_seconds=3600)["long_running_queries"] == 0
+    waited = database.execute("SELECT extract(epoch FROM clock_timestamp() - query_start) FROM pg_stat_activity "
+                              "WHERE pid = :p", p=middle.pid).scalar()
+    assert 1.2 <= now["longest_query_s"] <= float(waited) + 0.1
+    assert now["oldest_transaction_s"] >= now["longest_query_s"]
+
+
+def test_server_metrics_cache_and_statement_statistics_against_the_views(database, ro):
+    database.execute("CREATE TABLE hot (id int PRIMARY KEY, v text);"
+                     "INSERT INTO hot SELECT g, repeat('x', 50) FROM generate_series(1, 5000) g")
+    database.execute("SELECT pg_stat_statements_reset()")
+    assert check(ro, pg.server_metrics)["database_statistics_age_s"] is None  # a new database: never reset
+    database.execute("SELECT pg_stat_reset()")
+    workload(database, *[(f"SELECT count(*) FROM hot WHERE v <> :v AND id > {i}", {"v": str(i)}) for i in range(7)],
+             ("SET enable_seqscan = off", {}), ("SELECT v FROM hot WHERE id = 7", {}))
+    metrics = check(ro, pg.server_metrics)
+    ratios = {r["kind"]: r["ratio"] for r in check(ro, pg.low_cache_hit_ratio, min_reads=0).rows}
+    assert metrics["cache_hit_ratio_tables"] == ratios["tables"] and 0 < ratios["tables"] <= 1
+    assert metrics["cache_hit_ratio_indexes"] == ratios["indexes"]
+    assert 0 <= metrics["statement_statistics_age_s"] < 60
+    assert 0 <= metrics["database_statistics_age_s"] < 60
+    tracked = database.execute("SELECT count(*) FROM pg_stat_statements").scalar()
+    assert tracked >= 7 and abs(metrics["statements_tracked"] - tracked) <= 3  # the metric's own reads may add some
+    assert metrics["statements_max"] == int(database.execute("SHOW pg_stat_statements.max").scalar())
+    assert metrics["statements_deallocated"] == 0
+    time.sleep(1.1)
+    assert check(ro, pg.server_metrics)["statement_statistics_age_s"] >= 1
+    assert json.loads(json.dumps(metrics._repr_mimebundle_()[METRICS_MIME])) == dict(metrics)  # plain data
 
 
 # ------------------------------------------------------------------------------------------
@@ -637,6 +719,11 @@ def test_every_check_runs_for_a_role_with_only_pg_monitor_and_pg_read_all_data(d
             assert plans and (plans[0]["plan"] or "16+" in plans[0]["note"])
             states = {r["state"]: r["connections"] for r in pg.connections_by_state(conn)}
             assert states.get("active", 0) >= 1, states  # this session's own statement, at least
+            metrics = pg.server_metrics(conn, long_running_seconds=0.3)
+            assert metrics["long_running_queries"] == 1 and metrics["longest_query_s"] >= 0.3  # the superuser's
+            assert metrics["connections_used"] == sum(states.values())
+            assert metrics["statements_tracked"] >= 1 and metrics["statements_max"] >= metrics["statements_tracked"]
+            assert metrics["statement_statistics_age_s"] >= 0 and metrics["cache_hit_ratio_tables"] is not None
     finally:
         engine.dispose()
         database.execute(f"DROP OWNED BY {role}")
@@ -773,7 +860,8 @@ def test_slow_queries_notebook_plan_cancels_queries_skips_idle_root_blockers_and
     time.sleep(1.0)
     long_running = check(ro, pg.long_running_queries, min_seconds=0.3)
     blocked = check(ro, pg.blocked_queries)
-    assert set(long_running.items) == {sleeper.pid, waiter.pid} and blocked.items == [holder.pid]
+    assert set(long_running.items) == {sleeper.pid, waiter.pid}
+    assert [r["pid"] for r in blocked.rows] == [waiter.pid] and blocked.rows[0]["root_blocker"] == holder.pid
 
     with pytest.raises(ParameterError, match="unknown remediation"):
         pg.plan_for_slow_queries(["kill_everything"])

@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from ops_lib.db import make_engine
 from ops_lib.demo import billing_history, seed, stripe_account
-from ops_lib.findings import FINDING_MIME
+from ops_lib.findings import FINDING_MIME, METRICS_MIME
 from ops_lib.revenue import checks, conversion, data as rdata, money, movements, mrr, payments, revenue
 from ops_lib.revenue.period import resolve_period
 from ops_lib.schema_map import SchemaMap
@@ -221,6 +221,31 @@ def test_the_history_adds_up_ends_at_the_current_mrr_and_shows_every_movement(re
     assert "Churned Chairs" in kinds["churn"] and kinds["churn"] <= {"Churned Chairs", "Lapsed Labs"}
 
 
+def test_the_periods_mrr_movements_are_metrics_equal_to_the_table_that_add_up(report):
+    metrics = movements.movement_metrics(report["book"], report["period"])
+    history = movements.history_table(movements.history(report["book"], report["period"], months=2))
+    totals = {t["currency"]: t for t in report["totals"]}
+    assert {key.rsplit("_", 1)[1] for key in metrics} == set(totals) == {"usd", "jpy"}
+    for currency, total in totals.items():
+        this, before = (next(r for r in history if r["currency"] == currency and r["month"] == month)
+                        for month in (report["period"].label, history[0]["month"]))
+        m = {k: metrics[f"mrr_{k}_{currency}"] for k in ("opening", "closing", *movements.MOVEMENTS)}
+        # what the movements table shows (contraction and churn there with their sign)
+        assert m["opening"] == this["start_mrr"] == before["end_mrr"]
+        assert m["closing"] == this["end_mrr"] == total["mrr"]  # the MRR metric, mrr_<currency>
+        for movement in movements.MOVEMENTS:
+            assert m[movement] == abs(this[movement]) and m[movement] >= 0, movement
+        half_cent = 0.5 / 10 ** money.exponent(currency)  # each figure is rounded on its own
+        assert abs(m["opening"] + m["new"] + m["expansion"] + m["reactivation"] - m["contraction"] - m["churn"]
+                   - m["closing"]) <= 6 * half_cent
+    # against the hand-worked figures: Fresh Foods is the period's only new customer, Comeback Coffee
+    # the only one reactivated; the yen account did not move
+    assert metrics["mrr_new_usd"] == money.major(EXPECTED_MRR["Fresh Foods"][1], "usd") == 24.0
+    assert metrics["mrr_reactivation_usd"] == money.major(EXPECTED_MRR["Comeback Coffee"][1], "usd") == 99.0
+    assert metrics["mrr_opening_jpy"] == metrics["mrr_closing_jpy"] == 4900.0 and metrics["mrr_new_jpy"] == 0
+    assert metrics["mrr_churn_usd"] > 0 and metrics["mrr_contraction_usd"] > 0 and metrics["mrr_expansion_usd"] > 0
+
+
 def test_revenue_by_plan_against_the_raw_objects(target, report):
     period, api_base = report["period"], target["api_base"]
     rows = revenue.revenue_by_plan(report["data"])
@@ -347,6 +372,17 @@ def test_the_notebook_displays_exactly_the_planted_findings(target, tmp_path, mo
                 finding = output["data"][FINDING_MIME]
                 findings[finding["check"]] = finding
     assert {check: finding.get("items", []) for check, finding in findings.items()} == target["manifest"]
+    metrics = {}
+    for cell in nb["cells"]:
+        for output in cell.get("outputs", []):
+            metrics.update(output.get("data", {}).get(METRICS_MIME, {}))
+    for cur in ("usd", "jpy"):  # the period's movements, in the run's JSON, ending at the MRR metric
+        m = {k: metrics[f"mrr_{k}_{cur}"] for k in ("opening", "new", "expansion", "reactivation", "contraction",
+                                                     "churn", "closing")}
+        assert m["closing"] == metrics[f"mrr_{cur}"]
+        assert abs(m["opening"] + m["new"] + m["expansion"] + m["reactivation"] - m["contraction"] - m["churn"]
+                   - m["closing"]) <= 0.03
+    assert metrics["mrr_new_usd"] == 24.0 and metrics["mrr_reactivation_usd"] == 99.0  # Fresh Foods, Comeback Coffee
     figures = sum(1 for cell in nb["cells"] for output in cell.get("outputs", []) if "image/png" in output.get("data", {}))
     assert figures == 3
     assert API_KEY not in out.read_text()

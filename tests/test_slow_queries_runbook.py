@@ -35,15 +35,28 @@ def test_the_blocked_query_and_its_root_blocker_are_found(demo_run, demo):
 
     from ops_lib.db import sqlalchemy_url
 
+    from ops_lib.utc import as_utc
+
     engine = sa.create_engine(sqlalchemy_url(demo["database_url"]))
     with engine.connect() as conn:
-        pids = dict(conn.execute(sa.text(
-            "SELECT application_name, pid FROM pg_stat_activity WHERE application_name LIKE 'demo-app/%'"
-        )).all())
+        sessions = {name: (pid, started) for name, pid, started in conn.execute(sa.text(
+            "SELECT application_name, pid, backend_start FROM pg_stat_activity WHERE application_name LIKE 'demo-app/%'"
+        )).all()}
     engine.dispose()
+    pids = {name: pid for name, (pid, _) in sessions.items()}
     record = demo_run[0].record
     blocked = by_check(record)["blocked_queries"]
-    assert blocked["items"] == [pids[APP_NAMES["lock_holder"]]], "the root blocker is the idle transaction"
+    waiting_pid, waiting_start = sessions[APP_NAMES["blocked"]]
+    assert blocked["items"] == [f"{waiting_pid}@{as_utc(waiting_start).isoformat()}"], "the item is the blocked session"
+    row = blocked["rows"][0]
+    assert row["pid"] == waiting_pid and row["session"] == blocked["items"][0]
+    assert row["root_blocker"] == pids[APP_NAMES["lock_holder"]], "the root blocker is the idle transaction"
+    assert row["root_state"] == "idle in transaction" and row["root_xact_age_s"] > 0
+    assert row["root_query"] and row["root_application_name"] == APP_NAMES["lock_holder"]
+    metrics = record["metrics"]
+    assert metrics["blocked_queries"] == blocked["count"] == 1
+    assert metrics["idle_in_transaction"] == by_check(record)["idle_in_transaction"]["count"]
+    assert metrics["long_running_queries"] == by_check(record)["long_running_queries"]["count"]
     idle = by_check(record)["idle_in_transaction"]
     assert pids[APP_NAMES["lock_holder"]] in idle["items"]
     long_running = by_check(record)["long_running_queries"]
@@ -105,6 +118,17 @@ def test_the_run_json_follows_the_contract(demo_run):
     assert record["versions"]["postgres"].startswith("18")
     for finding in record["findings"]:
         assert set(finding) >= {"check", "severity", "title", "count"}
+
+
+def test_the_run_json_carries_the_servers_numbers(demo_run):
+    metrics = demo_run[0].record["metrics"]
+    assert {"connections_used", "connections_usable", "connections_used_pct", "cache_hit_ratio_tables",
+            "cache_hit_ratio_indexes", "statements_tracked", "statements_max", "statement_statistics_age_s",
+            "database_statistics_age_s", "longest_query_s", "oldest_transaction_s"} <= set(metrics)
+    assert 3 <= metrics["connections_used"] <= metrics["connections_usable"]  # the demo app's three, at least
+    assert 0 < metrics["cache_hit_ratio_tables"] <= 1
+    assert 0 < metrics["statements_tracked"] <= metrics["statements_max"]
+    assert metrics["longest_query_s"] >= 2  # the planted long-running report
 
 
 def test_the_notebook_finds_planted_problems_on_postgresql_15(pg15, tmp_path):

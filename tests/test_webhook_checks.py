@@ -219,8 +219,15 @@ def test_delivery_checks_on_built_events():
         totals[row["outcome"]] += row["count"]
     assert totals == {"processed": 1, "failed": 1, "retrying": 1, "missing": 2}
     assert all(r["hour"].minute == 0 for r in by_hour)
-    metrics = checks.window_metrics(window, received, [endpoint("https://x.example.com")], now=at)
-    assert metrics["events_in_window"] == 5 and metrics["events_missing"] == 2
+    metrics = checks.window_metrics(window, received, [endpoint("https://x.example.com")], now=at,
+                                    retry_window_hours=72)
+    assert metrics["events_in_window"] == 5 and metrics["events_processed"] == 1
+    # a metric named after a check counts what its finding counts
+    assert metrics["missing_events"] == missing.count == 3  # the retrying one too: the app has no record of it
+    assert metrics["failed_events"] == failed.count == 1
+    assert metrics["undelivered_events"] == undelivered.count == 3
+    assert (metrics["undelivered_events_retrying"], metrics["undelivered_events_retries_exhausted"]) == (2, 1)
+    assert not {"events_missing", "events_failed", "events_retrying"} & set(metrics)
 
     for rows in (by_hour, []):
         fig = plots.plot_events_by_hour(rows)

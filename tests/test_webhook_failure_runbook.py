@@ -44,6 +44,18 @@ def test_the_run_names_the_emulator_and_pins_the_api_version(first_run):
     assert first_run.record["metrics"]["events_in_window"] == 30 + 4 + 3  # purchases, refunds and disputes, PaymentIntents
 
 
+def test_a_metric_named_after_a_check_counts_what_its_finding_counts(first_run):
+    metrics, found = first_run.record["metrics"], by_check(first_run.record)
+    planted = lifecycle.planted()["webhook_failure"]
+    for check in ("missing_events", "failed_events", "undelivered_events"):
+        assert metrics[check] == (found[check]["count"] if check in found else 0) == len(planted[check]), check
+    states = [row["state"] for row in found["undelivered_events"]["rows"]]
+    assert metrics["undelivered_events_retrying"] == states.count("retrying")
+    assert metrics["undelivered_events_retries_exhausted"] == states.count("retries exhausted")
+    assert metrics["undelivered_events_retrying"] + metrics["undelivered_events_retries_exhausted"] == metrics[
+        "undelivered_events"]
+
+
 def test_the_unsigned_probe_is_only_planned_by_default(first_run):
     assert "endpoint_accepts_unsigned" not in by_check(first_run.record)
     assert {"check": "endpoint_accepts_unsigned", "severity": "ok"}.items() <= next(

@@ -23,6 +23,7 @@ from .activity import (
     connections_by_state,
     idle_in_transaction,
     long_running_queries,
+    session_key,
     usable_connections,
 )
 from .indexes import duplicate_indexes, invalid_indexes, missing_index_candidates, unused_indexes
@@ -32,6 +33,7 @@ from .maintenance import (
     table_cache_hits,
     transaction_id_wraparound_risk,
 )
+from .metrics import server_metrics
 from .queries import (
     pg_stat_statements_missing,
     slow_queries,
@@ -90,6 +92,8 @@ __all__ = [
     "plan_cancel_backends",
     "reset_statement_stats",
     "sequence_overflow_risk",
+    "server_metrics",
+    "session_key",
     "slow_queries",
     "statement_plans",
     "statements_available",

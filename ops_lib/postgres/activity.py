@@ -10,10 +10,13 @@ saturation is server-wide by nature.
 """
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy.engine import Connection
 
 from ..db import select_all, select_one
 from ..findings import Finding, worst
+from ..utc import as_utc
 from .queries import MAX_QUERY_CHARS, OPSBOOK_APP_PREFIX, clear_stats_snapshot
 
 
@@ -92,9 +95,23 @@ def _roots(pid: int, by_pid: dict[int, dict]) -> tuple[list[int], int]:
     return roots, depth
 
 
+def session_key(pid: int, backend_start) -> str:
+    """A session's stable id: ``pid@backend_start`` (ISO 8601).
+
+    A pid alone is reused by a later session once its backend exits, so a run an hour later would
+    take a different session blocked under a recycled pid for the same one, still open; with the
+    session's start beside it, the same session keeps its id from run to run, and another one is new.
+    """
+    if isinstance(backend_start, datetime):
+        backend_start = as_utc(backend_start).isoformat()  # the same key whatever the session's TimeZone
+    return f"{pid}@{backend_start}"
+
+
 def blocked_queries(conn: Connection, *, min_wait_seconds: float = 0, all_databases: bool = False) -> Finding:
     """Sessions waiting on a lock, who blocks them, and the ROOT blocker at the head of the chain.
 
+    Items are the blocked sessions (``session_key``: pid@backend_start); each row names the
+    session's root blocker: its pid, state, statement and how long its transaction has been open.
     One read of pg_stat_activity with ``pg_blocking_pids()`` for every backend; the chains are
     walked in Python over that single snapshot.
     """
@@ -142,6 +159,7 @@ def blocked_queries(conn: Connection, *, min_wait_seconds: float = 0, all_databa
         roots, depth = _roots(s["pid"], by_pid)
         root = by_pid.get(roots[0]) if roots else None
         rows.append({
+            "session": session_key(s["pid"], s["backend_start"]),
             "pid": s["pid"],
             "usename": s["usename"],
             "application_name": s["application_name"],
@@ -163,7 +181,7 @@ def blocked_queries(conn: Connection, *, min_wait_seconds: float = 0, all_databa
             "backend_start": s["backend_start"],
             "query_start": s["query_start"],
         })
-    rows.sort(key=lambda r: -(r["wait_s"] or 0))
+    rows.sort(key=lambda r: (-(r["wait_s"] or 0), r["pid"]))
     roots = list(dict.fromkeys(r["root_blocker"] for r in rows if r["root_blocker"] is not None))
     if not rows:
         return Finding("blocked_queries", "ok", "No session is waiting on another session's lock")
@@ -171,7 +189,7 @@ def blocked_queries(conn: Connection, *, min_wait_seconds: float = 0, all_databa
         "blocked_queries",
         "warning",
         f"{len(rows)} session(s) blocked; root blocker pid(s) {', '.join(map(str, roots)) or 'none (cycle)'}",
-        items=roots,
+        items=[row["session"] for row in rows],
         rows=rows,
         count=len(rows),
         remediation=(

@@ -22,6 +22,7 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Iterable, Sequence
 
+from ..findings import Metrics
 from . import money
 from .mrr import ZERO, MRRBook
 from .period import Period, history_buckets
@@ -118,6 +119,26 @@ def history(book: MRRBook, period: Period, months: int = 12) -> list[dict]:
     for label, start, end in buckets:
         rows.extend(summarise(book, label, start, end, currencies))
     return sorted(rows, key=lambda r: (r["currency"], r["from"]))
+
+
+def movement_metrics(book: MRRBook, period: Period) -> Metrics:
+    """The period's MRR movements per currency, for the run's JSON: ``mrr_<movement>_<currency>``.
+
+    ``opening`` (MRR just before the period starts), ``new``, ``expansion``, ``reactivation``,
+    ``contraction``, ``churn`` and ``closing`` (MRR at the period's end: ``mrr_<currency>``), each in
+    the currency's major unit like every revenue metric (29.0 for $29; ¥4,900 is 4900), contraction
+    and churn as amounts lost (positive), so that
+    opening + new + expansion + reactivation − contraction − churn = closing, up to each figure's
+    own rounding to the currency's smallest unit.
+    """
+    out = {}
+    for row in summarise(book, period.label, period.start_ts, period.until_ts):
+        cur = row["currency"]
+        out[f"mrr_opening_{cur}"] = money.major(row["start"], cur)
+        for movement in MOVEMENTS:
+            out[f"mrr_{movement}_{cur}"] = money.major(row[movement], cur)
+        out[f"mrr_closing_{cur}"] = money.major(row["end"], cur)
+    return Metrics(out)
 
 
 def identity_gap(row: dict) -> Fraction:

@@ -578,16 +578,28 @@ def events_by_hour(events: Sequence[Mapping], received: Sequence[Mapping], *, no
 
 def window_metrics(events: Sequence[Mapping], received: Sequence[Mapping], endpoints: Sequence[Mapping] = (), *,
                    now: datetime | None = None, retry_window_hours: float = RETRY_WINDOW_HOURS["live"]) -> Metrics:
-    """The window in numbers, for the run's JSON."""
-    now_ts = _aware(now or datetime.now(timezone.utc)).timestamp()
+    """The window in numbers, for the run's JSON.
+
+    A metric named after a check counts what that check's finding counts (the same function
+    counts both): ``missing_events`` (Stripe events the app has no record of at all, Stripe still
+    retrying them or not), ``failed_events`` (the app's records of the window stored as failed),
+    ``undelivered_events`` (not yet delivered successfully and not processed), split by its rows'
+    state into ``undelivered_events_retrying`` and ``undelivered_events_retries_exhausted``.
+    ``events_processed``: the window's Stripe events the app has processed.
+    """
+    now = _aware(now or datetime.now(timezone.utc))
     by_id = _by_event_id(received)
-    outcomes = {"processed": 0, "failed": 0, "retrying": 0, "missing": 0}
-    for event in events:
-        outcomes[classify(event, by_id.get(event["id"]), now_ts=now_ts, retry_window_hours=retry_window_hours)] += 1
+    undelivered = undelivered_events(events, received, now=now, retry_window_hours=retry_window_hours)
+    states = [row["state"] for row in undelivered.rows]
     return Metrics(
         events_in_window=len(events),
         received_in_window=len(received),
-        **{f"events_{k}": v for k, v in outcomes.items()},
+        events_processed=sum((by_id.get(e["id"]) or {}).get("status") == STATUS_PROCESSED for e in events),
+        missing_events=missing_events(events, received).count,
+        failed_events=failed_events(received).count,
+        undelivered_events=undelivered.count,
+        undelivered_events_retrying=states.count("retrying"),
+        undelivered_events_retries_exhausted=states.count("retries exhausted"),
         endpoints=len(endpoints),
         endpoints_enabled=sum(e.get("status") == "enabled" for e in endpoints),
     )
