@@ -3,6 +3,7 @@ metadata, and the HTML report. Everything taken from the target is shown literal
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 from .archive import atomic_write
@@ -58,6 +59,29 @@ _REPORT_MODE = (
     '<label class="opsbook-code-toggle"><input type="checkbox" id="opsbook-show-code"> show code</label>'
 )
 _BODY = re.compile(r"<body[^>]*>")
+
+
+_html_export_imported = threading.Event()
+
+
+def prepare_html_export() -> None:
+    """Import nbconvert in the background (~0.3 s) while a kernel runs and this process waits."""
+    if not _html_export_imported.is_set():
+        threading.Thread(target=_import_html_export, name="opsbook-import-nbconvert", daemon=True).start()
+
+
+def _import_html_export() -> None:
+    try:
+        from nbconvert import HTMLExporter
+
+        HTMLExporter(template_name="lab").from_notebook_node(_EMPTY_NOTEBOOK)  # templates, filters, lexers
+    except Exception:  # the export proper will raise it, where it is reported
+        pass
+    finally:
+        _html_export_imported.set()
+
+
+_EMPTY_NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
 
 
 def render_html(nb, *, report_mode: bool = True) -> str:

@@ -189,6 +189,15 @@ def names() -> list[str]:
     return seen
 
 
+def notebook_path(name: str) -> Path | None:
+    """The notebook ``get(name)`` would read, without reading it."""
+    for folder, _, _ in folders():
+        notebook = folder / f"{name}.ipynb"
+        if RUNBOOK_NAME.fullmatch(name) and notebook.is_file():
+            return notebook
+    return None
+
+
 def get(name: str) -> Runbook:
     for folder, params_dir, shipped in folders():
         notebook = folder / f"{name}.ipynb"

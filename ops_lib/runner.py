@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -157,11 +158,12 @@ def run(
         "started_at": _iso(started),
     }
     execution = Execution(files["ipynb"] if files else archive.root / f".{run_id}.ipynb", Masker.from_env(env))
-    with tracked(execution):
+    with tracked(execution), _discarding_unused_kernel(execution):
         try:
             if fail_on not in FAIL_ON:
                 raise ParameterError(f"--fail-on must be one of {', '.join(FAIL_ON)}, not {quote(fail_on)}")
             cell_timeout = validate_timeout(timeout)
+            _start_kernel_early(execution, name, run_id, archive, env)
             runbook = runbooks.get(name)
             params = runbook.params.resolve(_parameter_files(runbook, param_files), overrides)
             record["parameters"] = params
@@ -183,13 +185,44 @@ def run(
             return RunResult(record, EXIT_EXECUTION_FAILED)
 
         archive.record_running(record)
+        report.prepare_html_export()  # while the kernel works and this process waits
         outcome = execution_mod.execute(
             execution, runbook.notebook, {**params, "run_id": run_id},
-            # the audit log beside the run; and the kernel knows its verdict goes on top of the report
-            kernel_env={**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root), "OPSBOOK_ARCHIVED_RUN": run_id},
-            cwd=runbook.notebook.parent, timeout=cell_timeout, progress=progress, log_output=log_output,
+            kernel_env=_kernel_env(target, archive, run_id), cwd=runbook.notebook.parent, timeout=cell_timeout,
+            progress=progress, log_output=log_output,
         )
         return _archive_executed(archive, record, files, started, outcome, execution.masker, fail_on)
+
+
+def _kernel_env(target: target_mod.Target, archive: Archive, run_id: str) -> dict[str, str]:
+    # the audit log beside the run; and the kernel knows its verdict goes on top of the report
+    return {**kernel_environment(target), "OPSBOOK_OUTPUTS": str(archive.root), "OPSBOOK_ARCHIVED_RUN": run_id}
+
+
+def _start_kernel_early(execution: Execution, name: str, run_id: str, archive: Archive,
+                        env: dict[str, str] | None) -> None:
+    """Start the kernel now when its notebook and target are already known (the demo only if it
+    is running), so that it starts while the runbook, parameters and target are checked. Whatever
+    goes wrong here is found again, and reported, by the checks that follow."""
+    notebook = runbooks.notebook_path(name)
+    if notebook is None:
+        return
+    try:
+        target = target_or_demo(env, start=False)
+        execution.early_kernel = execution_mod.EarlyKernel(notebook, _kernel_env(target, archive, run_id),
+                                                           notebook.parent)
+    except Exception:
+        execution.early_kernel = None
+
+
+@contextmanager
+def _discarding_unused_kernel(execution: Execution):
+    try:
+        yield
+    finally:
+        if execution.early_kernel is not None:  # the run ended before its notebook could use it
+            execution.early_kernel.discard()
+            execution.early_kernel = None
 
 
 def slowest_first(names: Sequence[str], archive: Archive) -> list[str]:

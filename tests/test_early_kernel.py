@@ -1,0 +1,113 @@
+"""The kernel starts while the run is checked, and leaves no trace when the run never executes."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from ops_lib import execution as execution_mod
+from ops_lib import runner
+from ops_lib.errors import InvalidInvocation
+from ops_lib.execution import warm_imports
+
+from .demo_target import scratch_dir
+from .test_own_runbooks import opsbook
+
+
+def _notebook(path: Path, *sources: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in sources]
+    nbformat.write(nb, path)
+    return path
+
+
+def test_warm_imports_name_the_notebooks_imports_only(tmp_path):
+    code = warm_imports(_notebook(
+        tmp_path / "n.ipynb",
+        "import json, os.path as p\nx = 1",
+        "from ops_lib.postgres import queries, plots\nfrom collections import *",
+        "%matplotlib inline\nimport this_is_not_parsed",  # a magic: the cell is not Python
+        "def f():\n    import inside_a_function",  # only what the cell itself imports
+        "from . import relative",
+    ))
+    namespace: dict = {}
+    compiled = compile(code, "warm", "exec")
+    assert "this_is_not_parsed" not in code and "inside_a_function" not in code and "relative" not in code
+    assert "('json', [])" in code and "('os.path', [])" in code
+    assert "('ops_lib.postgres', ['queries', 'plots'])" in code and "('collections', [])" in code
+    exec(compiled, namespace)
+    assert set(namespace) == {"__builtins__"}, "the warm-up binds no name"
+
+
+def test_warm_imports_of_a_notebook_without_imports_is_nothing(tmp_path):
+    assert warm_imports(_notebook(tmp_path / "n.ipynb", "x = 1")) is None
+    (tmp_path / "broken.ipynb").write_text("{not json")
+    assert warm_imports(tmp_path / "broken.ipynb") is None
+
+
+def test_a_module_that_fails_to_import_is_left_for_its_cell_to_report(tmp_path):
+    code = warm_imports(_notebook(tmp_path / "n.ipynb", "import no_such_module_anywhere\nimport json"))
+    exec(compile(code, "warm", "exec"), {})  # no exception: the cell raises it, where the reader sees it
+
+
+def test_the_runbook_runs_in_the_kernel_started_early_and_sees_no_warm_up_names(demo):
+    folder = scratch_dir("early-kernel") / "runbooks"
+    assert opsbook("new", "early_probe", folder=folder).returncode == 0
+    path = folder / "early_probe.ipynb"
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", []))
+    probe = nbformat.v4.new_code_cell(
+        "import sys\n"
+        "assert 'ops_lib.runtime' in sys.modules, 'the notebook imports were loaded at kernel start'\n"
+        "assert not {'_opsbook_warm', 'runtime', 'db', 'Finding'} & set(globals()), sorted(globals())"
+    )
+    nb.cells.insert(first_code, probe)
+    nbformat.write(nb, path)
+    out = folder.parent / "out"
+
+    done = opsbook("run", "early_probe", folder=folder, out=out)
+
+    assert done.returncode in (0, 1), done.stderr
+    (record_path,) = out.glob("early_probe/*/*.json")
+    record = json.loads(record_path.read_text())
+    assert record["status"] in ("ok", "findings"), record.get("error")
+
+
+def _kernels_of_this_process() -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if ppid == os.getpid() and b"ipykernel" in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("overrides", [[("min_mean_ms", "-5")], [("no_such_parameter", "1")]])
+def test_a_run_refused_after_its_kernel_started_leaves_no_kernel_behind(demo, tmp_path, monkeypatch, overrides):
+    started: list[execution_mod.EarlyKernel] = []
+
+    class Recorded(execution_mod.EarlyKernel):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            started.append(self)
+
+    monkeypatch.setattr(execution_mod, "EarlyKernel", Recorded)
+    before = set(_kernels_of_this_process())
+
+    with pytest.raises(InvalidInvocation):
+        runner.run("slow_queries", overrides=overrides, outputs=tmp_path)
+
+    assert len(started) == 1 and started[0].pid, "the kernel was started before the parameters were checked"
+    assert set(_kernels_of_this_process()) - before == set()
+    assert not Path(f"/proc/{started[0].pid}").exists() or "Z" in Path(f"/proc/{started[0].pid}/stat").read_text().split()[2]
