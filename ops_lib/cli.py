@@ -247,7 +247,9 @@ def cmd_history(args) -> int:
         verdict = r.get("severity") if r.get("status") in ("ok", "findings") else r.get("status")
         findings = r.get("findings") if isinstance(r.get("findings"), dict) else {}
         problems = ", ".join(str(c) for c, s in findings.items() if s != "ok")
-        say(f"{str(r.get('started_at', '')):<22} {r['runbook']:<16} {str(verdict):<9} {r['run_id']}  {r.get('error') or problems}")
+        how = "lab" if r.get("interactive") else "run"  # a JupyterLab session saved, or `opsbook run`
+        say(f"{str(r.get('started_at', '')):<22} {r['runbook']:<16} {str(verdict):<9} {how:<3} {r['run_id']}  "
+            f"{r.get('error') or problems}")
     return EXIT_OK
 
 

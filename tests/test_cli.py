@@ -113,7 +113,8 @@ def test_history_and_show_read_the_archive(tmp_path, database18):
     assert opsbook("run", "slow_queries", env={"DATABASE_URL": database18.url}, out=tmp_path).returncode == 0
     history = opsbook("history", out=tmp_path)
     assert history.returncode == 0 and "slow_queries" in history.stdout
-    run_id = history.stdout.split()[3]
+    _, runbook, verdict, how, run_id, *_ = history.stdout.split()
+    assert (runbook, verdict, how) == ("slow_queries", "ok", "run")
     shown = opsbook("show", run_id, out=tmp_path)
     assert shown.returncode == 0 and run_id in shown.stdout
     as_json = json.loads(opsbook("show", run_id, "--json", out=tmp_path).stdout)

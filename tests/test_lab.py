@@ -85,6 +85,9 @@ def test_saving_a_run_notebook_archives_it_as_an_interactive_run_and_keeps_the_f
     assert line["status"] == "findings" and line["findings"] == {"tables_without_primary_key": "warning"}
     record = json.loads((out / line["json"]).read_text())
     assert record["findings"][0]["items"] == ["no_key"]
+    history = subprocess.run([sys.executable, "-m", "ops_lib.cli", "history"], capture_output=True, text=True,
+                             timeout=60, env={**env, "OPSBOOK_OUTPUTS": str(out)})
+    assert f"table_keys       warning   lab {line['run_id']}" in history.stdout, history.stdout
     archived = (out / record["notebook"]).read_text()
     assert "# Verdict: warning" in archived and RUN_MIME in archived
     assert "Lab-Secret-pw-0451" in json.dumps(content), "the session's own outputs held the password"

@@ -217,7 +217,9 @@ def test_delivery_checks_on_built_events():
     totals = Counter()
     for row in by_hour:
         totals[row["outcome"]] += row["count"]
-    assert totals == {"processed": 1, "failed": 1, "retrying": 1, "missing": 2}
+    assert totals == {"processed": 1, "received, not processed": 1, "not received, Stripe retrying": 1,
+                      "not received, retries over": 2}
+    assert totals["not received, Stripe retrying"] + totals["not received, retries over"] == missing.count
     assert all(r["hour"].minute == 0 for r in by_hour)
     metrics = checks.window_metrics(window, received, [endpoint("https://x.example.com")], now=at,
                                     retry_window_hours=72)
@@ -428,7 +430,8 @@ def test_end_to_end_find_and_replay(app_db, receiver, tmp_path, caplog):
             totals = Counter()
             for r in by_hour:
                 totals[r["outcome"]] += r["count"]
-            assert totals == {"processed": 3, "failed": 1, "retrying": 1, "missing": 2}
+            assert totals == {"processed": 3, "received, not processed": 1, "not received, Stripe retrying": 1,
+                              "not received, retries over": 2}
             plots.plot_events_by_hour(by_hour).savefig(io.BytesIO(), format="png")
 
             # The plan: the missing and failed events, oldest first; a dry run sends nothing.

@@ -547,25 +547,26 @@ def _payment_intent(event: Mapping) -> str | None:
 # --------------------------------------------------------------------------- overview
 
 
+PROCESSED, NOT_PROCESSED = "processed", "received, not processed"
+NOT_RECEIVED_RETRYING, NOT_RECEIVED_RETRIES_OVER = "not received, Stripe retrying", "not received, retries over"
+
+
 def classify(event: Mapping, app: Mapping | None, *, now_ts: float | None = None,
              retry_window_hours: float = RETRY_WINDOW_HOURS["live"]) -> str:
-    """processed | failed | retrying | missing, for one Stripe event."""
+    """What became of one Stripe event in the app. The two "not received" outcomes together are
+    what ``missing_events`` counts; "received, not processed" is failed and stuck events."""
     if app is not None:
-        return "processed" if app.get("status") == STATUS_PROCESSED else "failed"
+        return PROCESSED if app.get("status") == STATUS_PROCESSED else NOT_PROCESSED
     if (event.get("pending_webhooks") or 0) > 0:
         now_ts = datetime.now(timezone.utc).timestamp() if now_ts is None else now_ts
         if (now_ts - event["created"]) / 3600 < retry_window_hours:
-            return "retrying"
-    return "missing"
+            return NOT_RECEIVED_RETRYING
+    return NOT_RECEIVED_RETRIES_OVER
 
 
 def events_by_hour(events: Sequence[Mapping], received: Sequence[Mapping], *, now: datetime | None = None,
                    retry_window_hours: float = RETRY_WINDOW_HOURS["live"]) -> list[dict]:
-    """Counts per hour of creation (UTC) and outcome: processed, failed, missing, retrying.
-
-    An event the app has not recorded is *retrying* while Stripe is still retrying it, else
-    *missing*; one it recorded but did not process is *failed*.
-    """
+    """Counts per hour of creation (UTC) and outcome (``classify``)."""
     now_ts = _aware(now or datetime.now(timezone.utc)).timestamp()
     by_id = _by_event_id(received)
     counts: dict[tuple[datetime, str], int] = {}

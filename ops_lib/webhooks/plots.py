@@ -12,9 +12,11 @@ from matplotlib.ticker import MaxNLocator
 
 from ..figures import Figure, empty_figure, label
 from ..utc import as_utc
+from .checks import NOT_PROCESSED, NOT_RECEIVED_RETRIES_OVER, NOT_RECEIVED_RETRYING, PROCESSED
 
-OUTCOMES = ("processed", "retrying", "failed", "missing")
-_COLOURS = {"processed": "#2e7d32", "retrying": "#f9a825", "failed": "#c62828", "missing": "#6a1b9a"}
+OUTCOMES = (PROCESSED, NOT_RECEIVED_RETRYING, NOT_PROCESSED, NOT_RECEIVED_RETRIES_OVER)
+_COLOURS = {PROCESSED: "#2e7d32", NOT_RECEIVED_RETRYING: "#f9a825", NOT_PROCESSED: "#c62828",
+            NOT_RECEIVED_RETRIES_OVER: "#6a1b9a"}
 _MAX_BARS = 24 * 31
 
 
