@@ -74,9 +74,9 @@ def test_a_literal_database_url_without_a_password_is_not_a_secret(tmp_path):
 def test_each_run_sees_only_its_own_target():
     worker = {"PATH": "/usr/bin", "DATABASE_URL": "postgresql://leftover/db", "OPSBOOK_DEMO": "1",
               "US_STRIPE_KEY": "sk_live_other_target", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": "postgresql://af:pw@x/af",
-              "AIRFLOW_CONN_US_DB": "postgresql://u:pw@us/db", "OPSBOOK_OUTPUTS": "/srv/runs"}
+              "AIRFLOW_CONN_US_DB": "postgresql://u:pw@us/db", "OPSBOOK_OUTPUTS": "s3://ops-archive/runs"}
     env = child_environment({"DATABASE_URL": "postgresql://eu/db"}, {"US_STRIPE_KEY"}, worker)
-    assert env == {"PATH": "/usr/bin", "OPSBOOK_OUTPUTS": "/srv/runs", "DATABASE_URL": "postgresql://eu/db"}
+    assert env == {"PATH": "/usr/bin", "OPSBOOK_OUTPUTS": "s3://ops-archive/runs", "DATABASE_URL": "postgresql://eu/db"}
 
 
 def test_the_command_line_and_task_ids():
