@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import select
+import sys
 import threading
 import time
 from typing import Any
@@ -60,17 +61,27 @@ def _quietly(call) -> None:
         pass
 
 
+PROGRESS_EVERY_S = 15.0
+
+
 def bounded_wait(conn) -> None:
     """psycopg2's wait callback: every wait for the server (connecting, sending, each answer) is
     bounded by the session's statement_timeout plus a margin, measured here, on the client."""
     budget = _client_wait_s(conn)
-    deadline = time.monotonic() + budget
+    started = time.monotonic()
+    deadline = started + budget
+    next_report = started + PROGRESS_EVERY_S
     try:
         while True:
             state = conn.poll()
             if state == extensions.POLL_OK:
                 return
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if now >= next_report:  # a long query says it is still running: in the cell, and in a headless log
+                print(f"… waiting for the database: {now - started:.0f} s so far (gives up at {budget:.0f} s)",
+                      file=sys.stderr, flush=True)
+                next_report += PROGRESS_EVERY_S
+            remaining = deadline - now
             if remaining <= 0:
                 _cancel_in_background(conn)
                 raise ClientWaitExceeded(
@@ -78,10 +89,11 @@ def bounded_wait(conn) -> None:
                     "the server may be frozen, overloaded or cut off by the network)"
                 )
             fd = conn.fileno()
+            pause = max(0.0, min(remaining, next_report - now, 1.0))
             if state == extensions.POLL_READ:
-                select.select([fd], [], [], min(remaining, 1.0))
+                select.select([fd], [], [], pause)
             elif state == extensions.POLL_WRITE:
-                select.select([], [fd], [], min(remaining, 1.0))
+                select.select([], [fd], [], pause)
             else:
                 raise psycopg2.OperationalError(f"unexpected poll state {state}")
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 
 from ops_lib.audit import AuditLog
 from ops_lib.db import make_engine, server_version_num, sqlalchemy_url
+from ops_lib import db as opsbook_db
 from ops_lib.demo.postgres import PostgresCluster, embedded_bin_dir, free_port
 from ops_lib.errors import ParameterError, UnsafeAction
 from ops_lib.findings import METRICS_MIME, SEVERITIES, Finding
@@ -906,3 +907,17 @@ def test_slow_queries_notebook_plan_cancels_queries_skips_idle_root_blockers_and
     finally:
         writable.dispose()
     assert len([e for e in audit.entries() if e["applied"]]) == 3
+
+
+def test_a_long_query_says_it_is_still_running_while_it_waits(database, monkeypatch, capfd):
+    monkeypatch.setattr(opsbook_db, "PROGRESS_EVERY_S", 0.4)
+    engine = make_engine(database.url, runbook="slow_queries", run_id="progress", statement_timeout_ms=10_000)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT pg_sleep(1.0)"))
+            lines = [line for line in capfd.readouterr().err.splitlines() if "waiting for the database" in line]
+            assert len(lines) >= 2 and lines[0].startswith("… waiting for the database: 0 s so far (gives up at 25 s)")
+            conn.execute(sa.text("SELECT 1"))
+            assert "waiting for the database" not in capfd.readouterr().err, "a quick query says nothing"
+    finally:
+        engine.dispose()
