@@ -31,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import urlsplit
 
 import requests
@@ -39,6 +39,7 @@ import stripe
 import urllib3
 import urllib3.connection
 
+from ops_lib import stripe_mirror
 from ops_lib.errors import ConfigurationError, StripeAccessError
 from ops_lib.secrets import mask_key, mask_secrets  # noqa: F401 - Stripe-key masking lives in secrets
 from ops_lib.utc import to_epoch
@@ -65,11 +66,16 @@ def mode_of(api_key: str, api_base: str | None = None) -> str:
 
 def make_client(api_key: str, api_base: str | None = None, max_network_retries: int = 2,
                 timeout: float = DEFAULT_TIMEOUT_S, *, connect_timeout: float = CONNECT_TIMEOUT_S,
-                read_timeout: float = READ_TIMEOUT_S) -> stripe.StripeClient:
+                read_timeout: float = READ_TIMEOUT_S, mirror: bool | None = None) -> stripe.StripeClient:
     """A StripeClient pinned to API_VERSION; `api_base` points it elsewhere (the emulator).
 
     Each request ends within `timeout` seconds, its `max_network_retries` retries included
     (see `BoundedHTTPClient`); past that it raises, and `stripe_errors` says what happened.
+
+    `mirror`: whether the `list_*` helpers answer from the account's local mirror, kept current
+    from the events API (ops_lib.stripe_mirror; OPSBOOK_STRIPE_MIRROR says when). By default a
+    run's client (the full `timeout`) uses it for Stripe itself, not for an API on this machine;
+    a probe's client (a shorter budget: the preflight, the health check) reads Stripe directly.
     """
     if not api_key:
         raise ConfigurationError("No Stripe API key: set STRIPE_API_KEY to a secret (sk_) or "
@@ -78,7 +84,7 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
         raise ConfigurationError(f"STRIPE_API_KEY {mask_key(api_key)} is a publishable key, which "
                                  "cannot read account data: use a secret (sk_) or restricted "
                                  "(rk_) key")
-    return stripe.StripeClient(
+    client = stripe.StripeClient(
         api_key,
         stripe_version=API_VERSION,
         base_addresses={"api": api_base} if api_base else None,
@@ -86,6 +92,10 @@ def make_client(api_key: str, api_base: str | None = None, max_network_retries: 
         http_client=BoundedHTTPClient(timeout, connect_timeout=connect_timeout,
                                       read_timeout=read_timeout),
     )
+    if mirror if mirror is not None else timeout >= DEFAULT_TIMEOUT_S:
+        stripe_mirror.attach(client, api_key, api_base, emulator=mode_of(api_key, api_base) == "emulator",
+                             asked=mirror is True)
+    return client
 
 
 # --------------------------------------------------------------------------- bounded HTTP
@@ -612,6 +622,48 @@ def _paged(service: Any, resource: str, params: Mapping[str, Any],
             params = {**params, "starting_after": data[-1]["id"]}
 
 
+def _listing(client: Any, object_type: str, direct: Callable[[], Iterator[dict[str, Any]]],
+             **query: Any) -> Iterator[dict[str, Any]]:
+    """From the client's mirror when it has one and can answer (`stripe_mirror.Mirror.listing`
+    takes `query`), else `direct()`: Stripe itself. Lazy, like a direct listing."""
+    mirror = stripe_mirror.of(client)
+    served = None
+    if mirror is not None:
+        try:
+            served = mirror.listing(object_type, **query)
+        except stripe_mirror.Unavailable:
+            served = None
+    yield from (direct() if served is None else served)
+
+
+SUBSCRIPTION_STATUSES = ("active", "all", "canceled", "ended", "incomplete", "incomplete_expired",
+                         "past_due", "paused", "trialing", "unpaid")
+
+
+def _subscription_status(status: str | None) -> tuple[dict[str, Any], Callable[[dict], bool] | None]:
+    """Stripe's `status` filter for subscriptions, as the mirror's (where, keep)."""
+    if status == "all":
+        return {}, None
+    if status is None:  # Stripe hides canceled subscriptions unless asked
+        return {}, lambda sub: sub.get("status") != "canceled"
+    if status == "ended":
+        return {"status": ("canceled", "incomplete_expired")}, None
+    return {"status": status}, None
+
+
+def _all(*predicates: Callable[[dict], bool] | None) -> Callable[[dict], bool] | None:
+    checks = [p for p in predicates if p is not None]
+    if not checks:
+        return None
+    return lambda obj: all(check(obj) for check in checks)
+
+
+def _ref_is(key: str, value: str | None) -> Callable[[dict], bool] | None:
+    if value is None:
+        return None
+    return lambda obj: (obj.get(key).get("id") if isinstance(obj.get(key), Mapping) else obj.get(key)) == value
+
+
 def list_events(client: stripe.StripeClient, since: datetime | int,
                 types: list[str] | None = None, delivery_success: bool | None = None,
                 until: datetime | int | None = None) -> Iterator[dict[str, Any]]:
@@ -620,6 +672,15 @@ def list_events(client: stripe.StripeClient, since: datetime | int,
     Stripe keeps events for 30 days. `delivery_success=False` keeps events that some webhook
     endpoint has not acknowledged (still pending or failed).
     """
+    if delivery_success is None and stripe_mirror.of(client) is not None:
+        exact = [t for t in types or [] if not t.endswith("*")]
+        families = [t[:-1] for t in types or [] if t.endswith("*")]
+        where = {"kind": tuple(exact)} if types and not families else {}
+        keep = (lambda e: e.get("type") in exact or any(e.get("type", "").startswith(f) for f in families)
+                ) if families else None
+        yield from _listing(client, "event", lambda: list_events(_direct(client), since, types, None, until),
+                            gte=_ts(since), lt=_ts(until), where=where, keep=keep)
+        return
     params: dict[str, Any] = {"created": _created(since, until),
                               "delivery_success": delivery_success}
     if types:
@@ -633,6 +694,17 @@ def list_events(client: stripe.StripeClient, since: datetime | int,
         else:
             params["types"] = list(types)
     yield from _paged(client.v1.events, "events", params)
+
+
+def _direct(client: Any) -> Any:
+    """The same client, reading Stripe directly (no mirror)."""
+    if stripe_mirror.of(client) is None:
+        return client
+    import copy
+
+    plain = copy.copy(client)
+    plain._opsbook_mirror = None
+    return plain
 
 
 def _merged_newest_first(listings: list[Iterator[dict[str, Any]]]) -> Iterator[dict[str, Any]]:
@@ -662,9 +734,18 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                        fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default).
     `fields`: keep only these top-level properties (see `_paged`)."""
-    return _paged(client.v1.subscriptions, "subscriptions", {
+    direct = lambda: _paged(client.v1.subscriptions, "subscriptions", {  # noqa: E731
         "status": status, "created": _created(created_since), "customer": customer,
         "price": price, "expand": ["data.customer"] if expand_customer else None}, fields)
+    if status not in (None, *SUBSCRIPTION_STATUSES):
+        return direct()  # Stripe says what is wrong with it
+    where, keep = _subscription_status(status)
+    if customer is not None:
+        where["customer"] = customer
+    has_price = (lambda sub: any((item.get("price") or {}).get("id") == price
+                                 for item in (sub.get("items") or {}).get("data") or [])) if price else None
+    return _listing(client, "subscription", direct, gte=_ts(created_since), where=where,
+                    keep=_all(keep, has_price), fields=fields, expand_customer=expand_customer)
 
 
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,
@@ -679,9 +760,12 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
     if paid_since is not None and status not in (None, "paid"):
         raise ValueError(f"paid_since lists paid invoices: it cannot go with status={status!r}")
     threshold = _ts(paid_since)
-    invoices = _paged(client.v1.invoices, "invoices", {
-        "status": "paid" if threshold is not None else status, "customer": customer,
-        "subscription": subscription, "created": _created(created_since)})
+    wanted = "paid" if threshold is not None else status
+    where = {k: v for k, v in (("status", wanted), ("customer", customer)) if v is not None}
+    invoices = _listing(client, "invoice", lambda: _paged(client.v1.invoices, "invoices", {
+        "status": wanted, "customer": customer,
+        "subscription": subscription, "created": _created(created_since)}),
+        gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription))
     for invoice in invoices:
         if threshold is None or (invoice["status_transitions"]["paid_at"] or 0) >= threshold:
             yield invoice
@@ -691,23 +775,27 @@ def list_charges(client: stripe.StripeClient, since: datetime | int | None = Non
                  until: datetime | int | None = None, customer: str | None = None,
                  payment_intent: str | None = None) -> Iterator[dict[str, Any]]:
     """Charges (succeeded, failed and pending) created in [since, until)."""
-    return _paged(client.v1.charges, "charges", {
+    return _listing(client, "charge", lambda: _paged(client.v1.charges, "charges", {
         "created": _created(since, until), "customer": customer,
-        "payment_intent": payment_intent})
+        "payment_intent": payment_intent}),
+        gte=_ts(since), lt=_ts(until), where={"customer": customer} if customer else {},
+        keep=_ref_is("payment_intent", payment_intent))
 
 
 def list_refunds(client: stripe.StripeClient, since: datetime | int | None = None,
                  until: datetime | int | None = None,
                  charge: str | None = None) -> Iterator[dict[str, Any]]:
-    return _paged(client.v1.refunds, "refunds", {"created": _created(since, until),
-                                                 "charge": charge})
+    return _listing(client, "refund", lambda: _paged(client.v1.refunds, "refunds", {
+        "created": _created(since, until), "charge": charge}),
+        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {})
 
 
 def list_disputes(client: stripe.StripeClient, since: datetime | int | None = None,
                   until: datetime | int | None = None,
                   charge: str | None = None) -> Iterator[dict[str, Any]]:
-    return _paged(client.v1.disputes, "disputes", {"created": _created(since, until),
-                                                   "charge": charge})
+    return _listing(client, "dispute", lambda: _paged(client.v1.disputes, "disputes", {
+        "created": _created(since, until), "charge": charge}),
+        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {})
 
 
 def list_balance_transactions(client: stripe.StripeClient, since: datetime | int | None = None,
@@ -715,9 +803,15 @@ def list_balance_transactions(client: stripe.StripeClient, since: datetime | int
                               source: str | None = None, currency: str | None = None,
                               expand_source: bool = False) -> Iterator[dict[str, Any]]:
     """Balance transactions (amount, fee, net per movement); `type` e.g. "charge", "refund"."""
-    return _paged(client.v1.balance_transactions, "balance transactions", {
+    direct = lambda: _paged(client.v1.balance_transactions, "balance transactions", {  # noqa: E731
         "created": _created(since, until), "type": type, "source": source,
         "currency": currency, "expand": ["data.source"] if expand_source else None})
+    if expand_source:  # sources of every kind: not mirrored
+        return direct()
+    where = {k: v for k, v in (("kind", type), ("ref", source)) if v is not None}
+    in_currency = (lambda bt: bt.get("currency") == currency) if currency else None
+    return _listing(client, "balance_transaction", direct, gte=_ts(since), lt=_ts(until),
+                    where=where, keep=in_currency)
 
 
 def list_webhook_endpoints(client: stripe.StripeClient) -> Iterator[dict[str, Any]]:
@@ -727,8 +821,11 @@ def list_webhook_endpoints(client: stripe.StripeClient) -> Iterator[dict[str, An
 def list_customers(client: stripe.StripeClient, created_since: datetime | int | None = None,
                    email: str | None = None,
                    fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-    return _paged(client.v1.customers, "customers", {"created": _created(created_since),
-                                                     "email": email}, fields)
+    """Customers (deleted ones are not listed); `fields`: see `_paged`."""
+    return _listing(client, "customer", lambda: _paged(client.v1.customers, "customers", {
+        "created": _created(created_since), "email": email}, fields),
+        gte=_ts(created_since), where={"deleted": 0},
+        keep=(lambda c: c.get("email") == email) if email is not None else None, fields=fields)
 
 
 def list_prices(client: stripe.StripeClient, active: bool | None = None,

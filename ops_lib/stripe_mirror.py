@@ -1,0 +1,788 @@
+"""A local mirror of the Stripe objects the runbooks read, kept current from the events API.
+
+Real Stripe answers some 25–100 requests a second: listing a million customers alone is about
+10,000 pages, minutes before any check runs. The mirror lists each kind once, then follows
+Stripe's event stream, so a later run asks Stripe only for what changed.
+
+**Where.** One SQLite file per Stripe account and API address:
+``<OPSBOOK_HOME>/stripe-mirror/<sha256(key, API base)[:24]>.sqlite`` (mode 0600, folder 0700).
+It holds the fields the checks read (``PROJECTIONS``), the events as Stripe sent them (a replay
+signs their JSON), and per kind what is covered (created since when, listed when, with which
+fields). It never holds the key, the API address or anything else that names the account.
+
+**Cold** (a kind not mirrored yet, or not back to the ``created`` asked for): the newest event is
+noted first (one request: ``/v1/events?limit=1``; when the events themselves are listed first,
+their first page notes it for free), then the kind is listed once, 100 a page, with only
+``created[gte]`` pushed (every status, every customer; subscriptions with their customers
+expanded, kept as customer rows), so a change made while it is being listed is replayed from the
+events afterwards. Requests: ⌈N/100⌉ per kind, plus one for the first kind.
+
+**Warm** (at most once every ``FRESH_S`` seconds per client): ``/v1/events?created[gte]=<cursor>``,
+newest first, every page; the events not yet applied are applied oldest first (their
+``data.object`` upserted, a deleted customer kept as a tombstone, a deleted invoice removed) and
+stored; the cursor moves to the newest (its second, and every event id seen in that second).
+Then listings are answered from SQLite with the same filters Stripe applies (``created`` range,
+status, customer, charge, type… in SQL; the rest in Python), newest first as Stripe orders them,
+streamed 1,000 rows at a time from a read transaction of their own. With nothing changed, a warm
+run makes one request, to ``/v1/events``. A listing the mirror cannot answer exactly (fields it
+does not keep, ``delivery_success``, expanded balance-transaction sources) goes to Stripe.
+
+**Kinds without events of their own** — balance transactions (Stripe sends none) and refunds
+(2023-08-16 announces a new refund as ``charge.refunded``, a charge) — are re-listed from their
+newest ``created`` (minus ``OVERLAP_S``) when the event stream moved since they were last listed:
+each of them comes with an event of its charge, refund, dispute or payout.
+
+**Events' delivery state.** ``pending_webhooks`` changes after an event is created (Stripe's
+retries). Events served from the mirror that were stored as undelivered before this sync are
+refreshed with one ``delivery_success=false`` listing over the window asked for.
+
+**Gaps** (the kind is listed again, cold):
+* the mirror was last synced more than ``RETENTION_S`` − ``MARGIN_S`` ago (Stripe lists 30 days of
+  events: what happened before that cannot be replayed);
+* the cursor's event is no longer listed although it should be (younger than the retention, or
+  any age on the emulator, which keeps everything): the stream cannot reach back to the cursor;
+* the fields kept for a kind (``PROJECTIONS``) differ from the ones it was listed with (another
+  opsbook version), or the file's ``FORMAT`` does;
+* the file cannot be read as a mirror (corrupt, truncated, not SQLite): it is rebuilt;
+* ``OPSBOOK_STRIPE_MIRROR=refresh``.
+
+**Two runs at once.** Syncing and listing into the mirror take an exclusive ``flock`` on
+``<hash>.lock``, waited for at most ``LOCK_WAIT_S`` (the other run's listing is then reused);
+past that, the run reads Stripe directly. SQLite runs in WAL mode with a ``BUSY_TIMEOUT_S`` busy
+timeout; each listing is served from one read transaction begun under the lock (one consistent
+snapshot, never a kind half re-listed by another run).
+
+**Control**: ``OPSBOOK_STRIPE_MIRROR`` = ``auto`` (default: on for Stripe itself, off for an API
+on this machine — the demo's emulator or a test double, which promise no event per change and
+have no rate limit) | ``on`` | ``off`` (read Stripe directly) | ``refresh`` (discard this
+account's mirror, list again) | a folder (keep mirrors there). On for Stripe because a warm sync
+makes the data current as of the run, which is what an operator reading it during an incident
+needs, for one request instead of minutes. A key that may not read
+events cannot keep a mirror: its runs read Stripe directly (and say so).
+
+Each sync prints one line on stdout (``Stripe: mirror synced, N events applied, M requests``),
+each cold listing one more; listings and syncs longer than ``PROGRESS_EVERY_S`` print progress on
+stderr (pages, objects, elapsed) — in JupyterLab and in a headless run's log alike.
+
+**What bounds it.** Cold: ⌈N/100⌉ + 1 requests per kind, at Stripe's pace (a million customers:
+~10k requests, minutes, once). Warm: ⌈events since the last run / 100⌉ requests (≥ 1), plus one
+per event-less kind when anything changed, plus the events' delivery refresh when undelivered
+events are served; the webhook endpoints, prices and checkout sessions are still read directly
+(few, and without events of their own). A sync holds the events since the last sync in memory
+(a day of a busy account: ~100k events, a few hundred MB); a mirror older than 30 days costs a
+cold run. Serving decodes the kind's rows in the created range asked for, ~10 µs a customer and
+~25 µs a subscription on one idle core: a million of each is ~35 s of JSON decoding (what a runbook
+that holds them all as dicts pays anyway), not 100–400 s of requests. Correctness rests on Stripe
+sending an event for every change of the kinds it mirrors (true of customers, subscriptions,
+invoices, charges and disputes; refunds and balance transactions are caught up as above).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import stripe
+
+from . import paths
+
+MIRROR_VARIABLE = "OPSBOOK_STRIPE_MIRROR"
+FORMAT = "1"                   # the file's layout; another value rebuilds the file
+RETENTION_S = 30 * 86400       # Stripe lists events for 30 days
+MARGIN_S = 86400               # ... and a day's margin for clocks and slow runs
+FRESH_S = 30.0                 # a client syncs again before serving when its last sync is older
+LOCK_WAIT_S = 120.0            # the longest wait for another run's sync or listing
+BUSY_TIMEOUT_S = 10.0          # SQLite's busy timeout (each write transaction is short)
+PROGRESS_EVERY_S = 2.0         # at most one progress line this often
+OVERLAP_S = 300                # event-less kinds are re-listed from their newest created minus this
+PAGE_SIZE = 100
+
+# The fields kept per kind: what the runbooks' checks read (ops_lib/revenue, quota, webhooks), and
+# a little more. A caller asking for a field not kept is served by Stripe directly. Changing a
+# tuple re-lists that kind on the next run (its signature is stored with it).
+PROJECTIONS: dict[str, tuple[str, ...]] = {
+    "customer": ("id", "object", "created", "email", "name", "description", "phone", "currency",
+                 "balance", "delinquent", "discount", "metadata", "livemode", "deleted"),
+    "subscription": ("id", "object", "customer", "status", "items", "currency", "created",
+                     "start_date", "current_period_start", "current_period_end", "ended_at",
+                     "canceled_at", "cancel_at", "cancel_at_period_end", "trial_start", "trial_end",
+                     "discount", "pause_collection", "latest_invoice", "collection_method",
+                     "metadata", "livemode"),
+    "invoice": ("id", "object", "customer", "customer_email", "customer_name", "subscription",
+                "status", "status_transitions", "created", "currency", "lines", "discount",
+                "discounts", "total_discount_amounts", "amount_due", "amount_paid", "subtotal",
+                "total", "charge", "payment_intent", "paid", "period_start", "period_end",
+                "billing_reason", "number", "metadata", "livemode"),
+    "charge": ("id", "object", "amount", "amount_captured", "amount_refunded", "currency",
+               "created", "status", "paid", "captured", "refunded", "disputed", "customer",
+               "invoice", "payment_intent", "balance_transaction", "failure_code",
+               "failure_message", "outcome", "receipt_email", "description", "metadata",
+               "livemode"),
+    "refund": ("id", "object", "amount", "currency", "charge", "payment_intent", "created",
+               "status", "reason", "balance_transaction", "transfer_reversal", "metadata"),
+    "dispute": ("id", "object", "amount", "currency", "charge", "payment_intent", "created",
+                "status", "reason", "balance_transactions", "metadata", "livemode"),
+    "balance_transaction": ("id", "object", "amount", "fee", "net", "currency", "type", "source",
+                            "created", "available_on", "status", "reporting_category",
+                            "description", "fee_details", "exchange_rate"),
+    "event": (),  # whole: a replay signs the event's JSON as Stripe sent it
+}
+LIST_PATHS = {
+    "customer": "/v1/customers", "subscription": "/v1/subscriptions", "invoice": "/v1/invoices",
+    "charge": "/v1/charges", "refund": "/v1/refunds", "dispute": "/v1/disputes",
+    "balance_transaction": "/v1/balance_transactions", "event": "/v1/events",
+}
+LABELS = {"customer": "customers", "subscription": "subscriptions", "invoice": "invoices",
+          "charge": "charges", "refund": "refunds", "dispute": "disputes",
+          "balance_transaction": "balance transactions", "event": "events"}
+WITHOUT_EVENTS = ("balance_transaction", "refund")  # re-listed from their newest when events arrived
+DELETED_BY_EVENT = {"customer.deleted": "customer", "invoice.deleted": "invoice"}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS coverage (
+    type TEXT PRIMARY KEY,     -- customer, subscription, ..., event
+    since INTEGER NOT NULL,    -- every object created at or after this is here
+    listed_at REAL NOT NULL,   -- when it was listed (epoch s)
+    projection TEXT NOT NULL,  -- the fields' signature it was listed with
+    events_seen INTEGER NOT NULL DEFAULT 0  -- events applied when it was last listed
+);
+CREATE TABLE IF NOT EXISTS objects (
+    type TEXT NOT NULL, id TEXT NOT NULL, created INTEGER NOT NULL,
+    customer TEXT, status TEXT, kind TEXT, ref TEXT,
+    deleted INTEGER NOT NULL DEFAULT 0, pending INTEGER NOT NULL DEFAULT 0,
+    seen_at REAL NOT NULL, data TEXT NOT NULL,
+    PRIMARY KEY (type, id)
+);
+CREATE INDEX IF NOT EXISTS objects_by_created ON objects (type, created);
+CREATE INDEX IF NOT EXISTS objects_by_customer ON objects (type, customer);
+"""
+
+
+def signature(object_type: str) -> str:
+    return hashlib.sha256(json.dumps([FORMAT, PROJECTIONS[object_type]]).encode()).hexdigest()[:16]
+
+
+def setting() -> str:
+    return (os.environ.get(MIRROR_VARIABLE) or "auto").strip() or "auto"
+
+
+def mirror_path(api_key: str, api_base: str | None, folder: str | os.PathLike | None = None) -> Path:
+    """The account's mirror file: named by a hash of the key and the API address, never by them."""
+    digest = hashlib.sha256(f"opsbook-stripe-mirror\n{api_key}\n{api_base or 'https://api.stripe.com'}"
+                            .encode()).hexdigest()[:24]
+    return Path(folder or paths.home() / "stripe-mirror") / f"{digest}.sqlite"
+
+
+def attach(client: Any, api_key: str, api_base: str | None, *, emulator: bool, asked: bool = False) -> None:
+    """Give a client its account's mirror, as OPSBOOK_STRIPE_MIRROR says (off: none).
+
+    ``auto`` (the default) mirrors Stripe itself, not an API on this machine (the emulator, a
+    test double): the mirror's correctness rests on an event for every change, which only Stripe
+    promises, and a local API has no rate limit to spare. ``asked``: the caller wants the mirror
+    (``make_client(mirror=True)``), unless the variable says off."""
+    mode = setting()
+    if mode.lower() == "off" or (mode.lower() == "auto" and emulator and not asked):
+        client._opsbook_mirror = None
+        return
+    folder = None if mode.lower() in ("on", "auto", "refresh") else mode
+    client._opsbook_mirror = Mirror(mirror_path(api_key, api_base, folder), client,
+                                    emulator=emulator, refresh=mode.lower() == "refresh")
+
+
+def of(client: Any) -> "Mirror | None":
+    return getattr(client, "_opsbook_mirror", None)
+
+
+class Unavailable(Exception):
+    """The mirror cannot answer this listing: read Stripe directly."""
+
+
+class _NoEventAccess(Exception):
+    pass
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _digest(event: Mapping[str, Any]) -> str:
+    """What an event says, its delivery state aside (that changes as Stripe retries)."""
+    stable = {k: v for k, v in event.items() if k != "pending_webhooks"}
+    return hashlib.sha256(json.dumps(stable, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _cursor(events: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The cursor at the newest of `events` (all of one second): its second, ids and digests."""
+    return {"created": events[0]["created"], "ids": [e["id"] for e in events],
+            "digests": {e["id"]: _digest(e) for e in events}}
+
+
+def _project(obj: Mapping[str, Any], object_type: str) -> dict[str, Any]:
+    keep = PROJECTIONS[object_type]
+    return dict(obj) if not keep else {k: obj[k] for k in keep if k in obj}
+
+
+def _id(ref: Any) -> Any:
+    return ref.get("id") if isinstance(ref, Mapping) else ref
+
+
+def _columns(object_type: str, obj: Mapping[str, Any]) -> tuple:
+    """customer, status, kind, ref: the columns listings filter on in SQL."""
+    if object_type == "event":
+        return None, None, obj.get("type"), None
+    if object_type == "balance_transaction":
+        return None, obj.get("status"), obj.get("type"), _id(obj.get("source"))
+    if object_type in ("refund", "dispute"):
+        return None, obj.get("status"), None, _id(obj.get("charge"))
+    return _id(obj.get("customer")), obj.get("status"), None, None
+
+
+class Progress:
+    """One stderr line at most every PROGRESS_EVERY_S: what, pages, objects, elapsed."""
+
+    def __init__(self, what: str):
+        self.what = what
+        self.started = self.last = time.monotonic()
+        self.pages = self.objects = 0
+        self.printed = False
+
+    def page(self, objects: int) -> None:
+        self.pages += 1
+        self.objects += objects
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_S:
+            self.last = now
+            self.printed = True
+            print(f"Stripe: {self.what}: {self.pages:,} pages, {self.objects:,} objects, "
+                  f"{now - self.started:.0f} s", file=sys.stderr, flush=True)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass
+class _Sync:
+    started: float = 0.0          # epoch s
+    at: float = float("-inf")     # monotonic
+    applied: int = 0
+    requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Mirror:
+    """One account's mirror, as one client uses it (see the module's docstring)."""
+
+    def __init__(self, path: Path, client: Any, *, emulator: bool = False, refresh: bool = False):
+        self.path = Path(path)
+        self.lock_path = self.path.with_suffix(".lock")
+        self.client = client
+        self.emulator = emulator
+        self.refresh = refresh
+        self.disabled: str | None = None
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+        self._sync = _Sync()
+        self._checked = False
+        self._reading: str | None = None
+
+    # ------------------------------------------------------------------ the file
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            with contextlib.suppress(OSError):
+                os.chmod(self.path.parent, 0o700)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            os.chmod(self.path, 0o600)
+            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                                   check_same_thread=False)
+            try:
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.executescript(_SCHEMA)
+                with self._write(conn):
+                    found = conn.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+                    if found is None:
+                        conn.execute("INSERT INTO meta VALUES ('format', ?)", (FORMAT,))
+                    elif found[0] != FORMAT:
+                        raise sqlite3.DatabaseError(f"format {found[0]}, not {FORMAT}")
+            except BaseException:
+                conn.close()
+                raise
+            self._conn = conn
+        return self._conn
+
+    @contextlib.contextmanager
+    def _write(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        conn = conn or self._open()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def _rebuild(self, why: str) -> None:
+        """Start the file again (under the lock): it could not be read as a mirror."""
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            self._conn = None
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self.path}{suffix}")
+        self._sync = _Sync()
+        self._checked = False
+        print(f"Stripe: the mirror file could not be read ({why}): rebuilding it", file=sys.stderr,
+              flush=True)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The account's sync lock (flock), waited for at most LOCK_WAIT_S."""
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            deadline = time.monotonic() + LOCK_WAIT_S
+            said = False
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                        raise
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"another run kept the mirror busy for {LOCK_WAIT_S:.0f} s")
+                if not said:
+                    said = True
+                    print("Stripe: waiting for another run's mirror sync", file=sys.stderr, flush=True)
+                time.sleep(0.2)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    # ------------------------------------------------------------------ state
+
+    def _meta(self, key: str, default: Any = None) -> Any:
+        row = self._open().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(row[0]) if row else default
+
+    @staticmethod
+    def _set(conn: sqlite3.Connection, key: str, value: Any) -> None:
+        conn.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+    def _coverage(self, object_type: str) -> sqlite3.Row | None:
+        return self._open().execute(
+            "SELECT since, listed_at, projection, events_seen FROM coverage WHERE type = ?",
+            (object_type,)).fetchone()
+
+    def _discard(self, why: str, types: Iterable[str] | None = None) -> None:
+        """Forget kinds (all, with the cursor, when `types` is None): they are listed again."""
+        with self._write() as conn:
+            if types is None:
+                conn.execute("DELETE FROM objects")
+                conn.execute("DELETE FROM coverage")
+                conn.execute("DELETE FROM meta WHERE key != 'format'")
+            else:
+                for t in types:
+                    conn.execute("DELETE FROM objects WHERE type = ?", (t,))
+                    conn.execute("DELETE FROM coverage WHERE type = ?", (t,))
+        self._sync.notes.append(why)
+        print(f"Stripe: mirror: {why}: listing again", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ requests
+
+    def _get(self, object_type: str, params: Mapping[str, Any], path: str | None = None) -> dict:
+        from .stripe_api import _page, stripe_errors
+
+        path = path or LIST_PATHS[object_type]
+        self._sync.requests += 1
+        # Named as what the runbook asked for: the events read to keep it current are part of it.
+        with stripe_errors(self._reading or LABELS.get(object_type, object_type)):
+            try:
+                return _page(self.client.v1.events, path, params)
+            except stripe.PermissionError:
+                if object_type == "event":
+                    raise _NoEventAccess() from None
+                raise
+
+    def _pages(self, object_type: str, params: Mapping[str, Any], what: str) -> Iterator[list[dict]]:
+        params = {"limit": PAGE_SIZE, **params}
+        progress = Progress(what)
+        while True:
+            page = self._get(object_type, params)
+            data = page.get("data") or []
+            progress.page(len(data))
+            yield data
+            if not page.get("has_more") or not data:
+                return
+            params = {**params, "starting_after": data[-1]["id"]}
+
+    # ------------------------------------------------------------------ writing
+
+    def _store(self, conn: sqlite3.Connection, object_type: str, obj: Mapping[str, Any],
+               seen_at: float) -> None:
+        kept = _project(obj, object_type)
+        deleted = 1 if obj.get("deleted") else 0
+        customer, status, kind, ref = _columns(object_type, kept)
+        conn.execute(
+            "INSERT OR REPLACE INTO objects (type, id, created, customer, status, kind, ref, deleted,"
+            " pending, seen_at, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (object_type, kept["id"], int(kept.get("created") or 0), customer, status, kind, ref,
+             deleted, int(kept.get("pending_webhooks") or 0), seen_at,
+             json.dumps(kept, separators=(",", ":"))))
+
+    def _tombstone(self, conn: sqlite3.Connection, object_type: str, object_id: str,
+                   created: int | None) -> None:
+        if object_type == "customer":  # kept: subscriptions still name it (expanded as deleted)
+            stone = {"id": object_id, "object": "customer", "deleted": True}
+            conn.execute("INSERT OR REPLACE INTO objects (type, id, created, deleted, seen_at, data)"
+                         " VALUES ('customer', ?, ?, 1, ?, ?)",
+                         (object_id, int(created or 0), _now(), json.dumps(stone)))
+        else:
+            conn.execute("DELETE FROM objects WHERE type = ? AND id = ?", (object_type, object_id))
+
+    def _apply(self, conn: sqlite3.Connection, event: Mapping[str, Any], seen_at: float) -> None:
+        self._store(conn, "event", event, seen_at)
+        obj = (event.get("data") or {}).get("object") or {}
+        object_type = obj.get("object")
+        if object_type not in PROJECTIONS or object_type == "event" or not obj.get("id"):
+            return
+        if event.get("type") in DELETED_BY_EVENT or obj.get("deleted"):
+            self._tombstone(conn, object_type, obj["id"], obj.get("created"))
+        else:
+            self._store(conn, object_type, obj, seen_at)
+
+    # ------------------------------------------------------------------ sync
+
+    def _bootstrap(self) -> None:
+        """No cursor yet: the newest event now is where the stream will be followed from."""
+        page = self._get("event", {"limit": 1})
+        newest = (page.get("data") or [None])[0]
+        now = _now()
+        with self._write() as conn:
+            if newest is None:  # no event at all (in Stripe's 30 days): follow from the start
+                self._set(conn, "cursor", {"created": 0, "ids": []})
+                since = 0
+            else:
+                self._set(conn, "cursor", _cursor([newest]))
+                self._store(conn, "event", newest, now)
+                since = newest["created"] + 1  # others of that second come with the next sync
+            self._set(conn, "synced_at", now)
+            self._set(conn, "events_applied", 0)
+            conn.execute("INSERT OR REPLACE INTO coverage VALUES ('event', ?, ?, ?, 0)",
+                         (since, now, signature("event")))
+
+    def _follow(self) -> None:
+        """Apply the events since the cursor (under the lock)."""
+        cursor = self._meta("cursor")
+        if cursor is None:
+            return
+        synced_at = self._meta("synced_at", 0)
+        now = _now()
+        if now - synced_at > RETENTION_S - MARGIN_S:
+            days = (now - synced_at) / 86400
+            self._discard(f"last synced {days:.0f} days ago, beyond Stripe's 30 days of events")
+            return
+        events: list[dict] = []
+        seen = set(cursor["ids"])
+        digests = cursor.get("digests") or {}
+        found = False
+        for data in self._pages("event", {"created": {"gte": cursor["created"]}},
+                                "mirror: reading events"):
+            for event in data:
+                # The same event: its id, at its second, saying the same (an account rebuilt
+                # with the same ids, as an emulator's can be, is not the one mirrored).
+                found = found or (event["id"] in seen and event["created"] == cursor["created"]
+                                  and digests.get(event["id"], _digest(event)) == _digest(event))
+                events.append(event)
+        listable = self.emulator or now - cursor["created"] < RETENTION_S - MARGIN_S
+        if cursor["ids"] and listable and not found:
+            self._discard(f"the newest event applied ({cursor['ids'][0]}) is no longer listed: "
+                          "events were missed")
+            return
+        new = [e for e in reversed(events) if e["id"] not in seen]  # oldest first
+        with self._write() as conn:
+            for event in new:
+                self._apply(conn, event, now)
+            if events:
+                newest = events[0]["created"]
+                self._set(conn, "cursor", _cursor([e for e in events if e["created"] == newest]))
+            self._set(conn, "synced_at", now)
+            self._set(conn, "events_applied", self._meta("events_applied", 0) + len(new))
+        self._sync.applied += len(new)
+
+    def _check_projections(self) -> None:
+        rows = self._open().execute("SELECT type, projection FROM coverage").fetchall()
+        stale = [t for t, sig in rows if t not in PROJECTIONS or sig != signature(t)]
+        if stale:
+            self._discard(f"the fields kept for {', '.join(LABELS.get(t, t) for t in stale)} "
+                          "changed", stale)
+
+    def ensure(self, object_type: str, since: int) -> None:
+        """Make the mirror current (a sync, at most every FRESH_S) and cover `object_type`
+        from `since` (listing what is missing)."""
+        with self._lock, self._exclusive(), self._asked_for(object_type):
+            first = not self._checked
+            if first and self.refresh:
+                self._discard("OPSBOOK_STRIPE_MIRROR=refresh")
+                self.refresh = False
+            if first:
+                self._check_projections()
+                self._checked = True
+            fresh = time.monotonic() - self._sync.at < FRESH_S
+            if not fresh:
+                requests_before = self._sync.requests
+                self._sync.started, self._sync.applied = _now(), 0
+                progress_started = time.monotonic()
+                self._follow()
+                self._sync.at = time.monotonic()
+                if self._meta("cursor") is not None:
+                    made = self._sync.requests - requests_before
+                    print(f"Stripe: mirror synced, {self._sync.applied:,} events applied, "
+                          f"{made} request{'s' * (made != 1)} "
+                          f"({time.monotonic() - progress_started:.1f} s)", flush=True)
+            self._cover(object_type, since)
+            if object_type in WITHOUT_EVENTS:
+                self._catch_up(object_type)
+
+    @contextlib.contextmanager
+    def _asked_for(self, object_type: str) -> Iterator[None]:
+        self._reading = LABELS[object_type]
+        try:
+            yield
+        finally:
+            self._reading = None
+
+    def _cover(self, object_type: str, since: int) -> None:
+        since = max(int(since), 0)
+        row = self._coverage(object_type)
+        if row is not None and row[0] <= since:
+            return
+        started, requests_before = time.monotonic(), self._sync.requests
+        # No cursor yet: the newest event is noted first; listing the events themselves from
+        # `since` (no upper bound) notes it on its first page, for no extra request.
+        cursor_from_listing = self._meta("cursor") is None and object_type == "event"
+        if self._meta("cursor") is None and not cursor_from_listing:
+            self._bootstrap()
+            self._sync.at = time.monotonic()
+            row = self._coverage(object_type)
+            if row is not None and row[0] <= since:
+                return
+        params: dict[str, Any] = {"created": {"gte": since}}
+        if row is not None:
+            params["created"]["lt"] = row[0]
+        if object_type == "subscription":  # every status; customers come along (for expansion)
+            params.update(status="all", expand=["data.customer"])
+        count, now = 0, _now()
+        what = f"mirror: listing {LABELS[object_type]}"
+        newest: list[dict] = []  # the events of the newest second listed (cursor_from_listing)
+        for data in self._pages(object_type, params, what):
+            if cursor_from_listing and data:
+                newest = newest or [data[0]]
+                newest += [e for e in data if e["created"] == newest[0]["created"] and e is not newest[0]]
+            with self._write() as conn:
+                for obj in data:
+                    if object_type == "subscription" and isinstance(obj.get("customer"), Mapping):
+                        customer = obj["customer"]
+                        if customer.get("deleted"):
+                            self._tombstone(conn, "customer", customer["id"], customer.get("created"))
+                        else:
+                            self._store(conn, "customer", customer, now)
+                        obj = {**obj, "customer": customer["id"]}  # served expanded from its row
+                    self._store(conn, object_type, obj, now)
+            count += len(data)
+        with self._write() as conn:
+            if cursor_from_listing:
+                cursor = (_cursor(newest) if newest
+                          else {"created": min(since, int(now) - OVERLAP_S), "ids": []})
+                self._set(conn, "cursor", cursor)
+                self._set(conn, "synced_at", now)
+                self._set(conn, "events_applied", 0)
+                self._sync.at = time.monotonic()
+            conn.execute("INSERT OR REPLACE INTO coverage VALUES (?, ?, ?, ?, ?)",
+                         (object_type, since, now, signature(object_type),
+                          self._meta("events_applied", 0)))
+        made = self._sync.requests - requests_before
+        print(f"Stripe: mirror listed {count:,} {LABELS[object_type]}, {made} request"
+              f"{'s' * (made != 1)} ({time.monotonic() - started:.1f} s)", flush=True)
+
+    def _catch_up(self, object_type: str) -> None:
+        """An event-less kind: list what is new since its newest, when events arrived since."""
+        since, _listed, _sig, events_seen = self._coverage(object_type)
+        applied = self._meta("events_applied", 0)
+        if applied == events_seen:
+            return
+        newest = self._open().execute("SELECT max(created) FROM objects WHERE type = ?",
+                                      (object_type,)).fetchone()[0]
+        start = max(since, (newest or since) - OVERLAP_S)
+        now = _now()
+        for data in self._pages(object_type, {"created": {"gte": start}},
+                                f"mirror: new {LABELS[object_type]}"):
+            with self._write() as conn:
+                for obj in data:
+                    self._store(conn, object_type, obj, now)
+        with self._write() as conn:
+            conn.execute("UPDATE coverage SET events_seen = ? WHERE type = ?", (applied, object_type))
+
+    def _refresh_delivery(self, gte: int, lt: int | None) -> None:
+        """Events stored as undelivered before this sync: their delivery state now."""
+        conn = self._open()
+        sql = ("SELECT min(created) FROM objects WHERE type = 'event' AND pending > 0 "
+               "AND seen_at < ? AND created >= ?" + (" AND created < ?" if lt is not None else ""))
+        args = [self._sync.started, gte] + ([lt] if lt is not None else [])
+        oldest = conn.execute(sql, args).fetchone()[0]
+        if oldest is None:
+            return
+        created: dict[str, int] = {"gte": oldest}
+        if lt is not None:
+            created["lt"] = lt
+        now = _now()
+        undelivered: dict[str, dict] = {}
+        for data in self._pages("event", {"created": created, "delivery_success": False},
+                                "mirror: events' delivery"):
+            undelivered.update((e["id"], e) for e in data)
+        stale = conn.execute(sql.replace("min(created)", "id"), args).fetchall()
+        with self._write() as conn:
+            for (event_id,) in stale:
+                if event_id in undelivered:
+                    continue
+                data = json.loads(conn.execute("SELECT data FROM objects WHERE type = 'event' AND id = ?",
+                                               (event_id,)).fetchone()[0])
+                data["pending_webhooks"] = 0
+                conn.execute("UPDATE objects SET pending = 0, seen_at = ?, data = ? WHERE type = 'event'"
+                             " AND id = ?", (now, json.dumps(data, separators=(",", ":")), event_id))
+            for event in undelivered.values():
+                self._store(conn, "event", event, now)
+
+    # ------------------------------------------------------------------ serving
+
+    def listing(self, object_type: str, *, gte: int | None = None, lt: int | None = None,
+                where: Mapping[str, Any] | None = None,
+                keep: Callable[[dict], bool] | None = None,
+                fields: Iterable[str] | None = None,
+                expand_customer: bool = False) -> Iterator[dict]:
+        """The kind's objects created in [gte, lt), newest first (ties: id descending), with
+        `where` (SQL columns: customer, status, kind, ref, deleted) and `keep` applied."""
+        if self.disabled:
+            raise Unavailable(self.disabled)
+        wanted = tuple(fields) if fields is not None else None
+        if wanted is not None and PROJECTIONS[object_type] and not set(wanted) <= set(PROJECTIONS[object_type]):
+            raise Unavailable("fields not kept")
+        for attempt in (1, 2):
+            try:
+                self.ensure(object_type, gte or 0)
+                if object_type == "event":
+                    self._refresh_delivery(gte or 0, lt)
+                query = self._query(object_type, gte, lt, where or {}, expand_customer)
+                snapshot = self._snapshot(query)
+                break
+            except _NoEventAccess:
+                self.disabled = "the key may not read events, which keep the mirror current"
+                print(f"Stripe: mirror off: {self.disabled}; reading Stripe directly", file=sys.stderr,
+                      flush=True)
+                raise Unavailable(self.disabled) from None
+            except sqlite3.DatabaseError as exc:
+                if attempt == 2:
+                    raise
+                with self._lock, self._exclusive():
+                    self._rebuild(str(exc) or type(exc).__name__)
+        return self._serve(snapshot, keep, wanted, expand_customer)
+
+    def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
+               expand_customer: bool) -> tuple[str, list]:
+        """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
+        first (one request each: a subscription created since the customers were listed)."""
+        conds, args = ["o.type = ?"], [object_type]
+        if gte is not None:
+            conds.append("o.created >= ?")
+            args.append(gte)
+        if lt is not None:
+            conds.append("o.created < ?")
+            args.append(lt)
+        for column, value in where.items():
+            if isinstance(value, (list, tuple, set, frozenset)):
+                conds.append(f"o.{column} IN ({', '.join('?' * len(value))})")
+                args += list(value)
+            else:
+                conds.append(f"o.{column} = ?")
+                args.append(value)
+        join = " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer" if expand_customer else ""
+        if expand_customer:
+            missing = [cid for (cid,) in self._open().execute(
+                f"SELECT DISTINCT o.customer FROM objects o{join} WHERE {' AND '.join(conds)} "
+                "AND o.customer IS NOT NULL AND c.id IS NULL", args)]
+            if missing:
+                self._fetch_customers(missing)
+        sql = (f"SELECT o.data{', c.data' if expand_customer else ''} FROM objects o{join} "
+               f"WHERE {' AND '.join(conds)} ORDER BY o.created DESC, o.id DESC")
+        return sql, args
+
+    def _fetch_customers(self, missing: list[str]) -> None:
+        with self._lock, self._exclusive(), self._asked_for("subscription"):
+            now = _now()
+            for customer_id in missing:
+                obj = self._get("customer", {}, path=f"/v1/customers/{customer_id}")
+                with self._write() as conn:
+                    if obj.get("deleted"):
+                        self._tombstone(conn, "customer", customer_id, obj.get("created"))
+                    else:
+                        self._store(conn, "customer", obj, now)
+
+    def _snapshot(self, query: tuple[str, list]) -> tuple[sqlite3.Connection, list, sqlite3.Cursor]:
+        """The listing's read transaction on a connection of its own, begun under the sync lock:
+        no other run is half-way through re-listing the kind then, and WAL keeps the snapshot
+        consistent whatever is written after."""
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            with self._lock, self._exclusive():
+                conn.execute("BEGIN")
+                cursor = conn.execute(*query)
+                first = cursor.fetchmany(1000)  # the snapshot is taken by the first read
+        except BaseException:
+            conn.close()
+            raise
+        return conn, first, cursor
+
+    @staticmethod
+    def _serve(snapshot: tuple[sqlite3.Connection, list, sqlite3.Cursor],
+               keep: Callable[[dict], bool] | None, wanted: tuple[str, ...] | None,
+               expand_customer: bool) -> Iterator[dict]:
+        """The snapshot's rows, 1,000 at a time in memory, decoded and filtered as they go."""
+        conn, rows, cursor = snapshot
+        try:
+            while rows:
+                for row in rows:
+                    obj = json.loads(row[0])
+                    if expand_customer and row[1] is not None:
+                        obj["customer"] = json.loads(row[1])
+                    if keep is not None and not keep(obj):
+                        continue
+                    yield obj if wanted is None else {k: obj[k] for k in wanted if k in obj}
+                rows = cursor.fetchmany(1000)
+        finally:
+            conn.close()
