@@ -72,16 +72,19 @@ def prepare_html_export() -> None:
 
 def _import_html_export() -> None:
     try:
-        from nbconvert import HTMLExporter
-
-        HTMLExporter(template_name="lab").from_notebook_node(_EMPTY_NOTEBOOK)  # templates, filters, lexers
+        warm_html_export()
     except Exception:  # the export proper will raise it, where it is reported
         pass
     finally:
         _html_export_imported.set()
 
 
-_EMPTY_NOTEBOOK = {"cells": [], "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+def warm_html_export() -> None:
+    """nbconvert's imports, templates and filters, loaded by rendering an empty notebook."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    HTMLExporter(template_name="lab").from_notebook_node(nbformat.v4.new_notebook())
 
 
 def render_html(nb, *, report_mode: bool = True) -> str:
@@ -139,7 +142,7 @@ def verdict_html(record: dict) -> str:
     if ok:
         parts.append(f"<p>Passed: {', '.join(f'<code>{html_text(c)}</code>' for c in ok)}.</p>")
     if "changes" in record:
-        parts.append(f"<p>{html_text(describe_changes(record['changes']), limit=None)}{_new_items(record['changes'])}</p>")
+        parts.append(f"<p>{html_text(describe_changes(record['changes']), limit=None)}{_changed_items(record['changes'])}</p>")
     if record.get("parameters"):
         shown = ", ".join(f"<code>{html_text(k)}</code> = <code>{html_text(repr(v), limit=120)}</code>"
                           for k, v in record["parameters"].items())
@@ -147,12 +150,17 @@ def verdict_html(record: dict) -> str:
     return "".join(parts)
 
 
-def _new_items(changes: dict) -> str:
-    new = [(check, c["new"]) for check, c in changes.get("checks", {}).items() if c["new"]]
-    if not new or changes.get("previous_run") is None:
+def _changed_items(changes: dict) -> str:
+    """The items behind the counts: what is new, and what was resolved since the previous run."""
+    if changes.get("previous_run") is None:
         return ""
-    return " New: " + "; ".join(f"<code>{html_text(check)}</code>: {html_text(_items_preview(items, 3))}"
-                                  for check, items in new) + "."
+    text = ""
+    for label, key in (("New", "new"), ("Resolved", "resolved")):
+        changed = [(check, c[key]) for check, c in changes.get("checks", {}).items() if c.get(key)]
+        if changed:
+            text += f" {label}: " + "; ".join(f"<code>{html_text(check)}</code>: {html_text(_items_preview(items, 3))}"
+                                             for check, items in changed) + "."
+    return text
 
 
 def _items_preview(items: list, shown: int = 5) -> str:

@@ -79,6 +79,8 @@ def test_a_second_run_says_what_is_new_and_resolved_and_diff_shows_it(database18
         "new": ["second_table"], "resolved": ["first_table"], "still_open": 0}
     html = (out / second["html"]).read_text()
     assert f"Since the previous run of this runbook on this target ({first['run_id']}): 1 new, 1 resolved." in html
+    assert ("New: <code>tables_without_primary_key</code>: second_table. "
+            "Resolved: <code>tables_without_primary_key</code>: first_table.") in html
 
     diff = opsbook("diff", folder=folder, out=out, env=env)
     assert diff.returncode == 0, diff.stderr

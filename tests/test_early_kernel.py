@@ -111,3 +111,9 @@ def test_a_run_refused_after_its_kernel_started_leaves_no_kernel_behind(demo, tm
     assert len(started) == 1 and started[0].pid, "the kernel was started before the parameters were checked"
     assert set(_kernels_of_this_process()) - before == set()
     assert not Path(f"/proc/{started[0].pid}").exists() or "Z" in Path(f"/proc/{started[0].pid}/stat").read_text().split()[2]
+
+
+def test_the_html_export_warm_up_renders_without_error():
+    from ops_lib import report
+
+    report.warm_html_export()  # raises what the background thread would swallow
