@@ -203,7 +203,7 @@ def cmd_run(args) -> int:
     Archive.open(args.out)
     target_or_demo()  # start the demo once, not once per runbook
     names = runner.slowest_first(names, Archive.open(args.out))
-    with signals_end_runs(), ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+    with signals_end_runs(), ThreadPoolExecutor(max_workers=runner.parallel_runs(len(names))) as pool:
         codes = list(pool.map(one, names))
     return max(codes)
 

@@ -242,3 +242,10 @@ def test_parameters_checked_against_each_other_and_the_target_exit_3_before_runn
     assert done.returncode == 3, done.stderr
     assert words in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.rglob("*.ipynb"))
+
+
+def test_run_all_runs_every_runbook_at_once_up_to_a_bound():
+    from ops_lib.runner import MAX_PARALLEL_RUNS, parallel_runs
+
+    assert parallel_runs(5) == 5, "more runs than cores: a run mostly waits"
+    assert parallel_runs(50) == MAX_PARALLEL_RUNS and parallel_runs(0) == 1

@@ -35,7 +35,7 @@ def run(*, seed: int = 42, scale: float = 1.0, keep: bool = False, outputs: str 
 
     try:
         names = [name for name, rb in runbooks.all_runbooks().items() if rb.shipped]
-        with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        with ThreadPoolExecutor(max_workers=runner.parallel_runs(len(names))) as pool:
             results = dict(zip(names, pool.map(one, names)))
     finally:
         if not keep:
