@@ -1,7 +1,7 @@
 """The quota_audit checks: plain data in (``Accounts``, the recomputed usage), a ``Finding`` out.
 
-Only ``duplicate_usage_events`` reads the database (one grouped statement over the lookback
-window). Items are stable ids: the organisation id for the per-organisation checks, the Stripe
+No check reads the database: ``duplicate_usage_events`` reads what ``scan.scan_usage`` found in
+its one pass over the usage events (or ``scan.find_duplicates``). Items are stable ids: the organisation id for the per-organisation checks, the Stripe
 customer id for ``missing_customer_mapping`` and ``multiple_active_subscriptions``, the
 idempotency key for ``duplicate_usage_events``.
 
@@ -15,11 +15,11 @@ from typing import Any, Callable, Iterable
 
 from sqlalchemy.engine import Connection
 
-from ..db import select_all
 from ..findings import Finding
 from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
+from .scan import Duplicates, find_duplicates
 
 DEFAULT_NEAR_LIMIT_PCT = 80.0
 
@@ -276,38 +276,10 @@ def multiple_active_subscriptions(accounts: Accounts) -> Finding:
 # --------------------------------------------------------------------------- usage events
 
 
-def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: datetime) -> Finding:
-    """Usage events recorded more than once under the same idempotency key since ``since``."""
-    events = schema.table("usage_events")
-    key, at, org = events.col("idempotency_key"), events.col("occurred_at"), events.col("organisation_id")
-    ids = f"array_agg(e.{events.col('id')}::text ORDER BY e.{at}, e.{events.col('id')})" if events.has("id") else "NULL"
-    quantity = f"sum(e.{events.col('quantity')})" if events.has("quantity") else "count(*)"
-    rows = select_all(
-        conn,
-        # First the repeated keys, with a count alone (one hashed pass over the window); then the
-        # evidence for those few keys only, instead of aggregating lists for every key.
-        f"""
-        WITH repeated AS (
-            SELECT e.{key} AS idempotency_key
-            FROM {events.sql_table} e
-            WHERE e.{at} >= :since
-            GROUP BY e.{key}
-            HAVING count(*) > 1
-        )
-        SELECT e.{key} AS idempotency_key, count(*) AS copies,
-               string_agg(DISTINCT e.{org}::text, ', ') AS organisation_ids,
-               {ids} AS event_ids, {quantity} AS total_quantity,
-               min(e.{at}) AS first_at, max(e.{at}) AS last_at
-        FROM {events.sql_table} e
-        WHERE e.{at} >= :since AND e.{key} IN (SELECT idempotency_key FROM repeated)
-        GROUP BY e.{key}
-        ORDER BY min(e.{at}), e.{key}
-        """,
-        since=since,
-    )
-    for row in rows:
-        if isinstance(row.get("event_ids"), list):
-            row["event_ids"] = ", ".join(row["event_ids"])
+def duplicate_usage_events(duplicates: Duplicates) -> Finding:
+    """Usage events recorded more than once under the same idempotency key since ``duplicates.since``
+    (found by ``scan.scan_usage`` or ``scan.find_duplicates``; none when a unique index refuses them)."""
+    rows, since = duplicates.rows, duplicates.since
     return Finding.from_rows(
         "duplicate_usage_events", rows, severity="warning",
         title=f"{len(rows)} idempotency key(s) recorded more than once: retried events counted twice",
@@ -316,7 +288,9 @@ def duplicate_usage_events(conn: Connection, schema: SchemaMap, *, since: dateti
         remediation="The recomputation above counts each key once. Delete the later copies (keep the first id), and make "
         "the key unique (CREATE UNIQUE INDEX CONCURRENTLY … after the cleanup; an INVALID one left by a failed build "
         "must be dropped first) so retries are refused.",
-        note=f"since {since:%Y-%m-%d %H:%M} UTC",
+        note=f"since {since:%Y-%m-%d %H:%M} UTC" + (
+            f"; the valid unique index {duplicates.unique_index} refuses a repeated key, so none was looked for"
+            if duplicates.unique_index else ""),
     )
 
 
@@ -335,17 +309,21 @@ CHECKS: dict[str, Callable[..., Finding]] = {
 
 
 def run_checks(conn: Connection, schema: SchemaMap, accounts: Accounts, usage: list[dict], *, since: datetime,
-               options: dict[str, dict[str, Any]] | None = None) -> list[Finding]:
+               options: dict[str, dict[str, Any]] | None = None, duplicates: Duplicates | None = None) -> list[Finding]:
     """Every check in ``CHECKS``, in order, with its keyword options from ``options[check_id]``
-    (``since``: where ``duplicate_usage_events`` starts looking)."""
-    inputs = {"conn": conn, "schema": schema, "accounts": accounts, "usage": usage, "since": since}
+    (``since``: where ``duplicate_usage_events`` starts looking; ``duplicates``: what
+    ``scan_usage`` already found, else it is looked for here)."""
+    if duplicates is None:
+        duplicates = find_duplicates(conn, schema, since=since)
+    inputs = {"conn": conn, "schema": schema, "accounts": accounts, "usage": usage, "since": since,
+              "duplicates": duplicates}
     return _run_checks(CHECKS, inputs, options)
 
 
 def run_all(conn: Connection, schema: SchemaMap, accounts: Accounts, usage: list[dict], *,
             near_limit_pct: float = DEFAULT_NEAR_LIMIT_PCT, drift_tolerance: int = 0,
-            duplicates_since: datetime) -> dict[str, Finding]:
+            duplicates_since: datetime, duplicates: Duplicates | None = None) -> dict[str, Finding]:
     """Every check, by id (the older spelling of ``run_checks``, kept for scripts)."""
     options = {"near_limit": {"threshold_pct": near_limit_pct}, "usage_counter_drift": {"tolerance": drift_tolerance}}
-    findings = run_checks(conn, schema, accounts, usage, since=duplicates_since, options=options)
+    findings = run_checks(conn, schema, accounts, usage, since=duplicates_since, options=options, duplicates=duplicates)
     return {f.check: f for f in findings}

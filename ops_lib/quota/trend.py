@@ -14,7 +14,7 @@ names the copies.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from statistics import median
 
 from sqlalchemy.engine import Connection
@@ -22,17 +22,11 @@ from sqlalchemy.engine import Connection
 from ..db import select_all
 from ..findings import Finding
 from ..schema_map import SchemaMap
+from .scan import DEFAULT_WEEKS, week_edges, weekly_rows, weekly_sums
+from .scan import week_start  # noqa: F401 (re-exported: ops_lib.demo.usage_trend_data reads it here)
 
-DEFAULT_WEEKS = 8
 DEFAULT_SURGE_FACTOR = 3.0        # the last full week at least 3× the trailing median ...
 DEFAULT_SURGE_MIN_INCREASE = 500  # ... and at least this many units above it (small customers' noise is not a surge)
-
-
-def week_start(moment: datetime) -> datetime:
-    """Monday 00:00 UTC of the ISO week containing ``moment``."""
-    moment = moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
-    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
-    return day - timedelta(days=day.weekday())
 
 
 def weekly_usage(conn: Connection, schema: SchemaMap, *, weeks: int = DEFAULT_WEEKS,
@@ -42,39 +36,16 @@ def weekly_usage(conn: Connection, schema: SchemaMap, *, weeks: int = DEFAULT_WE
     One row per (week_start, organisation_id) that had usage: ``week_start`` (a Monday, UTC),
     ``organisation_id``, ``name``, ``plan`` (the organisation's plan in the app today), ``usage``
     (units) and ``events``. A week without usage has no row; ``usage_surge`` counts it as 0.
+    The runbook gets the same rows from ``scan.scan_usage`` (its one pass over the events); this
+    is the pass on its own, with the organisations' names and plans read beside it.
     """
-    if weeks < 1:
-        raise ValueError("weeks must be at least 1")
-    events, orgs = schema.table("usage_events"), schema.table("organisations")
-    org, at = events.col("organisation_id"), events.col("occurred_at")
-    quantity = f"e.{events.col('quantity')}" if events.has("quantity") else "1"
-    name = f"o.{orgs.col('name')}" if orgs.has("name") else "NULL"
-    until = week_start(now or datetime.now(timezone.utc))
-    since = until - timedelta(weeks=weeks)
-    # The session's time zone is UTC so date_trunc('week') cuts at Monday 00:00 UTC whatever the
-    # server's default; the events are filtered on the raw column so its index can serve the range.
-    conn.exec_driver_sql("SET TIME ZONE 'UTC'")
-    rows = select_all(
-        conn,
-        f"""
-        WITH weekly AS (
-            SELECT e.{org} AS organisation_id, date_trunc('week', e.{at}) AS week_start,
-                   sum({quantity})::bigint AS usage, count(*)::bigint AS events
-            FROM {events.sql_table} e
-            WHERE e.{at} >= :since AND e.{at} < :until
-            GROUP BY 1, 2
-        )
-        SELECT w.week_start, w.organisation_id, {name} AS name, o.{orgs.col('plan')} AS plan, w.usage, w.events
-        FROM weekly w
-        LEFT JOIN {orgs.sql_table} o ON o.{orgs.col('id')} = w.organisation_id
-        ORDER BY w.week_start, w.organisation_id
-        """,
-        since=since, until=until,
-    )
-    for row in rows:
-        row["week_start"] = week_start(row["week_start"])
-        row["usage"], row["events"] = int(row["usage"]), int(row["events"])
-    return rows
+    edges = week_edges(weeks, now)
+    sums = weekly_sums(conn, schema, edges)
+    orgs = schema.table("organisations")
+    name = orgs.col("name") if orgs.has("name") else "NULL"
+    about = {str(r["id"]): {"name": r["name"], "app_plan": r["plan"]} for r in select_all(
+        conn, f"SELECT {orgs.col('id')} AS id, {name} AS name, {orgs.col('plan')} AS plan FROM {orgs.sql_table}")}
+    return weekly_rows(sums, edges, about)
 
 
 def weekly_usage_by_plan(rows: list[dict]) -> list[dict]:
