@@ -337,7 +337,7 @@ def test_a_run_killed_outright_shows_as_lost_in_the_history(demo):
     history = subprocess.run([*OPSBOOK, "history"], capture_output=True, text=True, timeout=60,
                              env={**os.environ, "OPSBOOK_OUTPUTS": str(out)})
     assert history.returncode == 0
-    assert re.search(r"revenue_report\s+lost\s+revenue_report-", history.stdout), history.stdout
+    assert re.search(r"revenue_report\s+lost\s+run\s+revenue_report-", history.stdout), history.stdout
     _fault("kill -9 mid-run", proc.returncode, "", 0.0, True)
 
 
