@@ -37,6 +37,6 @@ def usage_metrics(usage: list[dict]) -> Metrics:
         usage_units_in_current_periods=sum(r["used"] for r in usage),
         usage_events_in_current_periods=sum(r["events"] for r in usage),
         organisations_with_a_counter=sum(1 for r in usage if r["stored"] is not None),
-        organisations_over_80_pct=sum(1 for r in limited if r["pct"] is not None and r["pct"] >= 80),
+        organisations_at_80_pct_of_limit_or_more=sum(1 for r in limited if r["pct"] is not None and r["pct"] >= 80),
         highest_pct_of_limit=max((r["pct"] for r in limited if r["pct"] is not None), default=None),
     )
