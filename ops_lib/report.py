@@ -29,7 +29,8 @@ def finish_notebook(nb, record: dict, files: dict[str, Path], masker: Masker) ->
     nb.cells.insert(0, verdict)
     text = _encodable(masker.json_text(nbformat.writes(nb)))
     atomic_write(files["ipynb"], text)
-    atomic_write(files["html"], masker.text(render_html(nbformat.reads(text, as_version=4))))
+    # the masked notebook, as written (validated once already, by nbformat.writes)
+    atomic_write(files["html"], masker.text(render_html(nbformat.v4.reads(text))))
 
 
 def _encodable(json_text: str) -> str:
@@ -80,18 +81,37 @@ def _import_html_export() -> None:
 
 
 def warm_html_export() -> None:
-    """nbconvert's imports, templates and filters, loaded by rendering an empty notebook."""
+    """nbconvert's imports, templates and filters, loaded by rendering a notebook with the kinds of
+    cell and output a runbook has (each compiles its own part of the templates)."""
     import nbformat
-    from nbconvert import HTMLExporter
 
-    HTMLExporter(template_name="lab").from_notebook_node(nbformat.v4.new_notebook())
+    v4 = nbformat.v4
+    pixel = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg=="
+    code = v4.new_code_cell("x = 1", outputs=[
+        v4.new_output("stream", name="stdout", text="x\n"),
+        v4.new_output("display_data", data={"text/html": "<table><tr><td>x</td></tr></table>", "text/plain": "x"}),
+        v4.new_output("display_data", data={"image/png": pixel, "text/plain": "<Figure>"}),
+        v4.new_output("execute_result", data={"text/plain": "1"}, execution_count=1),
+        v4.new_output("error", ename="E", evalue="e", traceback=["E: e"]),
+    ])
+    render_html(v4.new_notebook(cells=[v4.new_markdown_cell("# x\n\n*y* `z`"), code]))
+
+
+# One exporter per process: a new HTMLExporter compiles its Jinja templates again (~0.15 s a
+# report). Rendering is serialised on it (runs of `run --all` share it).
+_exporter = None
+_exporter_lock = threading.Lock()
 
 
 def render_html(nb, *, report_mode: bool = True) -> str:
-    from nbconvert import HTMLExporter
+    global _exporter
 
-    exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nb)
+    with _exporter_lock:
+        if _exporter is None:
+            from nbconvert import HTMLExporter
+
+            _exporter = HTMLExporter(template_name="lab")
+        body, _ = _exporter.from_notebook_node(nb)
     if report_mode:
         body = _BODY.sub(lambda m: m.group(0) + _REPORT_MODE, body, count=1)
     return body
