@@ -343,7 +343,7 @@ def _register() -> None:
                 self.nb = kwargs["nb"]
             if self.output_path:
                 text = nbformat.writes(self.nb) if self.final else \
-                    json.dumps(self.nb, sort_keys=True, indent=1, ensure_ascii=False) + "\n"
+                    json.dumps(self.nb, ensure_ascii=False)  # compact: the C encoder (indent is pure Python)
                 papermill_io.write(text, self.output_path)
             self.last_save_time = self.now()
 
