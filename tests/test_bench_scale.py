@@ -33,7 +33,16 @@ def test_the_smallest_scale_measures_a_runbook_and_writes_the_table(demo, bench,
     wall, kernel_mib, requests, floor = float(cells[2]), float(cells[4]), int(cells[8]), int(cells[9])
     assert wall > 0 and kernel_mib > 0
     assert 0 < requests <= floor + 10  # the events and endpoints listings, at ⌈N/100⌉
+    exact, planted = map(int, cells[12].split("/"))  # the planted incidents, compared with the run's findings
+    assert planted > 0 and 0 <= exact <= planted
 
 
 def test_the_stripe_floor_counts_every_listed_collection(bench):
     assert bench.stripe_floor({"/v1/customers": 3, "/v1/events": 1}, {"customer": 250, "event": 0}) == 3 + 1
+
+
+def test_every_scale_uses_only_knobs_the_demo_has(bench):
+    from ops_lib.demo import lifecycle
+
+    for name, knobs in bench.SCALES.items():
+        assert set(knobs or {}) <= set(lifecycle.SIZE_KNOBS), name

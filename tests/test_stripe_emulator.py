@@ -18,6 +18,7 @@ import stripe
 from ops_lib.stripe_emulator import add_objects, new_state, start_emulator, stop, write_state
 from ops_lib.stripe_emulator import objects as o
 from ops_lib.stripe_emulator.api import COLLECTIONS, EXPANDABLE
+from ops_lib.stripe_emulator.store import write_sqlite_state
 
 from .stripe_fixtures import (
     API_VERSION, DAY, PAGINATION_EVENTS, RESTRICTED_KEY, SECRET_KEY, T0, build_rich_state,
@@ -68,11 +69,21 @@ def spec():
     return load_spec()  # carried in the repository: a missing file is a failure, not a skip
 
 
-@pytest.fixture(scope="module")
-def account(tmp_path_factory):
+@pytest.fixture(scope="module", params=["json", "sqlite"])
+def account(request, tmp_path_factory):
+    """The same account served from each state format: every test below runs against both (the
+    SQLite state, store.py, is what a benchmark's million-customer account is served from)."""
     state = build_rich_state()
-    with running_emulator(state, tmp_path_factory.mktemp("stripe")) as (server, base_url, path):
+    if request.param == "json":
+        with running_emulator(state, tmp_path_factory.mktemp("stripe")) as (server, base_url, path):
+            yield state, base_url
+        return
+    path = write_sqlite_state(tmp_path_factory.mktemp("stripe-sqlite") / "stripe.sqlite", state)
+    server, thread, base_url = start_emulator(path)
+    try:
         yield state, base_url
+    finally:
+        stop(server, thread)
 
 
 @pytest.fixture(scope="module")

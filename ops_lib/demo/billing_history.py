@@ -38,19 +38,24 @@ from __future__ import annotations
 import calendar
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import OBJECT_TYPES
-from .seed import Dataset
+from .seed import Dataset, copy_rows
+
+BULK = "_bulk"  # an account's key for its SqliteStateWriter (stripe_account.build, large accounts)
 
 DAY = 86_400
-SEED_HISTORY_PERIODS = 6  # paid periods before the current one, per seeded subscription
 SEED_PERIOD_DAYS = 30  # the seed's subscriptions run 30-day periods
 WINDOW_DAYS = 20  # the window is at most the month's last 20 days
 TARGET_SUCCESS_RATE = 98.5  # the window's success rate is kept below this (the check's default is 99 %)
+
+# What the ledger keeps of a charge written straight to a large account's store.
+SLIM = ("id", "object", "created", "status", "customer", "amount", "currency", "invoice", "failure_code")
 
 PLAN_OF_PRICE = {"price_demo_pro_monthly": "pro", "price_demo_team_monthly": "team"}
 
@@ -69,6 +74,10 @@ class _Ledger:
     subscriptions: list[dict] = field(default_factory=list)
     mismatches: list[tuple[int, str]] = field(default_factory=list)
     charges: list[dict] = field(default_factory=list)
+    # A large account (stripe_account.BULK): the seeded history goes straight to this writer
+    # while ``bulk`` is set, and ``charges`` keeps only a summary of those charges (SLIM).
+    sink: Any = None
+    bulk: bool = False
 
     def t(self, fraction: float) -> int:
         """A moment inside the window."""
@@ -83,6 +92,9 @@ class _Ledger:
     def add(self, *objects: dict) -> None:
         """Into the state as they are (``add_objects`` stores copies): later changes — a refund on a
         charge, a subscription's latest invoice — must reach the stored object."""
+        if self.bulk:
+            self.sink.add(*objects)
+            return
         for obj in objects:
             if obj["object"] not in OBJECT_TYPES:
                 raise ValueError(f"the emulator does not serve {obj['object']} objects")
@@ -102,7 +114,7 @@ class _Ledger:
                                 created=created, failure_code=failure_code, invoice=invoice,
                                 balance_transaction=txn, payment_intent=None)
         self.add(charge, *([txn] if txn else []))
-        self.charges.append(charge)
+        self.charges.append({k: charge[k] for k in SLIM} if self.bulk else charge)
         if status == "succeeded" and record and org_id is not None:
             self.payments.append({
                 "organization_id": org_id, "stripe_invoice_id": invoice, "stripe_charge_id": charge_id,
@@ -167,6 +179,8 @@ class _Ledger:
         )
         if discount is None:
             invoice["discount"], invoice["discounts"], invoice["total_discount_amounts"] = None, [], []
+        if self.bulk and last_charge is not None:
+            self.charges[-1]["invoice_created"] = created
         self.add(invoice)
         sub["latest_invoice"] = invoice_id
         return invoice, paid_charge
@@ -238,7 +252,7 @@ def plant(engine: Engine | None, data: Dataset, account: dict) -> dict:
     now = int(data.now.timestamp())
     month_start = _month_start(now)
     win_start, win_end = window(now)
-    ledger = _Ledger(account=account, now=now, win_start=win_start, win_end=win_end)
+    ledger = _Ledger(account=account, now=now, win_start=win_start, win_end=win_end, sink=account.get(BULK))
 
     prices = _catalog(ledger)
     _seed_history(ledger, data, prices)
@@ -304,18 +318,23 @@ def _catalog(ledger: _Ledger) -> dict[str, dict]:
 
 def _seed_history(ledger: _Ledger, data: Dataset, prices: dict[str, dict]) -> None:
     customers = {c["id"]: c for c in ledger.account["objects"]["customer"]}
+    customers.update(ledger.account.get("_slim_customers") or {})  # a large account's streamed ones
     org_of = {o["stripe_customer_id"]: o["id"] for o in data.organizations}
     seeded = {s["stripe_subscription_id"] for s in data.subscriptions}
-    for sub in [s for s in ledger.account["objects"]["subscription"] if s["id"] in seeded]:
-        customer = customers[sub["customer"]]
-        start, end = sub["current_period_start"], sub["current_period_end"]
-        periods = [(start - k * SEED_PERIOD_DAYS * DAY, start - (k - 1) * SEED_PERIOD_DAYS * DAY)
-                   for k in range(SEED_HISTORY_PERIODS, 0, -1)]
-        periods = [p for p in periods if p[0] >= sub["created"]] + [(start, end)]
-        for period in periods:
-            ledger.invoice(customer=customer, sub=sub, lines=_lines(sub, period, prices=prices), created=period[0],
-                           org_id=org_of[customer["id"]],
-                           billing_reason="subscription_create" if period[0] == sub["created"] else "subscription_cycle")
+    ledger.bulk = ledger.sink is not None
+    try:
+        for sub in [s for s in ledger.account["objects"]["subscription"] if s["id"] in seeded]:
+            customer = customers[sub["customer"]]
+            start, end = sub["current_period_start"], sub["current_period_end"]
+            periods = [(start - k * SEED_PERIOD_DAYS * DAY, start - (k - 1) * SEED_PERIOD_DAYS * DAY)
+                       for k in range(data.history_periods, 0, -1)]
+            periods = [p for p in periods if p[0] >= sub["created"]] + [(start, end)]
+            for period in periods:
+                ledger.invoice(customer=customer, sub=sub, lines=_lines(sub, period, prices=prices), created=period[0],
+                               org_id=org_of[customer["id"]],
+                               billing_reason="subscription_create" if period[0] == sub["created"] else "subscription_cycle")
+    finally:
+        ledger.bulk = False
 
 
 # --------------------------------------------------------------------------- the scenarios
@@ -606,7 +625,12 @@ def _refund_before_window(s: _Scenes):
                       and ledger.win_start - 40 * DAY < c["created"] < ledger.win_start]
     if seeded_charges:
         target = min(seeded_charges, key=lambda c: (c["created"], c["id"]))
-        ledger.refund(target, amount=target["amount"], created=t(0.47))
+        if ledger.sink is not None and "invoice_created" in target:  # a summary: the charge is in the store
+            target = ledger.sink.get(target["id"])
+            ledger.refund(target, amount=target["amount"], created=t(0.47))
+            ledger.sink.add(target)  # replaces the stored one
+        else:
+            ledger.refund(target, amount=target["amount"], created=t(0.47))
 
 
 def _churn(s: _Scenes):
@@ -697,22 +721,29 @@ def _lower_success_rate(ledger: _Ledger) -> None:
     """More failed first attempts on the month's renewals, until the rate is below the target."""
     month_start = _month_start(ledger.now)
     invoiced_at = {i["id"]: i["created"] for i in ledger.account["objects"].get("invoice", [])}
+    for c in ledger.charges:
+        if "invoice_created" in c:
+            invoiced_at[c["invoice"]] = c["invoice_created"]
 
-    def this_month(status: str) -> list[dict]:
-        return [c for c in ledger.charges if c["status"] == status and month_start <= c["created"] < ledger.now]
+    def this_month(c: dict) -> bool:
+        return month_start <= c["created"] < ledger.now
 
+    succeeded = sum(1 for c in ledger.charges if c["status"] == "succeeded" and this_month(c))
+    failed = sum(1 for c in ledger.charges if c["status"] == "failed" and this_month(c))
     codes = ("card_declined", "insufficient_funds", "expired_card", "card_declined")
-    candidates = sorted((c for c in this_month("succeeded") if c.get("invoice")), key=lambda c: (c["created"], c["id"]))
+    candidates = sorted((c for c in ledger.charges if c["status"] == "succeeded" and this_month(c) and c.get("invoice")),
+                        key=lambda c: (c["created"], c["id"]))
     n = 0
     while candidates:
-        succeeded, failed = len(this_month("succeeded")), len(this_month("failed"))
         if 100 * succeeded / (succeeded + failed) < TARGET_SUCCESS_RATE:
             break
         base = candidates[n % len(candidates)]
         # Between the invoice and the payment that succeeded (never before the invoice existed).
         created = min(max(base["created"] - 300 - n, invoiced_at[base["invoice"]], month_start), base["created"])
-        ledger.charge(customer=base["customer"], amount=base["amount"], currency=base["currency"], created=created,
-                      invoice=base["invoice"], org_id=None, status="failed", failure_code=codes[n % len(codes)])
+        charge = ledger.charge(customer=base["customer"], amount=base["amount"], currency=base["currency"],
+                               created=created, invoice=base["invoice"], org_id=None, status="failed",
+                               failure_code=codes[n % len(codes)])
+        failed += this_month(charge)
         n += 1
 
 
@@ -736,7 +767,5 @@ def _write_app_rows(engine: Engine, ledger: _Ledger) -> None:
                 ":current_period_start, :current_period_end, :cancel_at_period_end, :created_at, :created_at)"),
                 ledger.subscriptions)
         if ledger.payments:
-            conn.execute(sa.text(
-                "INSERT INTO payments (organization_id, stripe_invoice_id, stripe_charge_id, amount, currency, status, paid_at) "
-                "VALUES (:organization_id, :stripe_invoice_id, :stripe_charge_id, :amount, :currency, :status, :paid_at)"),
-                ledger.payments)
+            columns = ["organization_id", "stripe_invoice_id", "stripe_charge_id", "amount", "currency", "status", "paid_at"]
+            copy_rows(conn, "payments", columns, (tuple(row[c] for c in columns) for row in ledger.payments))

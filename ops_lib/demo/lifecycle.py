@@ -42,6 +42,11 @@ INCIDENT_MIN_AGE_S = 2.0
 # at 10 it is 3,000 organisations and 4 million usage events, already minutes to seed.
 MIN_SCALE, MAX_SCALE = 0.1, 10.0
 MAX_SEED = 2**31 - 1
+SIZE_KNOBS = ("organisations", "usage_events_per_org", "usage_events", "stripe_events", "history_periods")
+# Above this many organisations the Stripe account is a SQLite state (stripe_emulator/store.py),
+# streamed while it is built: a JSON document of a million customers fits neither in memory nor
+# in the emulator's start-up.
+SQLITE_STATE_ABOVE = 20_000
 
 
 def demo_dir() -> Path:
@@ -152,10 +157,10 @@ def up(*, seed: int = 42, scale: float = 1.0, fresh: bool = False, incidents: bo
     The live incidents are planted again whenever they are not all there: after PostgreSQL was
     stopped (their sessions ended with it) or their process ended.
 
-    ``sizes`` (benchmarks): ``organisations``, ``usage_events_per_org``, ``stripe_events``, passed
-    to ``seed.build`` when the demo is created."""
+    ``sizes`` (benchmarks): ``organisations``, ``usage_events_per_org`` or ``usage_events``,
+    ``stripe_events``, ``history_periods``, passed to ``seed.build`` when the demo is created."""
     check_options(seed=seed, scale=scale)
-    unknown = set(sizes) - {"organisations", "usage_events_per_org", "stripe_events"}
+    unknown = set(sizes) - set(SIZE_KNOBS)
     if unknown:
         raise TypeError(f"up() got unknown sizes: {', '.join(sorted(unknown))}")
     with _lock():
@@ -205,6 +210,8 @@ def _create(*, seed: int, scale: float, quiet: bool, sizes: dict | None = None) 
             _end_process(pid)
         with suppress(Exception):  # the original error is the one to report
             cluster.destroy()
+        for partial in demo_dir().glob(".stripe.sqlite.*.tmp"):  # a large account's unfinished state
+            partial.unlink(missing_ok=True)
         raise
 
 
@@ -256,14 +263,25 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
         "ports": {"receiver": receiver_port, "emulator": emulator_port},
     })
     _say(quiet, "demo: building the Stripe account and delivering its webhooks")
-    account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"])
+    large = len(data.organizations) > SQLITE_STATE_ABOVE
+    state["stripe_state"] = str(demo_dir() / ("stripe.sqlite" if large else "stripe.json"))
+    account, plan = stripe_account.build(data, api_key=state["stripe_api_key"], receiver_url=state["webhook_url"],
+                                         store=state["stripe_state"] if large else None)
+    _say(quiet, f"demo: Stripe account built ({time.monotonic() - started:.1f}s); billing history")
     planted["revenue_report"] = billing_history.plant(super_app, data, account)
     usage_trend_data.plant(super_app, data)  # before quota_data: its counters include the surge
     # Not an exact manifest: the quota incidents' heavy recent usage surges too. The planted
     # organisation must be named and the control must not.
     planted["usage_trend"] = usage_trend_data.organisations(data)
     planted["quota_audit"] = quota_data.plant(super_app, data, account)
-    write_stripe_state(stripe_state_path(), account)
+    _say(quiet, f"demo: writing the Stripe state ({time.monotonic() - started:.1f}s)")
+    writer = account.pop(billing_history.BULK, None)
+    account.pop(stripe_account.SLIM_CUSTOMERS, None)
+    if writer is not None:
+        writer.finish(account)
+    else:
+        write_stripe_state(stripe_state_path(state), account)
+    del account
     _start_services(state)
     stripe_account.deliver(plan, url=state["webhook_url"], secret=state["stripe_webhook_secret"],
                            old_secret="whsec_" + secrets.token_hex(16), admin=super_app)
@@ -285,7 +303,10 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
     return state
 
 
-def stripe_state_path() -> Path:
+def stripe_state_path(state: dict | None = None) -> Path:
+    """The emulator's state file: JSON, or SQLite for a large account (``state["stripe_state"]``)."""
+    if state and state.get("stripe_state"):
+        return Path(state["stripe_state"])
     return demo_dir() / "stripe.json"
 
 
@@ -321,7 +342,7 @@ def _start_services(state: dict) -> None:
     if not _alive(pids.get("emulator")):
         pids["emulator"] = _spawn(
             "stripe-emulator",
-            ["ops_lib.stripe_emulator", "--state", str(stripe_state_path()), "--port", str(state["ports"]["emulator"])],
+            ["ops_lib.stripe_emulator", "--state", str(stripe_state_path(state)), "--port", str(state["ports"]["emulator"])],
             {},
         )
     if not _alive(pids.get("receiver")):

@@ -7,6 +7,7 @@ tests compare with what the runbooks report.
 """
 from __future__ import annotations
 
+import io
 import json
 import random
 import threading
@@ -47,17 +48,24 @@ class Dataset:
     subscriptions: list[dict] = field(default_factory=list)
     usage_event_count: int = 0
     stripe_events: int = 0  # background Stripe events beyond the planted ones (benchmarks)
+    # paid 30-day periods before the current one, per seeded subscription (billing_history)
+    history_periods: int = 6
 
 
 def build(seed: int = 42, scale: float = 1.0, now: datetime | None = None, *,
           organisations: int | None = None, usage_events_per_org: float | None = None,
-          stripe_events: int = 0) -> Dataset:
+          usage_events: int | None = None, stripe_events: int = 0,
+          history_periods: int | None = None) -> Dataset:
     """The data set; ``scale`` sizes everything, and the benchmark's knobs override it one by one:
     ``organisations`` (at least 40: the planted incidents need 30 buyers), ``usage_events_per_org``
-    and ``stripe_events`` (extra, already-delivered events of a type the app does not handle)."""
+    or ``usage_events`` (the total), ``stripe_events`` (extra, already-delivered events of a type
+    the app does not handle) and ``history_periods`` (paid months before the current one per
+    seeded subscription: 6 by default; each is an invoice, a charge and a balance transaction)."""
     rng = random.Random(seed)
     now = (now or datetime.now(timezone.utc)).replace(microsecond=0)
     data = Dataset(seed=seed, scale=scale, now=now, stripe_events=max(0, int(stripe_events)))
+    if history_periods is not None:
+        data.history_periods = max(0, int(history_periods))
     n_orgs = max(40, int(organisations)) if organisations is not None else max(20, int(300 * scale))
     for org_id in range(1, n_orgs + 1):
         plan = rng.choices(["free", "pro", "team"], weights=[5, 4, 1])[0]
@@ -93,6 +101,8 @@ def build(seed: int = 42, scale: float = 1.0, now: datetime | None = None, *,
     data.usage_event_count = max(20_000, int(400_000 * scale))
     if usage_events_per_org is not None:
         data.usage_event_count = max(1_000, int(usage_events_per_org * n_orgs))
+    if usage_events is not None:
+        data.usage_event_count = max(1_000, int(usage_events))
     return data
 
 
@@ -100,36 +110,71 @@ _ADJECTIVES = ("Blue", "Quiet", "Rapid", "Bright", "North", "Civic", "Lunar", "A
 _NOUNS = ("Labs", "Works", "Studio", "Systems", "Analytics", "Health", "Logistics", "Media", "Foods", "Cloud")
 
 
+def copy_rows(conn: Connection, table: str, columns: list[str], rows, chunk: int = 200_000) -> None:
+    """``rows`` (tuples in ``columns`` order) into ``table`` with COPY: one round trip per chunk
+    instead of a statement per row (a million organisations load in seconds). Where psycopg2
+    has a wait callback (opsbook's bounded waits, in a process that made a runbook engine),
+    COPY is not available: multi-row INSERTs instead."""
+    from psycopg2 import extensions, extras
+
+    cursor = conn.connection.cursor()
+    columns_sql = ", ".join(columns)
+    if extensions.get_wait_callback() is not None:
+        extras.execute_values(cursor, f"INSERT INTO {table} ({columns_sql}) VALUES %s", rows, page_size=5_000)
+        return
+    sql = f"COPY {table} ({columns_sql}) FROM STDIN"
+    buffer: list[str] = []
+
+    def send() -> None:
+        cursor.copy_expert(sql, io.StringIO("".join(buffer)))
+        buffer.clear()
+
+    for row in rows:
+        buffer.append("\t".join(_copy_text(v) for v in row) + "\n")
+        if len(buffer) >= chunk:
+            send()
+    if buffer:
+        send()
+
+
+def _copy_text(value) -> str:
+    if value is None:
+        return "\\N"
+    if isinstance(value, bool):
+        return "t" if value else "f"
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value).replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+# Secondary indexes of the bulk tables, built after their rows (one sort each, not a B-tree
+# insert per row). Constraints (primary keys, unique) stay: the load is checked as it goes.
+_BULK_TABLES = ("organizations", "users", "subscriptions", "usage_events")
+
+
 def load(conn: Connection, data: Dataset) -> None:
     """Schema and rows, in one transaction of set-based statements."""
     conn.exec_driver_sql(SCHEMA_SQL.read_text())
+    deferred = conn.execute(sa.text(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = current_schema() "
+        "AND i.tablename = ANY(:tables) AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)"
+    ), {"tables": list(_BULK_TABLES)}).all()
+    for name, _ in deferred:
+        conn.exec_driver_sql(f"DROP INDEX {name}")
     conn.execute(
         sa.text("INSERT INTO plans (code, name, monthly_price, usage_limit, is_paid) VALUES (:c, :n, :p, :l, :paid)"),
         [{"c": c, "n": n, "p": p, "l": lim, "paid": paid} for c, n, p, lim, paid in PLANS],
     )
-    conn.execute(
-        sa.text(
-            "INSERT INTO organizations (id, name, plan_code, stripe_customer_id, created_at) "
-            "VALUES (:id, :name, :plan_code, :stripe_customer_id, :created_at)"
-        ),
-        data.organizations,
-    )
+    copy_rows(conn, "organizations", ["id", "name", "plan_code", "stripe_customer_id", "created_at"],
+              ((o["id"], o["name"], o["plan_code"], o["stripe_customer_id"], o["created_at"]) for o in data.organizations))
     conn.execute(sa.text("SELECT setval('organizations_id_seq', :n)"), {"n": len(data.organizations)})
-    conn.execute(
-        sa.text(
-            "INSERT INTO users (organization_id, email, name, role, last_login_at, created_at) "
-            "VALUES (:organization_id, :email, :name, :role, :last_login_at, :created_at)"
-        ),
-        data.users,
-    )
-    conn.execute(
-        sa.text(
-            "INSERT INTO subscriptions (organization_id, stripe_subscription_id, stripe_price_id, plan_code, status, "
-            "current_period_start, current_period_end, created_at) VALUES (:organization_id, :stripe_subscription_id, "
-            ":stripe_price_id, :plan_code, :status, :current_period_start, :current_period_end, :created_at)"
-        ),
-        data.subscriptions,
-    )
+    copy_rows(conn, "users", ["organization_id", "email", "name", "role", "last_login_at", "created_at"],
+              ((u["organization_id"], u["email"], u["name"], u["role"], u["last_login_at"], u["created_at"])
+               for u in data.users))
+    copy_rows(conn, "subscriptions", ["organization_id", "stripe_subscription_id", "stripe_price_id", "plan_code",
+                                      "status", "current_period_start", "current_period_end", "created_at"],
+              ((s["organization_id"], s["stripe_subscription_id"], s["stripe_price_id"], s["plan_code"], s["status"],
+                s["current_period_start"], s["current_period_end"], s["created_at"]) for s in data.subscriptions))
     # Usage events are generated server-side: setseed makes random() repeat for the same seed.
     conn.execute(sa.text("SELECT setseed(:s)"), {"s": (data.seed % 1000) / 1000.0})
     conn.execute(
@@ -148,6 +193,8 @@ def load(conn: Connection, data: Dataset) -> None:
         {"orgs": len(data.organizations), "users": len(data.users), "n": data.usage_event_count,
          "now": data.now, "seed": str(data.seed)},
     )
+    for _, definition in deferred:
+        conn.exec_driver_sql(definition)
 
 
 def plant_slow_queries(engine: Engine) -> dict:

@@ -13,16 +13,19 @@ import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from ..stripe_emulator import objects as so
 from ..stripe_emulator.state import add_objects, new_state
+from ..stripe_emulator.store import SqliteStateWriter
 from ..webhooks.event_types import HANDLED_EVENT_TYPES
 from ..webhooks.signature import sign
 from . import payment_intent_incidents, refund_incidents
 from .app_records import record_event
+from .billing_history import BULK
 from .seed import Dataset
 
 PLAN_PRICES = {"pro": 2_900, "team": 9_900}
@@ -30,6 +33,22 @@ CREDIT_PACK = {"amount": 1_900, "credits": "1000"}
 
 # Its endpoint is subscribed to too few of the types the app handles (planted).
 ENDPOINT_EVENT_TYPES = [t for t in HANDLED_EVENT_TYPES if t not in ("invoice.payment_failed", "checkout.session.async_payment_succeeded")]
+
+
+# A large account keeps in memory only the customers the planting code reads or changes; of the
+# others, what their invoices copy (billing_history), under state[SLIM_CUSTOMERS].
+SLIM_CUSTOMER = ("id", "object", "email", "name", "invoice_prefix")
+SLIM_CUSTOMERS = "_slim_customers"
+
+
+def kept_organisations(data: Dataset, buyers: list[int]) -> set[int]:
+    """Organisations whose Stripe customer stays in memory in a large account: the first (its
+    customer is the model of quota_data's unlinked one), the quota and usage-trend incidents and
+    controls, and the credit buyers."""
+    from . import quota_data, usage_trend_data
+
+    return ({1} | set(quota_data.organisations(data).values())
+            | set(usage_trend_data.organisations(data).values()) | set(buyers))
 
 
 @dataclass
@@ -46,24 +65,51 @@ class WebhookPlan:
     disabled_endpoint_id: str = ""
 
 
-def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, WebhookPlan]:
+def build(data: Dataset, *, api_key: str, receiver_url: str, store: str | Path | None = None) -> tuple[dict, WebhookPlan]:
+    """The account and the webhook plan. With ``store`` (a large account), the bulk — the
+    background events here, the seeded billing history in billing_history — is streamed into a
+    SQLite state there (``state[BULK]``, a SqliteStateWriter; ``finish(state)`` completes it);
+    what the planting code looks at and changes stays in ``state["objects"]``."""
     so.seed_ids(f"opsbook-demo-{data.seed}")
     rng = random.Random(data.seed + 1)
     now = int(data.now.timestamp())
     state = new_state([api_key])
+    if store is not None:
+        state[BULK] = SqliteStateWriter(store)
     plan = WebhookPlan()
 
-    customers = {}
+    bulk = state.get(BULK)
+    org_ids = [o["id"] for o in data.organizations]
+    buyers = rng.sample(org_ids, 30)  # the last day's credit purchases (below)
+    keep = kept_organisations(data, buyers) if bulk is not None else None
+    customers: dict[int, dict] = {}
+    background: list[dict] = []
     owners: dict[int, dict] = {}  # each org's first user (one pass: seeding stays linear)
     for user in data.users:
         owners.setdefault(user["organization_id"], user)
-    for org in data.organizations:
+    for index, org in enumerate(data.organizations):
         owner = owners[org["id"]]
-        customers[org["id"]] = so.make_customer(
+        customer = so.make_customer(
             id=org["stripe_customer_id"], email=owner["email"], name=org["name"],
             created=int(org["created_at"].timestamp()), metadata={"organization_id": str(org["id"])},
         )
-    add_objects(state, *customers.values())
+        # Background load (benchmarks): delivered events of a type the app does not handle, over
+        # the last 30 days, each about one customer (made with it: a large account streams both).
+        for n in range(index, data.stripe_events, len(org_ids)):
+            created = now - 3_600 - (n * 2_591_000) // max(1, data.stripe_events)
+            event = so.make_event("customer.updated", customer, created=created)
+            event["pending_webhooks"] = 0
+            if bulk is not None:
+                bulk.add(event)
+            else:
+                background.append(event)
+        if bulk is not None and org["id"] not in keep:
+            bulk.add(customer)  # streamed; what invoices need of it stays
+            customer = {k: customer[k] for k in SLIM_CUSTOMER}
+        customers[org["id"]] = customer
+    add_objects(state, *(c for org_id, c in customers.items() if keep is None or org_id in keep))
+    if bulk is not None:
+        state[SLIM_CUSTOMERS] = {c["id"]: c for org_id, c in customers.items() if org_id not in keep}
 
     products = {
         "pro": so.make_product(name="Pro", id="prod_demo_pro", created=now - 800 * 86400),
@@ -88,7 +134,6 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
         ))
 
     # The last day's credit purchases: most delivered and fulfilled, some not (planted).
-    buyers = rng.sample([o["id"] for o in data.organizations], 30)
     purchases = []
     for n, org_id in enumerate(buyers):
         age = 600 + n * 2_700  # spread over the last ~23 hours, oldest last
@@ -126,15 +171,7 @@ def build(data: Dataset, *, api_key: str, receiver_url: str) -> tuple[dict, Webh
             plan.delivered.append(event)
         add_objects(state, event)
 
-    # Background load (benchmarks): delivered events of a type the app does not handle, over
-    # the last 30 days, each about one customer.
-    org_ids = [o["id"] for o in data.organizations]
-    for n in range(data.stripe_events):
-        customer = customers[org_ids[n % len(org_ids)]]
-        created = now - 3_600 - (n * 2_591_000) // max(1, data.stripe_events)
-        event = so.make_event("customer.updated", customer, created=created)
-        event["pending_webhooks"] = 0
-        add_objects(state, event)
+    add_objects(state, *background)
 
     endpoint = so.make_webhook_endpoint(
         receiver_url, enabled_events=ENDPOINT_EVENT_TYPES, created=now - 400 * 86400,

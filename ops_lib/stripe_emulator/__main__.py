@@ -16,7 +16,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ops_lib.stripe_emulator",
-        description=f"Serve a Stripe account (API version {API_VERSION}) from a JSON state file.")
+        description=f"Serve a Stripe account (API version {API_VERSION}) from a state file (JSON, or SQLite for large accounts).")
     parser.add_argument("--state", required=True, help="the state file (reloaded when it changes)")
     parser.add_argument("--port", type=int, default=12111, help="0 picks a free port (default 12111)")
     parser.add_argument("--verbose", action="store_true", help="log every request to stderr")

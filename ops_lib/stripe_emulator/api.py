@@ -12,7 +12,7 @@ import bisect
 import copy
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 from urllib.parse import parse_qsl
 
 Obj = dict[str, Any]
@@ -404,28 +404,38 @@ class Account:
                 self.position[obj["id"]] = i
         self._children: dict[tuple[str, str], dict[str, list[Obj]]] = {}
 
-    def created_bounds(self, object_type: str, value: Any, param: str) -> tuple[int, int]:
-        """The slice [lo, hi) of the listing whose `created` can satisfy `created=...`."""
+    def get(self, object_id: str) -> Obj | None:
+        return self.by_id.get(object_id)
+
+    def scan(self, object_type: str, *, created: tuple[int | None, int | None] | None = None,
+             after: Obj | None = None, before: Obj | None = None,
+             where: Mapping[str, str] | None = None, batch: int = 32) -> Iterator[Obj]:
+        """The listing of `object_type` (newest first) from just after the cursor `after`; or,
+        with `before`, the objects newer than it, nearest first. `created` (inclusive bounds)
+        narrows it; `where` (column -> value) is a hint a store may use, not a filter: every
+        object is still tested against the request's filters. `batch`: how many objects the
+        caller expects to need (a store reads that many at first)."""
+        items = self.by_type.get(object_type, [])
+        lo, hi = 0, len(items)
+        if created is not None:
+            lo, hi = self.created_bounds(object_type, created)
+        if before is not None:
+            for i in range(min(self.position[before["id"]], hi) - 1, lo - 1, -1):
+                yield items[i]
+            return
+        start = lo if after is None else max(lo, self.position[after["id"]] + 1)
+        for i in range(start, hi):
+            yield items[i]
+
+    def created_bounds(self, object_type: str, bounds: tuple[int | None, int | None]) -> tuple[int, int]:
+        """The slice [lo, hi) of the listing whose `created` is within `bounds` (inclusive)."""
         items = self.by_type.get(object_type, [])
         asc = self._created_asc.get(object_type)
         if asc is None:
             asc = self._created_asc[object_type] = [obj.get("created") or 0
                                                     for obj in reversed(items)]
         n = len(asc)
-        low_ts, high_ts = None, None  # inclusive bounds on created
-        if isinstance(value, dict):
-            for op, bound in value.items():
-                if op not in _RANGE_OPS:
-                    return 0, n  # the filter itself reports the error
-                ts = _integer(bound, f"{param}[{op}]")
-                if op in ("gt", "gte"):
-                    ts = ts + 1 if op == "gt" else ts
-                    low_ts = ts if low_ts is None else max(low_ts, ts)
-                else:
-                    ts = ts - 1 if op == "lt" else ts
-                    high_ts = ts if high_ts is None else min(high_ts, ts)
-        else:
-            low_ts = high_ts = _integer(value, param)
+        low_ts, high_ts = bounds
         # Ascending indexes [a, b) hold low_ts <= created <= high_ts.
         a = 0 if low_ts is None else bisect.bisect_left(asc, low_ts)
         b = n if high_ts is None else bisect.bisect_right(asc, high_ts)
@@ -446,12 +456,15 @@ class Account:
     def counts(self) -> dict[str, int]:
         return {object_type: len(items) for object_type, items in self.by_type.items()}
 
+    def _copy(self, obj: Obj) -> Obj:
+        return copy.deepcopy(obj)  # stored objects are shared: serve copies
+
     # -- rendering
 
     def render(self, obj: Obj, expand: Iterable[str] = (), prefix: str = "") -> Obj:
         """A served copy of `obj`: includable properties removed, then `expand` paths applied
         (`prefix` is what precedes them in the request, for error messages: "data.")."""
-        served = _strip_includable(copy.deepcopy(obj))
+        served = _strip_includable(self._copy(obj))
         for path in expand:
             self._expand(served, path.split("."), prefix + path)
         return served
@@ -475,7 +488,7 @@ class Account:
         if kind is None:
             raise _cannot_expand(full)
         if kind == "id" and isinstance(node.get(head), str):
-            target = self.by_id.get(node[head])
+            target = self.get(node[head])
             if target is not None:  # ids of objects the emulator does not hold stay ids
                 node[head] = self.render(target)
         elif kind == "includable":
@@ -496,7 +509,7 @@ class Account:
             return _list_object([self.render(s) for s in subs],
                                 f"/v1/customers/{object_id}/subscriptions")
         # Served copies (and prices embedded in items) lack it: the stored object has it.
-        return copy.deepcopy(self.by_id.get(object_id, {}).get(name))
+        return copy.deepcopy((self.get(object_id) or {}).get(name))
 
 
 def _sort_key(obj: Obj) -> tuple[int, str]:
@@ -557,10 +570,53 @@ def _reject_unknown(params: Obj, accepted: Iterable[str]) -> None:
 def retrieve_object(account: Account, collection: Collection, object_id: str,
                     params: Obj) -> Obj:
     _reject_unknown(params, {"expand"})
-    obj = account.by_id.get(object_id)
+    obj = account.get(object_id)
     if obj is None or obj["object"] != collection.object_type:
         raise _no_such(collection.object_type, object_id, "id", 404)
     return account.render(obj, _expand_paths(params, listing=False))
+
+
+def created_range(value: Any, param: str) -> tuple[int | None, int | None] | None:
+    """Inclusive bounds on `created` from `created=T` or `created[op]=T` (None: an unknown
+    operator, which the filter itself reports)."""
+    low_ts, high_ts = None, None
+    if isinstance(value, dict):
+        for op, bound in value.items():
+            if op not in _RANGE_OPS:
+                return None
+            ts = _integer(bound, f"{param}[{op}]")
+            if op in ("gt", "gte"):
+                ts = ts + 1 if op == "gt" else ts
+                low_ts = ts if low_ts is None else max(low_ts, ts)
+            else:
+                ts = ts - 1 if op == "lt" else ts
+                high_ts = ts if high_ts is None else min(high_ts, ts)
+    else:
+        low_ts = high_ts = _integer(value, param)
+    return low_ts, high_ts
+
+
+# Filters a store may answer from an index (see store.py): parameter -> stored column. Only
+# equality filters whose predicate is exactly "this column equals the value".
+INDEXED_FILTERS = {
+    "customer": "customer",
+    "subscription": "parent",   # invoices
+    "charge": "parent",         # refunds, disputes
+    "source": "parent",         # balance transactions
+}
+PARENT_KEY = {"invoice": "subscription", "refund": "charge", "dispute": "charge",
+              "balance_transaction": "source"}
+
+
+def index_hints(collection: Collection, params: Obj) -> dict[str, str]:
+    hints = {}
+    for name, column in INDEXED_FILTERS.items():
+        if name not in collection.filters or not isinstance(params.get(name), str):
+            continue
+        if column == "parent" and PARENT_KEY.get(collection.object_type) != name:
+            continue
+        hints[column] = params[name]
+    return hints
 
 
 def list_objects(account: Account, collection: Collection, params: Obj) -> Obj:
@@ -586,47 +642,35 @@ def list_objects(account: Account, collection: Collection, params: Obj) -> Obj:
     predicates = [build(params[name], name) for name, build in collection.filters.items()
                   if name in params]
     predicates += [test for name, test in collection.defaults.items() if name not in params]
-    items = account.by_type.get(collection.object_type, [])
-    # Only the slice a `created` filter allows, from the cursor's position on: a page costs
-    # what it scans, not the size of the collection.
-    lo, hi = 0, len(items)
+    # Only what a `created` filter allows, from the cursor on: a page costs what it scans,
+    # not the size of the collection.
+    created = None
     if "created" in params and "created" in collection.filters:
-        lo, hi = account.created_bounds(collection.object_type, params["created"], "created")
-
-    def matches(obj: Obj) -> bool:
-        return all(test(obj) for test in predicates)
-
+        created = created_range(params["created"], "created")
+    after = before = None
     if "ending_before" in params:
-        cursor = _cursor(account, collection, params, "ending_before")
-        # The page is the `limit` objects just before the cursor, still newest first.
-        newer: list[Obj] = []
-        for i in range(min(cursor, hi) - 1, lo - 1, -1):
-            if matches(items[i]):
-                newer.append(items[i])
-                if len(newer) > limit:
-                    break
-        has_more = len(newer) > limit
-        page = newer[:limit][::-1]
-    else:
-        start = lo
-        if "starting_after" in params:
-            start = max(lo, _cursor(account, collection, params, "starting_after") + 1)
-        page = []
-        for i in range(start, hi):
-            if matches(items[i]):
-                page.append(items[i])
-                if len(page) > limit:
-                    break
-        has_more = len(page) > limit
-        page = page[:limit]
+        before = _cursor(account, collection, params, "ending_before")
+    elif "starting_after" in params:
+        after = _cursor(account, collection, params, "starting_after")
+    page: list[Obj] = []
+    for obj in account.scan(collection.object_type, created=created, after=after, before=before,
+                            where=index_hints(collection, params), batch=limit + 1):
+        if all(test(obj) for test in predicates):
+            page.append(obj)
+            if len(page) > limit:
+                break
+    has_more = len(page) > limit
+    page = page[:limit]
+    if before is not None:
+        page.reverse()  # the `limit` objects just before the cursor, still newest first
     return _list_object([account.render(obj, expand, prefix="data.") for obj in page],
                         collection.path, has_more)
 
 
-def _cursor(account: Account, collection: Collection, params: Obj, name: str) -> int:
-    """The cursor object's position in its (newest first) listing."""
+def _cursor(account: Account, collection: Collection, params: Obj, name: str) -> Obj:
+    """The cursor object (of the listed type)."""
     object_id = _string(params[name], name)
-    obj = account.by_id.get(object_id)
+    obj = account.get(object_id)
     if obj is None or obj["object"] != collection.object_type:
         raise _no_such(collection.object_type, object_id, name, 400)
-    return account.position[object_id]
+    return obj

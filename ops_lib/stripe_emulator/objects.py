@@ -38,8 +38,25 @@ def seed_ids(seed: int | str) -> None:
     _ids.seed(seed)
 
 
+_TABLES: dict[str, bytes] = {}
+
+
 def _random_chars(n: int, alphabet: str = _ALPHABET) -> str:
-    return "".join(_ids.choices(alphabet, k=n))  # one call, not n: ids are most of a big seed's time
+    # n random bytes mapped onto the alphabet by one translate: ids were most of a big seed's
+    # time (random.choices: ~40 us an id; this: ~1 us). The modulo's slight bias is harmless.
+    table = _TABLES.get(alphabet)
+    if table is None:
+        table = _TABLES[alphabet] = bytes(ord(alphabet[b % len(alphabet)]) for b in range(256))
+    return _ids.randbytes(n).translate(table).decode("ascii")
+
+
+def _clone(value: Any) -> Any:
+    """A copy of JSON data (dicts, lists, scalars): copy.deepcopy without its memo, ~4x faster."""
+    if isinstance(value, dict):
+        return {k: _clone(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clone(v) for v in value]
+    return value
 
 
 def _random_code() -> str:
@@ -312,7 +329,7 @@ def make_discount(coupon: Obj, *, start: int, customer: Ref = None, subscription
         "id": id or new_id("di"),
         "object": "discount",
         "checkout_session": _id_of(checkout_session),
-        "coupon": copy.deepcopy(coupon),
+        "coupon": _clone(coupon),
         "customer": _id_of(customer),
         "end": end,
         "invoice": _id_of(invoice),
@@ -465,7 +482,7 @@ def make_subscription(*, customer: Ref, items: Sequence[tuple[Obj, int | None] |
 
 def _served_copy(price: Obj) -> Obj:
     """An embedded copy of a price as Stripe embeds it: without its includable `tiers`."""
-    embedded = copy.deepcopy(price)
+    embedded = _clone(price)
     embedded.pop("tiers", None)
     return embedded
 
@@ -634,7 +651,7 @@ def make_invoice(*, customer: Ref, status: str = "paid", subscription: Obj | str
         "default_source": None,
         "default_tax_rates": [],
         "description": None,
-        "discount": copy.deepcopy(discount),
+        "discount": _clone(discount),
         "discounts": [discount["id"]] if discount else [],
         "due_date": created + 30 * 86400 if collection_method == "send_invoice" else None,
         "effective_at": created if finalized else None,
@@ -941,7 +958,7 @@ def make_dispute(*, charge: Ref, amount: int | None = None, currency: str | None
         "id": id or new_id("dp"),
         "object": "dispute",
         "amount": amount,
-        "balance_transactions": [copy.deepcopy(txn) for txn in balance_transactions],
+        "balance_transactions": [_clone(txn) for txn in balance_transactions],
         "charge": _id_of(charge),
         "created": created,
         "currency": currency,
@@ -1135,9 +1152,9 @@ def make_event(type: str, data_object: Mapping[str, Any], *, id: str | None = No
     expected = event_object_type(type)
     if expected is not None and data_object.get("object") != expected:
         raise ValueError(f"{type} events carry {expected} objects, not {data_object.get('object')}")
-    data: Obj = {"object": copy.deepcopy(dict(data_object))}
+    data: Obj = {"object": _clone(dict(data_object))}
     if previous_attributes is not None:
-        data["previous_attributes"] = copy.deepcopy(dict(previous_attributes))
+        data["previous_attributes"] = _clone(dict(previous_attributes))
     return {
         "id": id or new_id("evt"),
         "object": "event",

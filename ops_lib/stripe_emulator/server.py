@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from .api import Account, ApiError, list_objects, parse_query, retrieve_object, route
 from .objects import API_VERSION
 from .state import read_state
+from .store import SqliteAccount, is_sqlite_state, read_sqlite_meta
 
 ACCOUNT_ID = "acct_1NnlkGGPxmnHQRkJ"
 FAULT_STATUSES = (401, 403, 429, 500)
@@ -46,7 +47,8 @@ def stripe_masked_key(key: str) -> str:
 
 
 class Emulator:
-    """The account served from a state file, reloaded whenever the file changes."""
+    """The account served from a state file (JSON, or SQLite: store.py), reloaded whenever the
+    file changes."""
 
     def __init__(self, state_path: str | os.PathLike):
         self.state_path = Path(state_path)
@@ -66,8 +68,12 @@ class Emulator:
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
         if stamp == self._stamp:
             return
-        state = read_state(self.state_path)
-        account = Account(state["objects"])
+        if is_sqlite_state(self.state_path):  # a benchmark's account: read in place (store.py)
+            state = read_sqlite_meta(self.state_path)
+            account: Account = SqliteAccount(self.state_path, state)
+        else:
+            state = read_state(self.state_path)
+            account = Account(state["objects"])
         api_keys = _parse_api_keys(state.get("api_keys", []))
         faults = [_parse_fault(f) for f in state.get("faults") or []]
         with self._lock:
@@ -260,7 +266,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         status, payload = self.server.emulator.handle(
             self.command, self.path, self.headers, body)
-        data = json.dumps(payload, indent=2).encode()
+        # Compact: json's C encoder (indent=2 would force the pure-Python one, ~50x slower:
+        # 140 ms for a page of 100 invoices against 3 ms).
+        data = json.dumps(payload, ensure_ascii=False).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -11,7 +11,8 @@ Objects are stored exactly as the API serves them (see objects.py), grouped by t
 value. A restricted key lists the object types it may read (Stripe's `rak_<type>_read`
 permissions). Faults make the emulator fail requests on purpose (see server.py).
 The server reloads the file whenever its modification time changes, so write it atomically
-(`write_state` does).
+(`write_state` does). An account of millions of objects is a SQLite state instead (store.py),
+which the server reads in place; the server tells the two apart by the file's first bytes.
 """
 from __future__ import annotations
 
