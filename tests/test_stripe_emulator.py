@@ -613,10 +613,10 @@ def test_the_state_file_is_indented_json_grouped_by_type(tmp_path):
         "dispute", "balance_transaction", "event", "webhook_endpoint", "checkout.session"}
 
 
-def test_python_dash_m_serves_a_state_file(tmp_path):
-    state = build_rich_state()
-    path = tmp_path / "state.json"
-    write_state(path, state)
+@pytest.mark.parametrize("name, write", [("state.json", write_state), ("stripe.sqlite", write_sqlite_state)])
+def test_python_dash_m_serves_a_state_file(tmp_path, name, write):
+    path = tmp_path / name
+    write(path, build_rich_state())
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
         [sys.executable, "-m", "ops_lib.stripe_emulator", "--state", str(path), "--port", "0"],

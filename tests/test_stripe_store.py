@@ -7,10 +7,7 @@ the in-memory build makes, a replaced file is served at once, and `python -m` se
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -21,7 +18,6 @@ from ops_lib.stripe_emulator.store import is_sqlite_state, write_sqlite_state
 
 from .stripe_fixtures import SECRET_KEY, T0, build_rich_state, client_for, control
 
-REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 18, 15, 30, tzinfo=timezone.utc)
 
 
@@ -82,22 +78,6 @@ def test_a_replaced_sqlite_state_is_served_at_once(tmp_path):
         assert control(base_url, "GET", "faults")["faults"][0]["status"] == 429
     finally:
         stop(server, thread)
-
-
-def test_python_dash_m_serves_a_sqlite_state(tmp_path):
-    path = write_sqlite_state(tmp_path / "stripe.sqlite", build_rich_state())
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ops_lib.stripe_emulator", "--state", str(path), "--port", "0"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
-    try:
-        line = process.stdout.readline()
-        assert "serving" in line, process.stderr.read()
-        base_url = line.split(" at ")[1].split()[0]
-        assert client_for(base_url).v1.webhook_endpoints.list().data
-    finally:
-        process.terminate()
-        assert process.wait(timeout=5) == 0
 
 
 def test_a_listing_reads_its_page_from_an_index_not_the_table(tmp_path):

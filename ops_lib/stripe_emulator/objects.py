@@ -12,7 +12,6 @@ currencies such as JPY, 4900 is ¥4,900.
 from __future__ import annotations
 
 import calendar
-import copy
 import random
 import string
 import time
