@@ -78,19 +78,26 @@ def keep_currency(obj: dict, currencies: Sequence[str]) -> bool:
 
 
 def fetch_stripe(client, period: Period, *, history_months: int = 12,
-                 currencies: Iterable[str] | None = None) -> StripeData:
-    """One listing per kind, filters pushed to the API (see the module's table)."""
+                 currencies: Iterable[str] | None = None, compact: bool = True) -> StripeData:
+    """One listing per kind, filters pushed to the API (see the module's table); each object kept
+    with only the fields the computations read (``Compactor``), as it streams in (``compact=False``:
+    whole, as Stripe sent them; the tests compare the two)."""
     wanted = normalise_currencies(currencies)
     data = StripeData(period=period, history_months=history_months, currencies=wanted)
     since_invoices = data.history_start - YEAR_LOOKBACK
     until = period.until
-    keep = lambda objs: [o for o in objs if keep_currency(o, wanted)]  # noqa: E731
-    data.subscriptions = keep(list_subscriptions(client, status="all", expand_customer=True))
-    data.invoices = keep(list_invoices(client, created_since=since_invoices))
-    data.charges = keep(list_charges(client, since=period.start - CHARGE_SLACK, until=until + CHARGE_SLACK))
-    data.refunds = keep(list_refunds(client, since=period.start, until=until))
-    data.disputes = keep(list_disputes(client, since=period.start, until=until))
-    data.balance_transactions = keep(list_balance_transactions(client, since=period.start, until=until))
+    c = Compactor()
+
+    def keep(objs, project):
+        return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
+
+    data.subscriptions = keep(list_subscriptions(client, status="all", expand_customer=True), c.subscription)
+    data.invoices = keep(list_invoices(client, created_since=since_invoices), c.invoice)
+    data.charges = keep(list_charges(client, since=period.start - CHARGE_SLACK, until=until + CHARGE_SLACK), c.charge)
+    data.refunds = keep(list_refunds(client, since=period.start, until=until), c.refund)
+    data.disputes = keep(list_disputes(client, since=period.start, until=until), c.dispute)
+    data.balance_transactions = keep(list_balance_transactions(client, since=period.start, until=until),
+                                     c.balance_transaction)
     return data
 
 
@@ -102,3 +109,154 @@ def id_of(ref) -> str | None:
 
 at = from_epoch  # Stripe's epoch seconds as a UTC datetime (ops_lib.utc)
 
+
+# --------------------------------------------------------------------------- compact objects
+#
+# Each object is kept with only the fields the computations read, as it streams in: the rest of a
+# Stripe object (addresses, metadata, payment settings, the invoice's own copies of its customer's
+# details…) is most of its size and was held for the whole run. Same dict shapes, same keys when
+# present, so every computation reads them as before. Identical prices (the same price on every
+# invoice line and subscription item) and coupons are one shared object: read-only, never mutated.
+
+_RECURRING = ("interval", "interval_count", "usage_type")
+_COUPON = ("id", "duration", "duration_in_months", "percent_off", "amount_off", "currency")
+_DISCOUNT = ("start", "end")
+_SUB_FIELDS = ("id", "currency", "status", "created", "start_date", "current_period_start", "ended_at",
+               "canceled_at", "trial_start", "trial_end", "cancel_at_period_end", "pause_collection")
+_INVOICE_FIELDS = ("id", "status", "currency", "created", "amount_paid")
+_LINE_FIELDS = ("type", "proration", "amount", "quantity")
+_CHARGE_FIELDS = ("id", "created", "status", "amount", "currency", "failure_code", "failure_message")
+_REFUND_FIELDS = ("id", "created", "status", "amount", "currency")
+_DISPUTE_FIELDS = ("id", "created", "status", "amount", "currency")
+_BALANCE_FIELDS = ("id", "created", "type", "reporting_category", "amount", "fee", "net", "currency")
+
+
+def _pick(obj: dict, keys: Sequence[str]) -> dict:
+    return {k: obj[k] for k in keys if k in obj}
+
+
+class Compactor:
+    """Projects the objects of one fetch, sharing identical prices and coupons between them, and one
+    copy of each repeated string (currencies, statuses; a subscription's and customer's ids on every
+    invoice of theirs). Lives as long as the fetch."""
+
+    def __init__(self):
+        self._shared: dict = {}
+        self._strings: dict[str, str] = {}
+
+    def _share(self, value):
+        key = repr(value)  # small dicts and lists of str/int/None: their repr is a faithful key
+        return self._shared.setdefault(key, value)
+
+    def _one(self, out: dict, keys: Sequence[str]) -> dict:
+        """``out`` with its string values under ``keys`` replaced by their one copy."""
+        for k in keys:
+            value = out.get(k)
+            if isinstance(value, str):
+                out[k] = self._strings.setdefault(value, value)
+        return out
+
+    def price(self, price):
+        if not isinstance(price, dict):
+            return price
+        out = _pick(price, ("id", "billing_scheme", "tiers_mode", "unit_amount", "unit_amount_decimal",
+                            "nickname", "lookup_key"))
+        if "recurring" in price:
+            recurring = price["recurring"]
+            out["recurring"] = _pick(recurring, _RECURRING) if isinstance(recurring, dict) else recurring
+        if "metadata" in price:
+            metadata = price["metadata"]
+            out["metadata"] = ({"plan": metadata["plan"]} if "plan" in metadata else {}) \
+                if isinstance(metadata, dict) else metadata
+        if "product" in price:
+            product = price["product"]
+            out["product"] = _pick(product, ("id", "name")) if isinstance(product, dict) else product
+        return self._share(out)
+
+    def discount(self, discount):
+        if not isinstance(discount, dict):
+            return discount
+        out = _pick(discount, _DISCOUNT)
+        if "coupon" in discount:
+            coupon = discount["coupon"]
+            out["coupon"] = self._share(_pick(coupon, _COUPON)) if isinstance(coupon, dict) else coupon
+        return out
+
+    def _listing(self, listing, item):
+        if not isinstance(listing, dict):
+            return listing
+        out = _pick(listing, ("has_more",))
+        if "data" in listing:
+            out["data"] = [item(x) for x in listing["data"] or ()] if listing["data"] is not None else None
+        return out
+
+    def subscription(self, sub: dict) -> dict:
+        out = _pick(sub, _SUB_FIELDS)
+        customer = sub.get("customer")
+        if "customer" in sub:
+            if isinstance(customer, dict):
+                customer = self._one(_pick(customer, ("id", "name")), ("id",))
+                if "discount" in sub["customer"]:
+                    customer["discount"] = self.discount(sub["customer"]["discount"])
+            out["customer"] = customer
+        self._one(out, ("id", "currency", "status", "customer"))
+        if "discount" in sub:
+            out["discount"] = self.discount(sub["discount"])
+        if "items" in sub:
+            out["items"] = self._listing(sub["items"], self._item)
+        return out
+
+    def _item(self, item):
+        out = _pick(item, ("id", "quantity"))
+        if "price" in item:
+            out["price"] = self.price(item["price"])
+        return out
+
+    def invoice(self, invoice: dict) -> dict:
+        out = _pick(invoice, _INVOICE_FIELDS)
+        for ref in ("subscription", "customer", "charge"):
+            if ref in invoice:
+                out[ref] = id_of(invoice[ref])
+        if "discount" in invoice:
+            out["discount"] = self.discount(invoice["discount"])
+        if "total_discount_amounts" in invoice:
+            amounts = invoice["total_discount_amounts"]
+            out["total_discount_amounts"] = [_pick(a, ("amount",)) for a in amounts] if amounts else \
+                self._share(amounts)  # (the empty list: one for all)
+        if "status_transitions" in invoice:
+            transitions = invoice["status_transitions"]
+            if isinstance(transitions, dict):
+                transitions = _pick(transitions, ("paid_at",))
+                transitions = self._share(transitions) if transitions.get("paid_at") is None else transitions
+            out["status_transitions"] = transitions
+        if "lines" in invoice:
+            out["lines"] = self._listing(invoice["lines"], self._line)
+        return self._one(out, ("subscription", "customer", "currency", "status"))
+
+    def _line(self, line):
+        out = self._one(_pick(line, _LINE_FIELDS), ("type",))
+        if "period" in line:
+            period = line["period"]
+            out["period"] = _pick(period, ("start", "end")) if isinstance(period, dict) else period
+        if "price" in line:
+            out["price"] = self.price(line["price"])
+        return out
+
+    def _with_refs(self, obj: dict, fields: Sequence[str], refs: Sequence[str]) -> dict:
+        out = _pick(obj, fields)
+        for ref in refs:
+            if ref in obj:
+                out[ref] = id_of(obj[ref])
+        return self._one(out, ("currency", "status", "customer", "type", "reporting_category"))
+
+    def charge(self, charge: dict) -> dict:
+        return self._with_refs(charge, _CHARGE_FIELDS, ("customer", "invoice"))
+
+    def refund(self, refund: dict) -> dict:
+        return self._with_refs(refund, _REFUND_FIELDS, ("charge",))
+
+    def dispute(self, dispute: dict) -> dict:
+        return self._with_refs(dispute, _DISPUTE_FIELDS, ("charge",))
+
+    def balance_transaction(self, txn: dict) -> dict:
+        return self._with_refs(txn, _BALANCE_FIELDS, ("source",))

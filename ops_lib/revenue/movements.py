@@ -110,15 +110,29 @@ def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Itera
 
 
 def history(book: MRRBook, period: Period, months: int = 12) -> list[dict]:
-    """The monthly movements of the chart's months, every currency present in any of them."""
+    """The monthly movements of the chart's months, every currency present in any of them.
+
+    Month by month, so that the book holds only the snapshots of the months at hand (consecutive
+    months share a boundary); a currency absent from a month gets that month's row of zeros."""
     buckets = history_buckets(period, months)
-    currencies: set[str] = set()
-    for _, start, end in buckets:
-        currencies |= {cur for _, cur in book.snapshot_closing(start)} | {cur for _, cur in book.snapshot_closing(end)}
     rows = []
     for label, start, end in buckets:
-        rows.extend(summarise(book, label, start, end, currencies))
+        rows.extend(summarise(book, label, start, end))
+    currencies = {r["currency"] for r in rows}
+    for label, start, end in buckets:
+        present = {r["currency"] for r in rows if r["from"] == start and r["to"] == end and r["month"] == label}
+        for currency in sorted(currencies - present):
+            rows.append(_zero_row(currency, label, start, end))
     return sorted(rows, key=lambda r: (r["currency"], r["from"]))
+
+
+def _zero_row(currency: str, label: str, start: int, end: int) -> dict:
+    """What ``summarise`` gives a currency nobody paid in at either end of the month."""
+    row = {"currency": currency, "month": label, "from": start, "to": end, "start": ZERO}
+    for movement in MOVEMENTS:
+        row[movement] = ZERO
+    row.update({"end": ZERO, "customers_start": 0, "customers_end": 0})
+    return row
 
 
 def movement_metrics(book: MRRBook, period: Period) -> Metrics:

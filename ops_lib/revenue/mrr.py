@@ -38,6 +38,7 @@ durable objects instead:
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
@@ -59,6 +60,7 @@ EXCLUDED_STATUSES = {
     "unpaid": "unpaid: Stripe stopped retrying its invoices",
 }
 INVOICE_STATUSES_WITH_MRR = ("paid", "open", "uncollectible")
+SNAPSHOTS_KEPT = 4  # MRRBook's cache of per-customer snapshots (see MRRBook.snapshot)
 
 
 # --------------------------------------------------------------------------- prices
@@ -170,7 +172,7 @@ def subscription_discount(sub: Mapping) -> Mapping | None:
 # --------------------------------------------------------------------------- one subscription
 
 
-@dataclass
+@dataclass(slots=True)
 class SubscriptionMRR:
     """A subscription's MRR at one moment, with why it counts or not."""
 
@@ -275,7 +277,7 @@ def state_mrr(sub: Mapping, moment: int, grace_days: int, *, assume_active: bool
 # --------------------------------------------------------------------------- invoices as history
 
 
-@dataclass
+@dataclass(slots=True)
 class Segment:
     """A billed period of a subscription, from one invoice: its MRR over [start, end)."""
 
@@ -352,7 +354,9 @@ class MRRBook:
         self.subscriptions = list(subscriptions)
         self.grace_days = grace_days
         self.segments = invoice_segments(invoices)
-        self._snapshots: dict[int, dict[tuple[str, str], Fraction]] = {}
+        # The latest few snapshots only: the history walks the months in order (each month's end is
+        # the next one's start) and the period's movements come last; at 1M customers each is ~100 MB.
+        self._snapshots: OrderedDict[int, dict[tuple[str, str], Fraction]] = OrderedDict()
         self._first_positive: dict[str, int] | None = None
 
     # -- one subscription
@@ -413,14 +417,18 @@ class MRRBook:
 
     def snapshot(self, moment: int) -> dict[tuple[str, str], Fraction]:
         """MRR per (customer, currency) at ``moment``; customers with none are left out."""
-        if moment not in self._snapshots:
-            totals: dict[tuple[str, str], Fraction] = {}
-            for result in self.subscriptions_at(moment):
-                if result.amount > 0:
-                    key = (result.customer, result.currency)
-                    totals[key] = totals.get(key, ZERO) + result.amount
-            self._snapshots[moment] = totals
-        return self._snapshots[moment]
+        if moment in self._snapshots:
+            self._snapshots.move_to_end(moment)
+            return self._snapshots[moment]
+        totals: dict[tuple[str, str], Fraction] = {}
+        for result in self.subscriptions_at(moment):
+            if result.amount > 0:
+                key = (result.customer, result.currency)
+                totals[key] = totals.get(key, ZERO) + result.amount
+        self._snapshots[moment] = totals
+        while len(self._snapshots) > SNAPSHOTS_KEPT:
+            self._snapshots.popitem(last=False)
+        return totals
 
     def first_positive(self, customer: str) -> int | None:
         """The first moment the customer had MRR (in any currency), as far as the data reaches."""
