@@ -33,6 +33,7 @@ from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
 from ..stripe_api import list_customers, list_subscriptions
+from .bulk import collector_paused
 from .plans import PlanBook
 
 # Stripe subscription statuses (API 2023-08-16).
@@ -56,12 +57,13 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[dict]]:
     subs = schema.table("subscriptions")
     org_cols = ["id", "name", "plan", "stripe_customer_id", "is_blocked"]
     org_select = orgs.select_list(org_cols, required=("id", "plan", "stripe_customer_id"))
-    organisations = select_all(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")
     sub_cols = ["organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
                 "current_period_start", "current_period_end"]
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
-    subscriptions = select_all(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")
+    with collector_paused():
+        organisations = select_all(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")
+        subscriptions = select_all(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")
     for row in organisations:
         row["is_blocked"] = bool(row["is_blocked"]) if row["is_blocked"] is not None else None
     for row in subscriptions:
@@ -78,12 +80,47 @@ SUBSCRIPTION_FIELDS = ("id", "object", "customer", "status", "items", "current_p
                        "cancel_at_period_end", "trial_end", "metadata")
 
 
+# ... and of each subscription item's price: what ``PlanBook.plan_for_price`` reads (a full price
+# object is ~25 properties, repeated on every subscription that sells it).
+ITEM_FIELDS = ("id", "object", "price", "quantity")
+PRICE_FIELDS = ("id", "object", "product", "metadata", "lookup_key", "nickname")
+
+
 def fetch_stripe(client) -> dict[str, list[dict]]:
-    """Every customer and every subscription (any status), read once per run."""
-    return {
-        "customers": list(list_customers(client, fields=CUSTOMER_FIELDS)),
-        "subscriptions": list(list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)),
-    }
+    """Every customer and every subscription (any status), read once per run. Each
+    subscription's items keep ``ITEM_FIELDS``, their prices ``PRICE_FIELDS`` (one dict per
+    price, shared by the subscriptions that sell it)."""
+    prices: dict[Any, dict] = {}
+    with collector_paused():
+        return {
+            "customers": list(list_customers(client, fields=CUSTOMER_FIELDS)),
+            "subscriptions": [_slim_items(s, prices) for s in
+                              list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)],
+        }
+
+
+def _slim_items(subscription: dict, prices: dict[Any, dict]) -> dict:
+    items = subscription.get("items")
+    if not isinstance(items, Mapping) or not isinstance(items.get("data"), list):
+        return subscription
+    data = []
+    for item in items["data"]:
+        if not isinstance(item, Mapping):
+            data.append(item)
+            continue
+        item = {k: item[k] for k in ITEM_FIELDS if k in item}
+        price = item.get("price")
+        if isinstance(price, Mapping):
+            price = {k: price[k] for k in PRICE_FIELDS if k in price}
+            shared = prices.get(price.get("id"))
+            if shared == price:
+                price = shared
+            elif shared is None:
+                prices[price.get("id")] = price
+            item["price"] = price
+        data.append(item)
+    subscription["items"] = {**{k: v for k, v in items.items() if k != "data"}, "data": data}
+    return subscription
 
 
 # --------------------------------------------------------------------------- periods
@@ -114,9 +151,14 @@ def _customer_of(subscription: Mapping[str, Any]) -> str | None:
     return customer.get("id") if isinstance(customer, Mapping) else customer
 
 
+_EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
-    epoch = datetime.min.replace(tzinfo=timezone.utc)
-    return sorted(subs, key=lambda s: (s.get(start_key) or epoch, str(s.get("id") or s.get("stripe_subscription_id"))),
+    subs = list(subs)
+    if len(subs) < 2:  # (most organisations: nothing to sort)
+        return subs
+    return sorted(subs, key=lambda s: (s.get(start_key) or _EPOCH, str(s.get("id") or s.get("stripe_subscription_id"))),
                   reverse=True)
 
 
@@ -178,7 +220,11 @@ def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
     app's live one), the plan Stripe's price sells, and the period usage is counted over.
     """
-    now = _utc(now)
+    with collector_paused():
+        return _join(app, stripe, plans, now=_utc(now))
+
+
+def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *, now: datetime) -> Accounts:
     customers = {c["id"]: c for c in stripe.get("customers", [])}
     stripe_subs = [_stripe_view(s, plans) for s in stripe.get("subscriptions", [])]
     subs_by_customer: dict[str, list[dict]] = {}

@@ -31,15 +31,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator, Sequence
 from typing import Any, Iterable
 
 import numpy as np
+import sqlalchemy as sa
 from psycopg2 import extensions
 from sqlalchemy.engine import Connection
 
 from ..db import select_all, select_one, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
+from .bulk import collector_paused
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -180,7 +183,7 @@ class Duplicates:
 @dataclass
 class UsageScan:
     usage: list[dict]                     # one row per organisation: its period, recomputed usage, stored counter
-    weekly: list[dict]                    # one row per (full week, organisation) with usage
+    weekly: "WeeklyUsage | list[dict]"     # one row per (full week, organisation) with usage (compact: WeeklyUsage)
     duplicates: Duplicates | None         # None: not asked for
     weeks: list[datetime] = field(default_factory=list)   # the full weeks' Mondays
     unique_index: str | None = None       # the index that made looking for repeated keys unnecessary
@@ -290,11 +293,22 @@ def _dense_periods(periods: list[dict]) -> dict | None:
     lo, hi = min(ids), max(ids)
     if lo < 1 or hi > MAX_INT4 or hi - lo + 1 > 4 * len(ids) + 1024:
         return None
-    starts, ends = ["infinity"] * (hi - lo + 1), ["infinity"] * (hi - lo + 1)
+    # Elements quoted as array_literal quotes them, each distinct moment once (free organisations
+    # share one calendar month, subscribers a few days' worth of period starts).
+    quoted: dict[Any, str] = {}
+
+    def element(moment) -> str:
+        text = quoted.get(moment)
+        if text is None:
+            text = quoted[moment] = array_literal([_iso(moment)])[1:-1]
+        return text
+
+    empty = array_literal(["infinity"])[1:-1]
+    starts, ends = [empty] * (hi - lo + 1), [empty] * (hi - lo + 1)
     for p in periods:
-        starts[p["organisation_id"] - lo] = _iso(p["period_start"])
-        ends[p["organisation_id"] - lo] = _iso(p["period_end"])
-    return {"starts": f"[{lo}:{hi}]=" + array_literal(starts), "ends": f"[{lo}:{hi}]=" + array_literal(ends)}
+        starts[p["organisation_id"] - lo] = element(p["period_start"])
+        ends[p["organisation_id"] - lo] = element(p["period_end"])
+    return {"starts": f"[{lo}:{hi}]={{" + ",".join(starts) + "}", "ends": f"[{lo}:{hi}]={{" + ",".join(ends) + "}"}
 
 
 def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: list[datetime], lo: datetime,
@@ -316,7 +330,7 @@ def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: li
         org_index = f"CAST({c['org']} AS integer)"
         in_period = (f"{c['at']} >= (CAST(:starts AS timestamptz[]))[{org_index}] "
                      f"AND {c['at']} < (CAST(:ends AS timestamptz[]))[{org_index}]")
-        aggregates += [f"sum({c['quantity']}) FILTER (WHERE {in_period}) AS period_units",
+        aggregates += [f"coalesce(sum({c['quantity']}) FILTER (WHERE {in_period}), 0) AS period_units",
                        f"count(*) FILTER (WHERE {in_period}) AS period_events"]
         params.update(dense)
     elif periods:
@@ -332,7 +346,7 @@ def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: li
         )"""
         join = f"LEFT JOIN periods p ON p.organisation_id = {org_join}"
         in_period = f"{c['at']} >= p.period_start AND {c['at']} < p.period_end"
-        aggregates += [f"sum({c['quantity']}) FILTER (WHERE {in_period}) AS period_units",
+        aggregates += [f"coalesce(sum({c['quantity']}) FILTER (WHERE {in_period}), 0) AS period_units",
                        f"count(*) FILTER (WHERE {in_period}) AS period_events"]
         params.update(ids=array_literal(str(p["organisation_id"]) for p in periods),
                       starts=array_literal(_iso(p["period_start"]) for p in periods),
@@ -341,28 +355,67 @@ def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: li
         period_cte, join = "", ""
     for i in range(len(edges) - 1):
         in_week = f"{c['at']} >= :week_{i} AND {c['at']} < :week_{i + 1}"
-        aggregates += [f"sum({c['quantity']}) FILTER (WHERE {in_week}) AS week_units_{i}",
+        aggregates += [f"coalesce(sum({c['quantity']}) FILTER (WHERE {in_week}), 0) AS week_units_{i}",
                        f"count(*) FILTER (WHERE {in_week}) AS week_events_{i}"]
     params.update({f"week_{i}": edge for i, edge in enumerate(edges)})
     if repeated:
         aggregates.append(f"CAST(array_agg(e.ctid) FILTER (WHERE {_Repeated.qual(c)}) AS text[]) AS repeated_tids")
         params.update(repeated.params())
-    rows = select_all(
-        conn,
+    weeks = max(len(edges) - 1, 0)
+    result = conn.execute(sa.text(
         f"""{period_cte}
         SELECT {c['org']} AS organisation_id, {", ".join(aggregates) or "count(*) AS events"}
         FROM {c['table']} e
         {join}
         WHERE {where}
         GROUP BY {c['org']}
-        """,
-        **params,
-    )
-    weeks = range(len(edges) - 1)
-    for row in rows:
-        row["week_units"] = [int(row.pop(f"week_units_{i}") or 0) for i in weeks]
-        row["week_events"] = [int(row.pop(f"week_events_{i}") or 0) for i in weeks]
-    return rows
+        """), params)
+    return _Sums.read(result, periods=bool(periods), weeks=weeks, tids=bool(repeated))
+
+
+@dataclass
+class _Sums:
+    """The pass's answer, one entry per organisation with events, as arrays (a million
+    organisations are a few arrays, not a million dicts of 20 keys): ``ids`` in the database's
+    order, ``period_units``/``period_events`` (int64, 0 without a period), ``week_units`` and
+    ``week_events`` (int64, one row per organisation, one column per week), and the tuple ids of
+    the repeated keys' events."""
+
+    ids: list
+    period_units: np.ndarray
+    period_events: np.ndarray
+    week_units: np.ndarray
+    week_events: np.ndarray
+    repeated_tids: list[str]
+
+    CHUNK = 65_536
+
+    @classmethod
+    def read(cls, result, *, periods: bool, weeks: int, tids: bool) -> "_Sums":
+        # columns: organisation_id, [period_units, period_events], (week_units_i, week_events_i) per week, [repeated_tids]
+        first = 3 if periods else 1
+        numbers = (2 if periods else 0) + 2 * weeks
+        ids: list = []
+        blocks: list[np.ndarray] = []
+        repeated: list[str] = []
+        while True:
+            chunk = result.fetchmany(cls.CHUNK)
+            if not chunk:
+                break
+            ids.extend(row[0] for row in chunk)
+            if numbers:
+                # counts and sums (coalesced: never NULL) as int, or Decimal for a numeric quantity:
+                # numpy converts them in C, truncating a fraction as int() does
+                blocks.append(np.array([row[1:1 + numbers] for row in chunk], dtype=np.int64).reshape(len(chunk), numbers))
+            if tids:
+                for row in chunk:
+                    if row[-1]:
+                        repeated.extend(row[-1])
+        matrix = np.concatenate(blocks) if blocks else np.zeros((len(ids), numbers), dtype=np.int64)
+        zeros = np.zeros(len(ids), dtype=np.int64)
+        return cls(ids, matrix[:, 0] if periods else zeros, matrix[:, 1] if periods else zeros,
+                   np.ascontiguousarray(matrix[:, first - 1:first - 1 + 2 * weeks:2]),
+                   np.ascontiguousarray(matrix[:, first:first + 2 * weeks:2]), repeated)
 
 
 def duplicate_rows(rows: list[dict], since: datetime) -> list[dict]:
@@ -475,29 +528,31 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         found: list[dict] = []
         if repeated:
             # In our own snapshot the tuple ids the pass collected still name the same rows.
-            tids = [t for row in sums for t in (row.get("repeated_tids") or [])]
+            tids = sums.repeated_tids
             found = (_rows_by_tid(conn, schema, tids) if tids else []) if by_tuple_id else \
                 _rows_by_hash(conn, schema, repeated)
-        stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) if orgs else {}
+        with collector_paused():
+            stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) if orgs else {}
 
-    usage = _usage_rows(orgs, sums, found, stored)
-    weekly = weekly_rows(sums, edges, {str(o["organisation_id"]): o for o in orgs}) if edges else []
+    with collector_paused():
+        by_id = {str(o["organisation_id"]): o for o in orgs}
+        usage = _usage_rows(orgs, sums, found, stored, by_id)
+        weekly = WeeklyUsage.of(sums, edges, by_id) if edges else []
     duplicates = None
     if since is not None:
         duplicates = Duplicates(duplicates_since, [] if unique_key else duplicate_rows(found, since), unique_key)
     return UsageScan(usage, weekly, duplicates, edges[:-1], unique_key)
 
 
-def _usage_rows(orgs: list[dict], sums: list[dict], repeated: list[dict], stored: dict) -> list[dict]:
-    totals = {str(r["organisation_id"]): (int(r.get("period_units") or 0), int(r.get("period_events") or 0))
-              for r in sums}
+def _usage_rows(orgs: list[dict], sums: _Sums, repeated: list[dict], stored: dict, by_id: dict[str, dict]) -> list[dict]:
+    index = {str(org_id): n for n, org_id in enumerate(sums.ids)}
+    period_units, period_events = sums.period_units.tolist(), sums.period_events.tolist()
     # An idempotency key counts once per organisation and period, with its largest quantity.
-    periods = {str(o["organisation_id"]): (as_utc(o["period_start"]), as_utc(o["period_end"])) for o in orgs}
     groups: dict[tuple, list] = {}
     for row in repeated:
-        org = str(row["organisation_id"])
-        if org in periods and periods[org][0] <= as_utc(row["occurred_at"]) < periods[org][1]:
-            groups.setdefault((org, row["idempotency_key"]), []).append(row["quantity"])
+        org = by_id.get(str(row["organisation_id"]))
+        if org is not None and as_utc(org["period_start"]) <= as_utc(row["occurred_at"]) < as_utc(org["period_end"]):
+            groups.setdefault((str(row["organisation_id"]), row["idempotency_key"]), []).append(row["quantity"])
     less: dict[str, list[int]] = {}
     for (org, _), quantities in groups.items():
         if len(quantities) > 1:
@@ -507,7 +562,8 @@ def _usage_rows(orgs: list[dict], sums: list[dict], repeated: list[dict], stored
     rows = []
     for org in orgs:
         org_id = str(org["organisation_id"])
-        units, count = totals.get(org_id, (0, 0))
+        n = index.get(org_id)
+        units, count = (period_units[n], period_events[n]) if n is not None else (0, 0)
         extra_units, repeats = less.get(org_id, (0, 0))
         used = int(units - extra_units)
         counter = stored.get((org_id, as_utc(org["period_start"])))
@@ -531,20 +587,68 @@ def _usage_rows(orgs: list[dict], sums: list[dict], repeated: list[dict], stored
     return rows
 
 
-def weekly_rows(sums: list[dict], edges: list[datetime], about: dict[str, dict]) -> list[dict]:
+class WeeklyUsage(Sequence):
+    """Usage per (full week, organisation) with events, held as arrays: a list of rows to
+    whoever reads it as one (``week_start``, ``organisation_id``, ``name``, ``plan``, ``usage``,
+    ``events``; by week, then organisation id), built one row at a time only when read.
+
+    ``trend.weekly_usage_by_plan`` and ``trend.usage_surge`` read the arrays themselves: a
+    million organisations over 8 weeks are two 8-column integer arrays, not millions of dicts.
+    ``ids``, ``names`` and ``plans`` name the organisations that had events in any of the weeks,
+    ordered by id; ``units`` and ``events`` have one row per organisation, one column per week.
+    """
+
+    def __init__(self, weeks: list[datetime], ids: list, names: list, plans: list, units: np.ndarray,
+                 events: np.ndarray):
+        self.weeks, self.ids, self.names, self.plans = list(weeks), ids, names, plans
+        self.units, self.events = units, events
+
+    @classmethod
+    def of(cls, sums: _Sums, edges: list[datetime], about: dict[str, dict]) -> "WeeklyUsage":
+        active = np.flatnonzero((sums.week_events > 0).any(axis=1)) if len(sums.ids) else np.zeros(0, dtype=np.int64)
+        ids = [sums.ids[n] for n in active.tolist()]
+        order = _id_order(ids)
+        ids = [ids[n] for n in order]
+        rows = active[np.asarray(order, dtype=np.int64)] if len(order) else active
+        known = [about.get(str(org_id)) or {} for org_id in ids]
+        return cls(edges[:-1], ids, [k.get("name") for k in known], [k.get("app_plan") for k in known],
+                   sums.week_units[rows], sums.week_events[rows])
+
+    def __iter__(self) -> Iterator[dict]:
+        for i, week in enumerate(self.weeks):
+            units, events = self.units[:, i].tolist(), self.events[:, i].tolist()
+            for n in np.flatnonzero(self.events[:, i] > 0).tolist():
+                yield {"week_start": week, "organisation_id": self.ids[n], "name": self.names[n],
+                       "plan": self.plans[n], "usage": units[n], "events": events[n]}
+
+    def __len__(self) -> int:
+        return int((self.events > 0).sum())
+
+    def __getitem__(self, item):
+        return list(self)[item]
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, (WeeklyUsage, list, tuple)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<WeeklyUsage: {len(self)} row(s), {len(self.ids)} organisation(s), {len(self.weeks)} week(s)>"
+
+
+def _id_order(ids: list) -> list[int]:
+    """Positions of ``ids`` in ``_id_key`` order (integers first, by value; then the rest as text)."""
+    if ids and all(type(i) is int for i in ids) and -2**63 <= min(ids) and max(ids) < 2**63:
+        return np.argsort(np.asarray(ids, dtype=np.int64), kind="stable").tolist()
+    return sorted(range(len(ids)), key=lambda n: _id_key(ids[n]))
+
+
+def weekly_rows(sums: _Sums, edges: list[datetime], about: dict[str, dict]) -> list[dict]:
     """One row per (full week, organisation) with events: the pass's weekly columns, unfolded."""
-    weekly = []
-    for row in sums:
-        org = row["organisation_id"]
-        known = about.get(str(org), {})
-        for i, (units, events) in enumerate(zip(row["week_units"], row["week_events"])):
-            if events:
-                weekly.append({"week_start": edges[i], "organisation_id": org, "name": known.get("name"),
-                               "plan": known.get("app_plan"), "usage": units, "events": events})
-    return sorted(weekly, key=lambda r: (r["week_start"], _id_key(r["organisation_id"])))
+    return list(WeeklyUsage.of(sums, edges, about))
 
 
-def weekly_sums(conn: Connection, schema: SchemaMap, edges: list[datetime]) -> list[dict]:
+def weekly_sums(conn: Connection, schema: SchemaMap, edges: list[datetime]) -> _Sums:
     """Units and events per organisation and week between the first and last edge (the pass
     ``scan_usage`` makes, without periods): for ``trend.weekly_usage`` on its own."""
     with _ReadOnlyScan(conn):
