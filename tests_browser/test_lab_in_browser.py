@@ -270,7 +270,7 @@ def test_run_all_and_save_in_a_real_browser_archives_an_interactive_run_with_its
     rows = [row for row in history.stdout.splitlines() if run_id in row]
     assert len(rows) == 1, f"the session's run is listed once:\n{history.stdout}"
     listed = rows[0]
-    assert re.search(rf"\b{RUNBOOK}\s+{severity}\s+{run_id}\b", listed), listed
+    assert re.search(rf"\b{RUNBOOK}\s+{severity}\s+lab\s+{run_id}\b", listed), listed  # a lab session
     planted = lifecycle.planted()["slow_queries"]
     for check in planted:
         assert check in listed, f"{check} missing from the history line: {listed}"
