@@ -296,13 +296,23 @@ def measure_scale(name: str, knobs: dict | None, args: argparse.Namespace, base_
     counts = _emulator(target["STRIPE_API_BASE"], "GET", "health")["objects"]
     result = {"scale": name, "knobs": knobs, "build_s": build_s, "build_mib": build_mib, "usage_events": db.usage_events(),
               "customers": counts.get("customer", 0), "stripe_events": counts.get("event", 0), "runbooks": []}
+    # With --mirror, each runbook twice against a mirror of its own (OPSBOOK_STRIPE_MIRROR names a
+    # folder: on, even for the emulator): cold (everything listed once into it), then warm (what
+    # changed since, from /v1/events) — the configuration real Stripe's rate limit calls for.
+    passes = [("", {})]
+    if args.mirror:
+        passes = [(" (mirror, cold)", {"OPSBOOK_STRIPE_MIRROR": str(scratch / f"mirror-{name}")}),
+                  (" (mirror, warm)", {"OPSBOOK_STRIPE_MIRROR": str(scratch / f"mirror-{name}")})]
     try:
-        for runbook in args.runbooks:
+        for runbook, (label, extra) in ((r, p) for r in args.runbooks for p in passes):
             params = REPO / "params" / runbook / PARAM_SETS[runbook]
+            run_env = {**env, **extra}
             # Differences of the counters, not resets: a shared target (the smoke test's) keeps them.
             requests_before = _emulator(target["STRIPE_API_BASE"], "GET", "requests")
             db_before = db.statement_ms()
-            measured = run_measured([*OPSBOOK, "run", runbook, "-f", str(params)], env, timeout=args.timeout,
+            if "cold" in label:
+                shutil.rmtree(extra["OPSBOOK_STRIPE_MIRROR"], ignore_errors=True)
+            measured = run_measured([*OPSBOOK, "run", runbook, "-f", str(params)], run_env, timeout=args.timeout,
                                     max_kernel_mib=args.max_kernel_mib)
             db_ms = db.statement_ms() - db_before
             floor_ms = db.floor_ms()
@@ -310,14 +320,14 @@ def measure_scale(name: str, knobs: dict | None, args: argparse.Namespace, base_
             requests = {p: n - requests_before.get(p, 0) for p, n in requests_after.items()
                         if n - requests_before.get(p, 0) > 0}
             timed_out = measured.get("stopped")
-            plain = plain_seconds(runbook, params, env) if not (args.no_plain or timed_out) else None
-            row = {"runbook": runbook, "wall_s": measured["wall_s"], "cli_mib": measured["cli_mib"],
+            plain = plain_seconds(runbook, params, run_env) if not (args.no_plain or timed_out) else None
+            row = {"runbook": runbook + label, "wall_s": measured["wall_s"], "cli_mib": measured["cli_mib"],
                    "kernel_mib": measured["kernel_mib"], "db_ms": db_ms, "floor_ms": floor_ms,
                    "stripe_requests": sum(requests.values()), "stripe_floor": stripe_floor(requests, counts),
                    "plain_s": plain, "timed_out": timed_out, "exit": measured["returncode"],
                    "planted": None if timed_out else planted_found(runbook, home, Path(env["OPSBOOK_OUTPUTS"]))}
             result["runbooks"].append(row)
-            print(f"[{name}] {runbook}: {row['wall_s']:.1f}s, kernel {row['kernel_mib']:.0f} MiB, "
+            print(f"[{name}] {runbook}{label}: {row['wall_s']:.1f}s, kernel {row['kernel_mib']:.0f} MiB, "
                   f"db {db_ms:.0f} ms (floor {floor_ms:.0f}), stripe {row['stripe_requests']}/{row['stripe_floor']}, "
                   f"plain {plain if plain is None else round(plain, 1)}s", file=sys.stderr, flush=True)
         if not args.no_all:
@@ -403,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave each built demo running")
     parser.add_argument("--no-all", action="store_true", help="skip `opsbook run --all`")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-Python comparison")
+    parser.add_argument("--mirror", action="store_true",
+                        help="run each runbook twice on a Stripe mirror of its own: cold, then warm")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="stop a runbook (and `run --all`) after this many seconds and record it (default 1800)")
     parser.add_argument("--max-kernel-mib", type=float, default=9_000,

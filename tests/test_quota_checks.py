@@ -229,6 +229,33 @@ def test_stripe_is_read_once_with_status_all(target):
     assert canceled, "status=all is pushed to the API: canceled subscriptions are listed too"
 
 
+def test_the_join_reads_stripe_as_it_streams_with_the_same_accounts_as_from_lists(target):
+    now = datetime.now(timezone.utc)
+    engine = make_engine(target.db.url)
+    try:
+        with engine.connect() as conn:
+            plans = quota.load_plans(conn, MAPPING)
+            app = quota.read_app(conn, MAPPING)
+    finally:
+        engine.dispose()
+    lists = quota.fetch_stripe(target.client())
+    streamed = quota.stream_stripe(target.client())
+    assert not isinstance(streamed["customers"], list) and not isinstance(streamed["subscriptions"], list)
+    from_lists = quota.join_accounts(app, lists, plans, now=now)
+    from_stream = quota.join_accounts(app, streamed, plans, now=now)
+    for part in ("organisations", "unlinked_customers", "orphan_subscriptions", "stripe_subscriptions", "unmapped"):
+        assert getattr(from_stream, part) == getattr(from_lists, part), part
+    assert from_stream.metrics() == from_lists.metrics()
+    assert from_lists.stripe_customers == len({c["id"] for c in lists["customers"]})
+    # A customer listed twice (a page boundary moving under the listing) is one customer.
+    unlinked = from_lists.unlinked_customers[0] if from_lists.unlinked_customers else None
+    doubled = {"customers": lists["customers"] + lists["customers"][:3] + ([unlinked] if unlinked else []),
+               "subscriptions": lists["subscriptions"]}
+    again = quota.join_accounts(app, doubled, plans, now=now)
+    assert again.stripe_customers == from_lists.stripe_customers
+    assert again.unlinked_customers == from_lists.unlinked_customers
+
+
 # --------------------------------------------------------------------------- each check: planted problem, healthy case
 
 
@@ -434,6 +461,25 @@ def test_plots_draw(target, audited):
         assert [t.get_text() for t in empty.axes[0].texts] == [says]
     for fig in (plots.usage_against_limit(usage), plots.customers_by_plan(accounts)):
         fig.savefig(__import__("io").BytesIO(), format="png")
+
+
+def test_a_plan_with_more_organisations_than_dots_draws_everyone_near_the_limit_and_a_sample_of_the_rest():
+    many = plots.MAX_DOTS_PER_PLAN * 3
+    usage = [{"organisation_id": n, "plan": "pro", "usage_limit": 1000, "used": n % 700} for n in range(many)]
+    usage += [{"organisation_id": f"near-{n}", "plan": "pro", "usage_limit": 1000, "used": 850 + n} for n in range(5)]
+    usage += [{"organisation_id": "over", "plan": "pro", "usage_limit": 1000, "used": 1500},
+              {"organisation_id": "small", "plan": "team", "usage_limit": 10, "used": 1}]
+    ax = plots.usage_against_limit(usage, near_limit_pct=80).axes[0]
+    ys = [y for c in ax.collections for _, y in c.get_offsets()]
+    assert len(ys) == plots.MAX_DOTS_PER_PLAN + 5 + 1 + 1
+    assert sum(1 for y in ys if y >= 80) == 6, "every organisation at or over the line is drawn"
+    assert {t.get_text().strip() for t in ax.texts} == {"over", *(f"near-{n}" for n in range(5))}
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks[0].startswith("team") and "drawn" not in ticks[0]
+    assert f"{plots.MAX_DOTS_PER_PLAN:,} of {many:,} under 80 % drawn" in ticks[1] and f"{many + 6} org(s)" in ticks[1]
+    again = plots.usage_against_limit(usage, near_limit_pct=80).axes[0]
+    assert [list(c.get_offsets().ravel()) for c in again.collections] == \
+        [list(c.get_offsets().ravel()) for c in ax.collections], "the same picture for the same data"
 
 
 # --------------------------------------------------------------------------- built data

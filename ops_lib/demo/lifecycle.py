@@ -215,11 +215,24 @@ def _create(*, seed: int, scale: float, quiet: bool, sizes: dict | None = None) 
         raise
 
 
+# The build's own statements (a million organisations by COPY, five million usage events by
+# generate_series, their indexes) may run for minutes on a busy machine. The server bounds them
+# at this, and the client's wait for any one answer (ops_lib.db.bounded_wait, installed for the
+# process once any opsbook connection is made) follows the session's statement_timeout: without
+# one it would give up after 45 s and close the connection mid-build.
+BUILD_STATEMENT_TIMEOUT_MS = 30 * 60_000
+
+
+def _build_engine(url: str, **kwargs) -> sa.Engine:
+    return sa.create_engine(sqlalchemy_url(url), connect_args={
+        "options": f"-c statement_timeout={BUILD_STATEMENT_TIMEOUT_MS}"}, **kwargs)
+
+
 def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float, quiet: bool, started: float,
               sizes: dict | None = None) -> dict:
     app_password = secrets.token_urlsafe(18)
     monitor_password = secrets.token_urlsafe(18)
-    admin = sa.create_engine(sqlalchemy_url(cluster.url()), isolation_level="AUTOCOMMIT")
+    admin = _build_engine(cluster.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         # Role names are constants; passwords go through format() with %L quoting server-side.
         conn.exec_driver_sql(
@@ -236,7 +249,7 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
 
     data = demo_seed.build(seed=seed, scale=scale, **{k: v for k, v in (sizes or {}).items() if v is not None})
     app_url = cluster.url(APP_DB, APP_ROLE, app_password)
-    super_app = sa.create_engine(sqlalchemy_url(cluster.url(APP_DB)))
+    super_app = _build_engine(cluster.url(APP_DB))
     _say(quiet, f"demo: seeding {len(data.organizations)} organisations, {data.usage_event_count} usage events")
     with super_app.begin() as conn:
         conn.exec_driver_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")

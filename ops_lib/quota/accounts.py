@@ -22,18 +22,19 @@ the billing period its usage is counted over:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping
+
+import sqlalchemy as sa
 
 from sqlalchemy.engine import Connection
 
-from ..db import select_all
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
 from ..stripe_api import list_customers, list_subscriptions
-from .bulk import collector_paused
+from .bulk import Record, collector_paused
 from .plans import PlanBook
 
 # Stripe subscription statuses (API 2023-08-16).
@@ -51,25 +52,37 @@ PERIOD_CALENDAR = "calendar month (no subscription)"
 # --------------------------------------------------------------------------- reading
 
 
-def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[dict]]:
+# The app's rows, under opsbook's logical column names (a million organisations: Records, not dicts).
+AppOrganisation = Record.of("AppOrganisation", ("id", "name", "plan", "stripe_customer_id", "is_blocked"))
+AppSubscription = Record.of("AppSubscription", (
+    "organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
+    "current_period_start", "current_period_end"))
+
+
+def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisation | AppSubscription]]:
     """The app's organisations and subscriptions, under opsbook's logical column names."""
     orgs = schema.table("organisations")
     subs = schema.table("subscriptions")
-    org_cols = ["id", "name", "plan", "stripe_customer_id", "is_blocked"]
-    org_select = orgs.select_list(org_cols, required=("id", "plan", "stripe_customer_id"))
-    sub_cols = ["organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
-                "current_period_start", "current_period_end"]
+    org_select = orgs.select_list(AppOrganisation.__slots__, required=("id", "plan", "stripe_customer_id"))
+    sub_cols = AppSubscription.__slots__
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
     with collector_paused():
-        organisations = select_all(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")
-        subscriptions = select_all(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")
-    for row in organisations:
-        row["is_blocked"] = bool(row["is_blocked"]) if row["is_blocked"] is not None else None
-    for row in subscriptions:
-        for column in ("current_period_start", "current_period_end"):
-            row[column] = _utc(row[column])
+        organisations = [
+            AppOrganisation(id_, name, plan, customer, bool(blocked) if blocked is not None else None)
+            for id_, name, plan, customer, blocked in _rows(
+                conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")]
+        subscriptions = [
+            AppSubscription(org, sub, price, plan, status, _utc(start), _utc(end))
+            for org, sub, price, plan, status, start, end in _rows(
+                conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")]
     return {"organisations": organisations, "subscriptions": subscriptions}
+
+
+def _rows(conn: Connection, sql: str) -> Iterator[tuple]:
+    result = conn.execute(sa.text(sql))
+    while chunk := result.fetchmany(65_536):
+        yield from chunk
 
 
 # What the join and the checks read of each Stripe object: the rest is dropped as pages stream
@@ -90,13 +103,19 @@ def fetch_stripe(client) -> dict[str, list[dict]]:
     """Every customer and every subscription (any status), read once per run. Each
     subscription's items keep ``ITEM_FIELDS``, their prices ``PRICE_FIELDS`` (one dict per
     price, shared by the subscriptions that sell it)."""
-    prices: dict[Any, dict] = {}
     with collector_paused():
-        return {
-            "customers": list(list_customers(client, fields=CUSTOMER_FIELDS)),
-            "subscriptions": [_slim_items(s, prices) for s in
-                              list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)],
-        }
+        return {kind: list(objects) for kind, objects in stream_stripe(client).items()}
+
+
+def stream_stripe(client) -> dict[str, Iterator[dict]]:
+    """``fetch_stripe``'s objects as they stream in, read once by ``join_accounts``: it keeps of
+    each what the checks use, so a million customers are never held at once (the runbook's way)."""
+    prices: dict[Any, dict] = {}
+    return {
+        "customers": list_customers(client, fields=CUSTOMER_FIELDS),
+        "subscriptions": (_slim_items(s, prices) for s in
+                          list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)),
+    }
 
 
 def _slim_items(subscription: dict, prices: dict[Any, dict]) -> dict:
@@ -177,7 +196,7 @@ class Accounts:
     unmapped: list[dict]                   # live Stripe subscriptions on a price no rule maps
     plans: PlanBook
     now: datetime
-    customer_ids: set[str] = field(default_factory=set)
+    stripe_customers: int = 0               # how many Stripe customers were read
 
     def by_id(self) -> dict[str, dict]:
         return {str(row["organisation_id"]): row for row in self.organisations}
@@ -188,7 +207,7 @@ class Accounts:
             organisations=len(orgs),
             subscribers=sum(1 for o in orgs if o["period_source"] != PERIOD_CALENDAR),
             free_organisations=sum(1 for o in orgs if o["period_source"] == PERIOD_CALENDAR),
-            stripe_customers=len(self.customer_ids),
+            stripe_customers=self.stripe_customers,
             stripe_subscriptions=len(self.stripe_subscriptions),
             stripe_live_subscriptions=sum(1 for s in self.stripe_subscriptions if s.get("status") in STRIPE_LIVE),
             app_subscriptions=len(self.app_subscriptions),
@@ -199,17 +218,28 @@ class Accounts:
         return self.metrics()._repr_mimebundle_(include, exclude)
 
 
-def _stripe_view(sub: Mapping[str, Any], plans: PlanBook) -> dict:
+# A Stripe subscription as the join and the checks see it (one per subscription: 500k at a
+# million customers); price ids as a tuple.
+StripeSubscription = Record.of("StripeSubscription", (
+    "id", "status", "plan", "price_ids", "current_period_start", "current_period_end", "customer"))
+
+# One per organisation: what the app believes, what Stripe says, and the period usage is counted
+# over. Empty subscription lists are one shared empty tuple.
+OrganisationAccount = Record.of("OrganisationAccount", (
+    "organisation_id", "name", "app_plan", "app_plan_paid", "is_blocked", "stripe_customer_id",
+    "customer_exists", "stripe_subscriptions", "stripe_live", "app_subscriptions", "app_live",
+    "stripe_plan", "stripe_status", "primary_subscription", "period_start", "period_end",
+    "period_source", "usage_limit"))
+
+_NONE: tuple = ()
+
+
+def _stripe_view(sub: Mapping[str, Any], plans: PlanBook, price_ids_seen: dict[tuple, tuple]) -> StripeSubscription:
     plan, price_ids = plans.plan_for_subscription(sub)
-    return {
-        "id": sub["id"],
-        "status": sub.get("status"),
-        "plan": plan,
-        "price_ids": price_ids,
-        "current_period_start": _utc(sub.get("current_period_start")),
-        "current_period_end": _utc(sub.get("current_period_end")),
-        "customer": _customer_of(sub),
-    }
+    price_ids = tuple(price_ids)
+    return StripeSubscription(
+        sub["id"], sub.get("status"), plan, price_ids_seen.setdefault(price_ids, price_ids),
+        _utc(sub.get("current_period_start")), _utc(sub.get("current_period_end")), _customer_of(sub))
 
 
 def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
@@ -224,9 +254,22 @@ def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]
         return _join(app, stripe, plans, now=_utc(now))
 
 
-def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *, now: datetime) -> Accounts:
-    customers = {c["id"]: c for c in stripe.get("customers", [])}
-    stripe_subs = [_stripe_view(s, plans) for s in stripe.get("subscriptions", [])]
+def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], plans: PlanBook, *,
+          now: datetime) -> Accounts:
+    # Customer id -> whether Stripe has it, for every id an organisation points to; Stripe's
+    # customers are read once, as they stream: only the unlinked ones are kept whole.
+    linked: dict[str, bool] = {}
+    for org in app.get("organisations", []):
+        if org.get("stripe_customer_id"):
+            linked[org["stripe_customer_id"]] = False
+    unlinked: dict[str, dict] = {}
+    for customer in stripe.get("customers", ()):
+        if customer["id"] in linked:
+            linked[customer["id"]] = True
+        else:
+            unlinked[customer["id"]] = customer
+    price_ids: dict[tuple, tuple] = {}
+    stripe_subs = [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())]
     subs_by_customer: dict[str, list[dict]] = {}
     for sub in stripe_subs:
         subs_by_customer.setdefault(sub["customer"], []).append(sub)
@@ -235,59 +278,62 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans
         app_subs_by_org.setdefault(str(sub["organisation_id"]), []).append(sub)
 
     rows = []
-    linked: set[str] = set()
     unmapped = []
+    calendar = calendar_month(now)
+    is_paid: dict[Any, bool | None] = {}
+    limit: dict[Any, int | None] = {}
     for org in app.get("organisations", []):
         customer_id = org.get("stripe_customer_id") or None
-        if customer_id:
-            linked.add(customer_id)
-        s_subs = subs_by_customer.get(customer_id, []) if customer_id else []
-        s_live = _newest_first([s for s in s_subs if s["status"] in STRIPE_LIVE], "current_period_start")
-        a_subs = app_subs_by_org.get(str(org["id"]), [])
-        a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start")
+        s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
+        s_live = _newest_first([s for s in s_subs if s["status"] in STRIPE_LIVE], "current_period_start") \
+            if s_subs else _NONE
+        a_subs = app_subs_by_org.get(str(org["id"]), _NONE)
+        a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start") \
+            if a_subs else _NONE
         primary = s_live[0] if s_live else None
         if primary is not None and primary["current_period_start"] and primary["current_period_end"]:
             start, end, source = primary["current_period_start"], primary["current_period_end"], PERIOD_STRIPE
         elif a_live and a_live[0].get("current_period_start") and a_live[0].get("current_period_end"):
             start, end, source = a_live[0]["current_period_start"], a_live[0]["current_period_end"], PERIOD_APP
         else:
-            (start, end), source = calendar_month(now), PERIOD_CALENDAR
+            (start, end), source = calendar, PERIOD_CALENDAR
         for sub in s_live:
             if sub["plan"] is None:
                 unmapped.append({"organisation_id": org["id"], "stripe_customer_id": customer_id,
                                  "subscription": sub["id"], "status": sub["status"],
                                  "price_ids": ", ".join(sub["price_ids"])})
         app_plan = org.get("plan")
-        rows.append({
-            "organisation_id": org["id"],
-            "name": org.get("name"),
-            "app_plan": app_plan,
-            "app_plan_paid": plans.is_paid(app_plan),
-            "is_blocked": org.get("is_blocked"),
-            "stripe_customer_id": customer_id,
-            "customer_exists": (customer_id in customers) if customer_id else None,
-            "stripe_subscriptions": s_subs,
-            "stripe_live": s_live,
-            "app_subscriptions": a_subs,
-            "app_live": a_live,
-            "stripe_plan": primary["plan"] if primary else None,
-            "stripe_status": primary["status"] if primary else None,
-            "primary_subscription": primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
-            "period_start": start,
-            "period_end": end,
-            "period_source": source,
-            "usage_limit": plans.limit(app_plan),
-        })
-    unlinked = [c for cid, c in customers.items() if cid not in linked]
+        if app_plan not in is_paid:
+            is_paid[app_plan], limit[app_plan] = plans.is_paid(app_plan), plans.limit(app_plan)
+        rows.append(OrganisationAccount(
+            organisation_id=org["id"],
+            name=org.get("name"),
+            app_plan=app_plan,
+            app_plan_paid=is_paid[app_plan],
+            is_blocked=org.get("is_blocked"),
+            stripe_customer_id=customer_id,
+            customer_exists=linked[customer_id] if customer_id else None,
+            stripe_subscriptions=s_subs,
+            stripe_live=s_live,
+            app_subscriptions=a_subs,
+            app_live=a_live,
+            stripe_plan=primary["plan"] if primary else None,
+            stripe_status=primary["status"] if primary else None,
+            primary_subscription=primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
+            period_start=start,
+            period_end=end,
+            period_source=source,
+            usage_limit=limit[app_plan],
+        ))
     orphan_subs = [s for s in stripe_subs if s["customer"] not in linked]
     return Accounts(
         organisations=rows,
-        unlinked_customers=unlinked,
+        unlinked_customers=list(unlinked.values()),
         orphan_subscriptions=orphan_subs,
         stripe_subscriptions=stripe_subs,
         app_subscriptions=list(app.get("subscriptions", [])),
         unmapped=unmapped,
         plans=plans,
         now=now,
-        customer_ids=set(customers),
+        stripe_customers=sum(linked.values()) + len(unlinked),
     )

@@ -107,12 +107,14 @@ def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
 
 def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
     """Stripe says active on a paid plan, yet the app blocks them or limits them as a free plan."""
-    used = {str(r["organisation_id"]): r for r in usage}
     plans = accounts.plans
+    paying = [org for org in accounts.organisations
+              if org["stripe_status"] in STRIPE_PAYING and plans.is_paid(org["stripe_plan"])
+              and (org["is_blocked"] or org["app_plan_paid"] is False)]
+    ids = {str(org["organisation_id"]) for org in paying}
+    used = {key: r for r in usage if (key := str(r["organisation_id"])) in ids} if ids else {}
     rows = []
-    for org in accounts.organisations:
-        if org["stripe_status"] not in STRIPE_PAYING or not plans.is_paid(org["stripe_plan"]):
-            continue
+    for org in paying:
         u = used.get(str(org["organisation_id"]), {})
         paid_limit = plans.limit(org["stripe_plan"])
         real = u.get("used")
@@ -180,6 +182,8 @@ def status_mismatch(accounts: Accounts) -> Finding:
     """Access in the app against the subscription's status in Stripe, both directions."""
     rows = []
     for org in accounts.organisations:
+        if not org["app_live"] and not org["stripe_live"]:
+            continue  # (most organisations: nothing live on either side)
         stripe_by_id = {s["id"]: s for s in org["stripe_subscriptions"]}
         app_by_id = {s.get("stripe_subscription_id"): s for s in org["app_subscriptions"]}
         for sub in org["app_live"]:
@@ -253,11 +257,10 @@ def multiple_active_subscriptions(accounts: Accounts) -> Finding:
     for sub in accounts.stripe_subscriptions:
         if sub["status"] in STRIPE_LIVE and sub["plan"] is not None:
             by_customer.setdefault(sub["customer"], []).append(sub)
-    org_of = {o["stripe_customer_id"]: o for o in accounts.organisations if o["stripe_customer_id"]}
+    twice = {customer: subs for customer, subs in by_customer.items() if len(subs) > 1}
+    org_of = {o["stripe_customer_id"]: o for o in accounts.organisations if o["stripe_customer_id"] in twice}
     rows = []
-    for customer, subs in sorted(by_customer.items()):
-        if len(subs) < 2:
-            continue
+    for customer, subs in sorted(twice.items()):
         org = org_of.get(customer)
         rows.append({"stripe_customer_id": customer, "organisation_id": org["organisation_id"] if org else None,
                      "name": org["name"] if org else None, "live_subscriptions": len(subs),

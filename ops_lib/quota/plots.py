@@ -18,46 +18,66 @@ _STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscrip
                    "plan differs": "#c62828"}
 
 
+# Dots drawn per plan below the near-limit line; beyond it, an even sample of them (seeded: the
+# same picture for the same data). Every organisation at or above the line is drawn and named.
+# A million dots take seconds to draw and look like a thousand.
+MAX_DOTS_PER_PLAN = 2_000
+
+
 def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> Figure:
     """Each organisation's usage as a share of its plan's limit, one column per plan.
 
     Dots above the 100 % line used more than their plan allows; between the dashed line and
-    100 % they are near it. Plans without a limit are listed in the title, not drawn.
+    100 % they are near it. Plans without a limit are listed in the title, not drawn. Under
+    the dashed line, a plan with more than ``MAX_DOTS_PER_PLAN`` organisations is drawn as a
+    sample of them, and its label says so.
     """
-    limited = [r for r in usage if r["usage_limit"]]
-    if not limited:
+    by_plan: dict = {}
+    unlimited: set = set()
+    for r in usage:
+        if r["usage_limit"]:
+            by_plan.setdefault(r["plan"], []).append(r)
+        else:
+            unlimited.add(r["plan"])
+    if not by_plan:
         return empty_figure("No organisation is on a plan with a usage limit")
-    plans = sorted({r["plan"] for r in limited}, key=lambda p: min(r["usage_limit"] for r in limited if r["plan"] == p))
+    plans = sorted(by_plan, key=lambda p: min(r["usage_limit"] for r in by_plan[p]))
     jitter = random.Random(0)  # the same picture for the same data
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.add_subplot()
     top = 100.0
+    tick_labels = []
     for x, plan in enumerate(plans):
-        rows = [r for r in limited if r["plan"] == plan]
-        xs = [x + jitter.uniform(-0.28, 0.28) for _ in rows]
-        ys = [100.0 * r["used"] / r["usage_limit"] for r in rows]
+        rows = by_plan[plan]
+        pcts = [100.0 * r["used"] / r["usage_limit"] for r in rows]
+        below = [i for i, y in enumerate(pcts) if y < near_limit_pct]
+        drawn = set(range(len(rows)))
+        if len(below) > MAX_DOTS_PER_PLAN:
+            drawn -= set(below) - set(jitter.sample(below, MAX_DOTS_PER_PLAN))
+        order = sorted(drawn)
+        xs = [x + jitter.uniform(-0.28, 0.28) for _ in order]
+        ys = [pcts[i] for i in order]
         colours = [_OVER if y > 100 else _NEAR if y >= near_limit_pct else _OK for y in ys]
         ax.scatter(xs, ys, c=colours, s=22, alpha=0.85, edgecolors="none")
-        for xi, yi, r in zip(xs, ys, rows):
+        for xi, yi, i in zip(xs, ys, order):
             if yi >= near_limit_pct:
-                ax.annotate(f" {label(r['organisation_id'], limit=30)}", (xi, yi), fontsize=8, va="center")
+                ax.annotate(f" {label(rows[i]['organisation_id'], limit=30)}", (xi, yi), fontsize=8, va="center")
         top = max(top, *ys)
+        limits = sorted({r["usage_limit"] for r in rows})
+        sampled = f"\n{MAX_DOTS_PER_PLAN:,} of {len(below):,} under {near_limit_pct:g} % drawn" \
+            if len(below) > MAX_DOTS_PER_PLAN else ""
+        tick_labels.append(f"{label(plan, limit=30)}\nlimit {', '.join(f'{v:,}' for v in limits)}\n"
+                           f"{len(rows)} org(s){sampled}")
     ax.axhline(100, color=_OVER, linewidth=1)
     ax.axhline(near_limit_pct, color=_NEAR, linewidth=1, linestyle="--")
-    tick_labels = []
-    for plan in plans:
-        limits = sorted({r["usage_limit"] for r in limited if r["plan"] == plan})
-        count = sum(1 for r in limited if r["plan"] == plan)
-        tick_labels.append(f"{label(plan, limit=30)}\nlimit {', '.join(f'{v:,}' for v in limits)}\n{count} org(s)")
     ax.set_xticks(range(len(plans)), tick_labels)
     ax.set_xlim(-0.6, len(plans) - 0.4)
     ax.set_ylim(0, top * 1.1)
     ax.yaxis.set_major_formatter(PercentFormatter())
     ax.set_ylabel("usage this period, % of the plan's limit")
-    unlimited = sorted({r["plan"] for r in usage if not r["usage_limit"]})
     title = "Usage against the plan's limit, this billing period"
     if unlimited:
-        title += f" (unlimited, not drawn: {label(', '.join(str(p) for p in unlimited), limit=80)})"
+        title += f" (unlimited, not drawn: {label(', '.join(str(p) for p in sorted(unlimited, key=str)), limit=80)})"
     ax.set_title(title)
     return fig
 

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from .bulk import collector_paused
+from .bulk import Record, collector_paused
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -456,20 +456,27 @@ def find_duplicates(conn: Connection, schema: SchemaMap, *, since: datetime) -> 
 
 
 def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, integer_ids: bool) -> dict:
+    """(organisation id as text, period start) -> (largest ``used``, rows stored) of the app's
+    counters starting in [lo, hi): one pair per organisation, not a row dict each."""
     counters = schema.table("usage_counters")
     org = f"c.{counters.col('organisation_id')}"
-    rows = select_all(
-        conn,
+    result = conn.execute(sa.text(
         f"""
         SELECT {org if integer_ids else org + '::text'} AS organisation_id, c.{counters.col('period_start')} AS period_start,
                max(c.{counters.col('used')})::bigint AS used, count(*)::int AS counter_rows
         FROM {counters.sql_table} c
         WHERE c.{counters.col('period_start')} >= :lo AND c.{counters.col('period_start')} < :hi
         GROUP BY 1, 2
-        """,
-        lo=lo, hi=hi,
-    )
-    return {(str(r["organisation_id"]), as_utc(r["period_start"])): r for r in rows}
+        """), {"lo": lo, "hi": hi})
+    found: dict = {}
+    moments: dict = {}
+    while chunk := result.fetchmany(65_536):
+        for org_id, start, used, rows in chunk:
+            moment = moments.get(start)
+            if moment is None:
+                moment = moments[start] = as_utc(start)
+            found[(str(org_id), moment)] = (used, rows)
+    return found
 
 
 # Partial aggregation in parallel workers pays when each worker's rows fold into far fewer groups
@@ -544,6 +551,14 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
     return UsageScan(usage, weekly, duplicates, edges[:-1], unique_key)
 
 
+# One per organisation (a million at a million customers): its period, limit, recomputed usage
+# (``used``, ``events``; ``repeated``: copies of a key not counted) and the app's counter
+# (``stored``: None without one; ``counter_rows``: how many rows the app stored for the period).
+UsageRow = Record.of("UsageRow", (
+    "organisation_id", "name", "plan", "usage_limit", "used", "stored", "pct", "events", "repeated",
+    "counter_rows", "period_start", "period_end", "period_source", "is_blocked"))
+
+
 def _usage_rows(orgs: list[dict], sums: _Sums, repeated: list[dict], stored: dict, by_id: dict[str, dict]) -> list[dict]:
     index = {str(org_id): n for n, org_id in enumerate(sums.ids)}
     period_units, period_events = sums.period_units.tolist(), sums.period_events.tolist()
@@ -568,22 +583,22 @@ def _usage_rows(orgs: list[dict], sums: _Sums, repeated: list[dict], stored: dic
         used = int(units - extra_units)
         counter = stored.get((org_id, as_utc(org["period_start"])))
         limit = org["usage_limit"]
-        rows.append({
-            "organisation_id": org["organisation_id"],
-            "name": org["name"],
-            "plan": org["app_plan"],
-            "usage_limit": limit,
-            "used": used,
-            "stored": None if counter is None or counter["used"] is None else int(counter["used"]),
-            "pct": round(100.0 * used / limit, 1) if limit else None,
-            "events": int(count - repeats),
-            "repeated": int(repeats),
-            "counter_rows": int(counter["counter_rows"]) if counter else 0,
-            "period_start": org["period_start"],
-            "period_end": org["period_end"],
-            "period_source": org["period_source"],
-            "is_blocked": org["is_blocked"],
-        })
+        rows.append(UsageRow(
+            organisation_id=org["organisation_id"],
+            name=org["name"],
+            plan=org["app_plan"],
+            usage_limit=limit,
+            used=used,
+            stored=None if counter is None or counter[0] is None else int(counter[0]),
+            pct=round(100.0 * used / limit, 1) if limit else None,
+            events=int(count - repeats),
+            repeated=int(repeats),
+            counter_rows=int(counter[1]) if counter else 0,
+            period_start=org["period_start"],
+            period_end=org["period_end"],
+            period_source=org["period_source"],
+            is_blocked=org["is_blocked"],
+        ))
     return rows
 
 

@@ -1,0 +1,66 @@
+"""The million-row lists of quota_audit (one account and one usage row per organisation) are
+``Record``s: read exactly as the dicts they replace, in less memory."""
+from __future__ import annotations
+
+import pickle
+import tracemalloc
+
+import pytest
+
+from ops_lib.quota.accounts import OrganisationAccount
+from ops_lib.quota.bulk import Record
+from ops_lib.quota.scan import UsageRow
+
+Pair = Record.of("Pair", ("left", "right"))
+
+
+def test_a_record_reads_as_the_dict_it_replaces():
+    row = Pair(left=1, right=None)
+    as_dict = {"left": 1, "right": None}
+    assert row == as_dict and as_dict == row and dict(row) == as_dict and {**row} == as_dict
+    assert row["left"] == 1 and row.get("right", "default") is None and row.get("nowhere", 7) == 7
+    assert list(row) == ["left", "right"] and len(row) == 2 and "left" in row and "nowhere" not in row
+    assert list(row.items()) == [("left", 1), ("right", None)]
+    assert repr(row) == repr(as_dict)
+
+
+def test_a_record_differs_from_a_dict_with_other_items():
+    assert Pair(1, 2) != {"left": 1, "right": 3}
+    assert Pair(1, 2) != {"left": 1}
+    assert Pair(1, 2) != [1, 2]
+
+
+def test_an_unknown_key_is_a_key_error_not_an_attribute_error():
+    row = Pair(1, 2)
+    with pytest.raises(KeyError):
+        row["nowhere"]
+    with pytest.raises(KeyError):
+        row[0]
+
+
+def test_a_record_takes_no_key_it_was_not_made_with():
+    with pytest.raises(AttributeError):
+        Pair(1, 2).other = 3
+    with pytest.raises(TypeError):
+        Pair(1)
+
+
+def test_a_record_survives_pickling():
+    row = UsageRow(*range(14))
+    assert pickle.loads(pickle.dumps(row)) == row
+
+
+@pytest.mark.parametrize("record", [OrganisationAccount, UsageRow])
+def test_a_record_holds_under_half_a_dicts_memory(record):
+    fields = record.__slots__
+    tracemalloc.start()
+    try:
+        rows = [record(*[None] * len(fields)) for _ in range(10_000)]
+        as_records = tracemalloc.get_traced_memory()[0]
+        del rows
+        rows = [dict.fromkeys(fields) for _ in range(10_000)]
+        as_dicts = tracemalloc.get_traced_memory()[0]
+        del rows
+    finally:
+        tracemalloc.stop()
+    assert as_records < 0.5 * as_dicts
