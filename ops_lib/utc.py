@@ -11,6 +11,8 @@ from datetime import datetime, timezone
 
 def as_utc(moment: datetime) -> datetime:
     """``moment`` in UTC; a naive one is taken to be UTC already."""
+    if moment.tzinfo is timezone.utc:
+        return moment  # (already: no copy, a million periods stay a million objects, not two)
     if moment.tzinfo is None:
         return moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)

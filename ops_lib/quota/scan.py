@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from .bulk import Record, collector_paused
+from .bulk import Record, collector_paused, columns
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -285,44 +285,41 @@ def repeated_key_rows(conn: Connection, schema: SchemaMap, *, lo: datetime) -> l
 MAX_INT4 = 2**31 - 1
 
 
-def _dense_periods(periods: list[dict]) -> dict | None:
+def _dense_periods(ids: list[int], starts: list[datetime], ends: list[datetime]) -> dict | None:
     """Period starts and ends as two array literals indexed by organisation id (``[lo:hi]={…}``),
     when the integer ids are dense enough (at most 4 slots per organisation); a slot no
     organisation has gets an empty period ('infinity' to 'infinity')."""
-    ids = [p["organisation_id"] for p in periods]
     lo, hi = min(ids), max(ids)
     if lo < 1 or hi > MAX_INT4 or hi - lo + 1 > 4 * len(ids) + 1024:
         return None
     # Elements quoted as array_literal quotes them, each distinct moment once (free organisations
     # share one calendar month, subscribers a few days' worth of period starts).
     quoted: dict[Any, str] = {}
-
-    def element(moment) -> str:
-        text = quoted.get(moment)
-        if text is None:
-            text = quoted[moment] = array_literal([_iso(moment)])[1:-1]
-        return text
-
+    for moment in (*set(starts), *set(ends)):
+        if moment not in quoted:
+            quoted[moment] = array_literal([_iso(moment)])[1:-1]
     empty = array_literal(["infinity"])[1:-1]
-    starts, ends = [empty] * (hi - lo + 1), [empty] * (hi - lo + 1)
-    for p in periods:
-        starts[p["organisation_id"] - lo] = element(p["period_start"])
-        ends[p["organisation_id"] - lo] = element(p["period_end"])
-    return {"starts": f"[{lo}:{hi}]={{" + ",".join(starts) + "}", "ends": f"[{lo}:{hi}]={{" + ",".join(ends) + "}"}
+    start_slots, end_slots = [empty] * (hi - lo + 1), [empty] * (hi - lo + 1)
+    for org_id, start, end in zip(ids, starts, ends):
+        start_slots[org_id - lo] = quoted[start]
+        end_slots[org_id - lo] = quoted[end]
+    return {"starts": f"[{lo}:{hi}]={{" + ",".join(start_slots) + "}",
+            "ends": f"[{lo}:{hi}]={{" + ",".join(end_slots) + "}"}
 
 
-def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: list[datetime], lo: datetime,
-          hi: datetime | None, integer_ids: bool, repeated: _Repeated | None = None) -> list[dict]:
+def _pass(conn: Connection, schema: SchemaMap, *, periods: tuple[list, list, list] | None, edges: list[datetime],
+          lo: datetime, hi: datetime | None, integer_ids: bool, repeated: _Repeated | None = None) -> "_Sums":
     """The one aggregate pass, grouped by organisation alone (few groups: the planner can
-    aggregate in parallel workers): units and events inside the organisation's period, in each
-    week between ``edges``, and the tuple ids of the events whose key hash is in ``repeated``."""
+    aggregate in parallel workers): units and events inside each organisation's period
+    (``periods``: organisation ids, starts, ends), in each week between ``edges``, and the tuple
+    ids of the events whose key hash is in ``repeated``."""
     c = _columns(schema)
     params: dict[str, Any] = {"lo": lo}
     where = f"{c['at']} >= :lo" + (f" AND {c['at']} < :hi" if hi is not None else "")
     if hi is not None:
         params["hi"] = hi
     aggregates = []
-    dense = _dense_periods(periods) if periods and integer_ids else None
+    dense = _dense_periods(*periods) if periods and integer_ids else None
     if dense is not None:
         # Ids 1..N (or close): each event finds its organisation's period by subscript in two
         # arrays indexed by organisation id — no join, nothing to hash, in every parallel worker.
@@ -348,9 +345,9 @@ def _pass(conn: Connection, schema: SchemaMap, *, periods: list[dict], edges: li
         in_period = f"{c['at']} >= p.period_start AND {c['at']} < p.period_end"
         aggregates += [f"coalesce(sum({c['quantity']}) FILTER (WHERE {in_period}), 0) AS period_units",
                        f"count(*) FILTER (WHERE {in_period}) AS period_events"]
-        params.update(ids=array_literal(str(p["organisation_id"]) for p in periods),
-                      starts=array_literal(_iso(p["period_start"]) for p in periods),
-                      ends=array_literal(_iso(p["period_end"]) for p in periods))
+        ids, starts, ends = periods
+        params.update(ids=array_literal(str(i) for i in ids), starts=array_literal(_iso(m) for m in starts),
+                      ends=array_literal(_iso(m) for m in ends))
     else:
         period_cte, join = "", ""
     for i in range(len(edges) - 1):
@@ -503,11 +500,12 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
     orgs = accounts.organisations
     now = as_utc(now or accounts.now or datetime.now(timezone.utc))
     events = schema.table("usage_events")
-    integer_ids = bool(orgs) and all(isinstance(o["organisation_id"], int) and not isinstance(o["organisation_id"], bool)
-                                     for o in orgs)
+    ids, starts, ends = (list(c) for c in zip(*columns(orgs, "organisation_id", "period_start", "period_end"))) \
+        if orgs else ([], [], [])
+    integer_ids = bool(ids) and all(type(i) is int for i in ids)
     edges = week_edges(weeks, now) if weeks else []
-    starts = [as_utc(o["period_start"]) for o in orgs]
-    ends = [as_utc(o["period_end"]) for o in orgs]
+    starts = [as_utc(moment) for moment in starts]
+    ends = [as_utc(moment) for moment in ends]
     since = as_utc(duplicates_since) if duplicates_since is not None else None
     if not orgs and not edges and since is None:
         return UsageScan([], [], None)
@@ -530,7 +528,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
             conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
         lo = min(starts + edges[:1] + ([repeated.lo] if repeated is not None else []))
         hi = None if repeated is not None else max(ends + edges[-1:])
-        sums = _pass(conn, schema, periods=orgs, edges=edges, lo=lo, hi=hi, integer_ids=integer_ids,
+        periods = (ids, starts, ends) if orgs else None
+        sums = _pass(conn, schema, periods=periods, edges=edges, lo=lo, hi=hi, integer_ids=integer_ids,
                      repeated=repeated if by_tuple_id else None)
         found: list[dict] = []
         if repeated:
@@ -542,8 +541,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
             stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) if orgs else {}
 
     with collector_paused():
-        by_id = {str(o["organisation_id"]): o for o in orgs}
-        usage = _usage_rows(orgs, sums, found, stored, by_id)
+        by_id = {str(org_id): o for org_id, o in zip(ids, orgs)}
+        usage = _usage_rows(orgs, starts, sums, found, stored, by_id)
         weekly = WeeklyUsage.of(sums, edges, by_id) if edges else []
     duplicates = None
     if since is not None:
@@ -559,7 +558,8 @@ UsageRow = Record.of("UsageRow", (
     "counter_rows", "period_start", "period_end", "period_source", "is_blocked"))
 
 
-def _usage_rows(orgs: list[dict], sums: _Sums, repeated: list[dict], stored: dict, by_id: dict[str, dict]) -> list[dict]:
+def _usage_rows(orgs: list[dict], starts: list[datetime], sums: _Sums, repeated: list[dict], stored: dict,
+                by_id: dict[str, dict]) -> list[UsageRow]:
     index = {str(org_id): n for n, org_id in enumerate(sums.ids)}
     period_units, period_events = sums.period_units.tolist(), sums.period_events.tolist()
     # An idempotency key counts once per organisation and period, with its largest quantity.
@@ -575,29 +575,23 @@ def _usage_rows(orgs: list[dict], sums: _Sums, repeated: list[dict], stored: dic
             extra[0] += sum(quantities) - max(quantities)
             extra[1] += len(quantities) - 1
     rows = []
-    for org in orgs:
-        org_id = str(org["organisation_id"])
-        n = index.get(org_id)
+    no_extra = (0, 0)
+    fields = columns(orgs, "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end",
+                     "period_source", "is_blocked")
+    for (org_id, name, plan, limit, start, end, source, blocked), utc_start in zip(fields, starts):
+        key = str(org_id)
+        n = index.get(key)
         units, count = (period_units[n], period_events[n]) if n is not None else (0, 0)
-        extra_units, repeats = less.get(org_id, (0, 0))
-        used = int(units - extra_units)
-        counter = stored.get((org_id, as_utc(org["period_start"])))
-        limit = org["usage_limit"]
+        extra_units, repeats = less.get(key, no_extra)
+        used = units - extra_units
+        counter = stored.get((key, utc_start))
         rows.append(UsageRow(
-            organisation_id=org["organisation_id"],
-            name=org["name"],
-            plan=org["app_plan"],
-            usage_limit=limit,
-            used=used,
-            stored=None if counter is None or counter[0] is None else int(counter[0]),
-            pct=round(100.0 * used / limit, 1) if limit else None,
-            events=int(count - repeats),
-            repeated=int(repeats),
-            counter_rows=int(counter[1]) if counter else 0,
-            period_start=org["period_start"],
-            period_end=org["period_end"],
-            period_source=org["period_source"],
-            is_blocked=org["is_blocked"],
+            org_id, name, plan, limit, used,
+            None if counter is None or counter[0] is None else int(counter[0]),
+            round(100.0 * used / limit, 1) if limit else None,
+            count - repeats, repeats,
+            int(counter[1]) if counter else 0,
+            start, end, source, blocked,
         ))
     return rows
 
@@ -667,4 +661,4 @@ def weekly_sums(conn: Connection, schema: SchemaMap, edges: list[datetime]) -> _
     """Units and events per organisation and week between the first and last edge (the pass
     ``scan_usage`` makes, without periods): for ``trend.weekly_usage`` on its own."""
     with _ReadOnlyScan(conn):
-        return _pass(conn, schema, periods=[], edges=edges, lo=edges[0], hi=edges[-1], integer_ids=True)
+        return _pass(conn, schema, periods=None, edges=edges, lo=edges[0], hi=edges[-1], integer_ids=True)
