@@ -64,3 +64,21 @@ def test_a_record_holds_under_half_a_dicts_memory(record):
     finally:
         tracemalloc.stop()
     assert as_records < 0.5 * as_dicts
+
+
+def test_usage_metrics_count_the_same_from_records_and_from_dicts():
+    from ops_lib.quota import usage_metrics
+
+    def row(used, events, stored, limit):
+        pct = round(100.0 * used / limit, 1) if limit else None
+        return UsageRow(1, "n", "pro", limit, used, stored, pct, events, 0, 0, None, None, "p", False)
+
+    records = [row(90, 3, None, 100), row(50, 2, 50, 100), row(500, 9, 7, None), row(0, 0, None, 0), row(80, 1, 1, 100)]
+    expected = {"usage_units_in_current_periods": 720, "usage_events_in_current_periods": 15,
+                "organisations_with_a_counter": 3, "organisations_at_80_pct_of_limit_or_more": 2,
+                "highest_pct_of_limit": 90.0}
+    assert dict(usage_metrics(records)) == expected
+    assert dict(usage_metrics([dict(r) for r in records])) == expected
+    assert dict(usage_metrics([])) == {"usage_units_in_current_periods": 0, "usage_events_in_current_periods": 0,
+                                       "organisations_with_a_counter": 0,
+                                       "organisations_at_80_pct_of_limit_or_more": 0, "highest_pct_of_limit": None}

@@ -7,11 +7,13 @@ notebook displays it (IPython registers matplotlib's formatter only once pyplot 
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from ..figures import Figure, empty_figure, label
 from .accounts import Accounts
+from .bulk import columns
 
 _OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
 _STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscription": "#9e9e9e",
@@ -88,17 +90,17 @@ def customers_by_plan(accounts: Accounts) -> Figure:
     if not orgs:
         return empty_figure("No organisations")
     counts: dict[str, dict[str, int]] = {}
-    for org in orgs:
-        if org["stripe_plan"] is not None and org["stripe_plan"] != org["app_plan"]:
+    for (stripe_plan, app_plan, status), n in Counter(columns(orgs, "stripe_plan", "app_plan", "stripe_status")).items():
+        if stripe_plan is not None and stripe_plan != app_plan:
             kind = "plan differs"
-        elif org["stripe_status"] in ("active", "trialing"):
+        elif status in ("active", "trialing"):
             kind = "paying"
-        elif org["stripe_status"] == "past_due":
+        elif status == "past_due":
             kind = "past due"
         else:
             kind = "no live subscription"
-        per = counts.setdefault(str(org["app_plan"]), {})
-        per[kind] = per.get(kind, 0) + 1
+        per = counts.setdefault(str(app_plan), {})
+        per[kind] = per.get(kind, 0) + n
     plans = sorted(counts, key=lambda p: (-sum(counts[p].values()), p))
     fig = Figure(figsize=(8, 3.5), layout="constrained")
     ax = fig.add_subplot()

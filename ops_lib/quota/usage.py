@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from .accounts import Accounts
+from .bulk import columns
 from .scan import scan_usage
 
 
@@ -32,11 +33,19 @@ def recompute_usage(conn: Connection, schema: SchemaMap, accounts: Accounts) -> 
 
 
 def usage_metrics(usage: list[dict]) -> Metrics:
-    limited = [r for r in usage if r["usage_limit"]]
+    units = events = with_counter = at_80 = 0
+    highest = None
+    for used, counted, stored, limit, pct in columns(usage, "used", "events", "stored", "usage_limit", "pct"):
+        units += used
+        events += counted
+        with_counter += stored is not None
+        if limit and pct is not None:
+            at_80 += pct >= 80
+            highest = pct if highest is None or pct > highest else highest
     return Metrics(
-        usage_units_in_current_periods=sum(r["used"] for r in usage),
-        usage_events_in_current_periods=sum(r["events"] for r in usage),
-        organisations_with_a_counter=sum(1 for r in usage if r["stored"] is not None),
-        organisations_at_80_pct_of_limit_or_more=sum(1 for r in limited if r["pct"] is not None and r["pct"] >= 80),
-        highest_pct_of_limit=max((r["pct"] for r in limited if r["pct"] is not None), default=None),
+        usage_units_in_current_periods=units,
+        usage_events_in_current_periods=events,
+        organisations_with_a_counter=with_counter,
+        organisations_at_80_pct_of_limit_or_more=at_80,
+        highest_pct_of_limit=highest,
     )
