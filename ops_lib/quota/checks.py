@@ -19,6 +19,7 @@ from ..findings import Finding
 from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
+from .bulk import columns
 from .scan import Duplicates, find_duplicates
 
 DEFAULT_NEAR_LIMIT_PCT = 80.0
@@ -108,9 +109,10 @@ def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
 def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
     """Stripe says active on a paid plan, yet the app blocks them or limits them as a free plan."""
     plans = accounts.plans
-    paying = [org for org in accounts.organisations
-              if org["stripe_status"] in STRIPE_PAYING and plans.is_paid(org["stripe_plan"])
-              and (org["is_blocked"] or org["app_plan_paid"] is False)]
+    orgs = accounts.organisations
+    paying = [org for org, (status, plan, blocked, app_plan_paid)
+              in zip(orgs, columns(orgs, "stripe_status", "stripe_plan", "is_blocked", "app_plan_paid"))
+              if status in STRIPE_PAYING and (blocked or app_plan_paid is False) and plans.is_paid(plan)]
     ids = {str(org["organisation_id"]) for org in paying}
     used = {key: r for r in usage if (key := str(r["organisation_id"])) in ids} if ids else {}
     rows = []
@@ -146,8 +148,9 @@ def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
 def tier_mismatch(accounts: Accounts) -> Finding:
     """The app's plan differs from the plan of the price Stripe bills (live subscriptions)."""
     rows = []
-    for org in accounts.organisations:
-        if not org["stripe_live"] or org["stripe_plan"] is None or org["stripe_plan"] == org["app_plan"]:
+    orgs = accounts.organisations
+    for org, (stripe_live, stripe_plan, app_plan) in zip(orgs, columns(orgs, "stripe_live", "stripe_plan", "app_plan")):
+        if not stripe_live or stripe_plan is None or stripe_plan == app_plan:
             continue
         primary = org["stripe_live"][0]
         app_sub = next((s for s in org["app_subscriptions"] if s.get("stripe_subscription_id") == primary["id"]), None)
@@ -181,9 +184,10 @@ def _unmapped_note(accounts: Accounts) -> str | None:
 def status_mismatch(accounts: Accounts) -> Finding:
     """Access in the app against the subscription's status in Stripe, both directions."""
     rows = []
-    for org in accounts.organisations:
-        if not org["app_live"] and not org["stripe_live"]:
-            continue  # (most organisations: nothing live on either side)
+    orgs = accounts.organisations
+    live = [org for org, (app_live, stripe_live) in zip(orgs, columns(orgs, "app_live", "stripe_live"))
+            if app_live or stripe_live]  # (most organisations: nothing live on either side)
+    for org in live:
         stripe_by_id = {s["id"]: s for s in org["stripe_subscriptions"]}
         app_by_id = {s.get("stripe_subscription_id"): s for s in org["app_subscriptions"]}
         for sub in org["app_live"]:
@@ -234,8 +238,9 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
         rows.append({"stripe_customer_id": customer["id"], "organisation_id": None,
                      "email": customer.get("email"), "live_subscriptions": live_by_customer.get(customer["id"], 0),
                      "direction": "Stripe customer that no organisation points to"})
-    for org in accounts.organisations:
-        if org["stripe_customer_id"] and org["customer_exists"] is False:
+    orgs = accounts.organisations
+    for org, (customer_id, exists) in zip(orgs, columns(orgs, "stripe_customer_id", "customer_exists")):
+        if customer_id and exists is False:
             rows.append({"stripe_customer_id": org["stripe_customer_id"], "organisation_id": org["organisation_id"],
                          "email": None, "live_subscriptions": 0,
                          "direction": "organisation whose Stripe customer does not exist"})
@@ -258,7 +263,9 @@ def multiple_active_subscriptions(accounts: Accounts) -> Finding:
         if sub["status"] in STRIPE_LIVE and sub["plan"] is not None:
             by_customer.setdefault(sub["customer"], []).append(sub)
     twice = {customer: subs for customer, subs in by_customer.items() if len(subs) > 1}
-    org_of = {o["stripe_customer_id"]: o for o in accounts.organisations if o["stripe_customer_id"] in twice}
+    orgs = accounts.organisations
+    org_of = {customer: o for o, (customer,) in zip(orgs, columns(orgs, "stripe_customer_id"))
+              if customer and customer in twice}
     rows = []
     for customer, subs in sorted(twice.items()):
         org = org_of.get(customer)
