@@ -23,9 +23,10 @@ newest first, every page; the events not yet applied are applied oldest first (t
 stored; the cursor moves to the newest (its second, and every event id seen in that second).
 Then listings are answered from SQLite with the same filters Stripe applies (``created`` range,
 status, customer, charge, type… in SQL; the rest in Python), newest first as Stripe orders them,
-streamed 1,000 rows at a time from a read transaction of their own. With nothing changed, a warm
-run makes one request, to ``/v1/events``. A listing the mirror cannot answer exactly (fields it
-does not keep, ``delivery_success``, expanded balance-transaction sources) goes to Stripe.
+streamed 1,000 rows at a time from a read transaction of their own (**Serving**, below). With
+nothing changed, a warm run makes one request, to ``/v1/events``. A listing the mirror cannot
+answer exactly (fields it does not keep, ``delivery_success``, expanded balance-transaction
+sources) goes to Stripe.
 
 **Kinds without events of their own** — balance transactions (Stripe sends none) and refunds
 (2023-08-16 announces a new refund as ``charge.refunded``, a charge) — are re-listed from their
@@ -64,14 +65,28 @@ Each sync prints one line on stdout (``Stripe: mirror synced, N events applied, 
 each cold listing one more; listings and syncs longer than ``PROGRESS_EVERY_S`` print progress on
 stderr (pages, objects, elapsed) — in JupyterLab and in a headless run's log alike.
 
+**Serving.** At a million objects, turning rows into dicts is most of a warm run, so: when a
+caller asks for some ``fields`` and has no filter of its own (``keep``, which may read any field),
+SQLite removes the other keys (``json_remove``; a row holds only ``PROJECTIONS`` keys, so what is
+left is exactly the projection: JSON nulls kept, absent keys absent, numbers and strings as
+written); each batch of 1,000 rows is decoded by one ``json.loads`` of the rows joined as an array
+(the expanded customers by a second), with the garbage collector paused during that call — it
+would otherwise rescan the batch every 700 new objects, and every so often all the objects the
+caller already holds, which cost more than the decoding itself. A row SQLite's JSON parser
+refuses (NaN or Infinity, which Python writes) turns the rest of the listing to whole objects
+projected in Python, from the same snapshot; a row that is not JSON fails where it is, after the
+objects before it, as one decoded at a time would.
+
 **What bounds it.** Cold: ⌈N/100⌉ + 1 requests per kind, at Stripe's pace (a million customers:
 ~10k requests, minutes, once). Warm: ⌈events since the last run / 100⌉ requests (≥ 1), plus one
 per event-less kind when anything changed, plus the events' delivery refresh when undelivered
 events are served; the webhook endpoints, prices and checkout sessions are still read directly
 (few, and without events of their own). A sync holds the events since the last sync in memory
 (a day of a busy account: ~100k events, a few hundred MB); a mirror older than 30 days costs a
-cold run. Serving decodes the kind's rows in the created range asked for, ~10 µs a customer and
-~25 µs a subscription on one idle core: a million of each is ~35 s of JSON decoding (what a runbook
+cold run. Serving decodes the kind's rows in the created range asked for
+(``benchmarks/bench_mirror_serve.py``, one core of a busy machine): ~5 µs a customer with
+quota_audit's fields, ~19 µs a subscription (its items are most of it), ~30 µs one with its
+customer expanded; a million customers and half a million subscriptions are ~14 s (what a runbook
 that holds them all as dicts pays anyway), not 100–400 s of requests. Correctness rests on Stripe
 sending an event for every change of the kinds it mirrors (true of customers, subscriptions,
 invoices, charges and disputes; refunds and balance transactions are caught up as above).
@@ -81,9 +96,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import os
+import re
 import sqlite3
 import sys
 import threading
@@ -106,6 +123,7 @@ BUSY_TIMEOUT_S = 10.0          # SQLite's busy timeout (each write transaction i
 PROGRESS_EVERY_S = 2.0         # at most one progress line this often
 OVERLAP_S = 300                # event-less kinds are re-listed from their newest created minus this
 PAGE_SIZE = 100
+SERVE_BATCH = 1000             # rows in memory at a time, decoded in one json.loads
 
 # The fields kept per kind: what the runbooks' checks read (ops_lib/revenue, quota, webhooks), and
 # a little more. A caller asking for a field not kept is served by Stripe directly. Changing a
@@ -697,8 +715,13 @@ class Mirror:
                 self.ensure(object_type, gte or 0)
                 if object_type == "event":
                     self._refresh_delivery(gte or 0, lt)
+                # Projected by SQLite when nothing in Python needs the whole object (`keep` may
+                # read any field); the whole objects' query stays the fallback.
+                drop = _dropped(object_type, wanted) if keep is None else None
                 query = self._query(object_type, gte, lt, where or {}, expand_customer)
-                snapshot = self._snapshot(query)
+                projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop)
+                             if drop is not None else None)
+                snapshot = self._snapshot(query, projected)
                 break
             except _NoEventAccess:
                 self.disabled = "the key may not read events, which keep the mirror current"
@@ -713,9 +736,11 @@ class Mirror:
         return self._serve(snapshot, keep, wanted, expand_customer)
 
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
-               expand_customer: bool) -> tuple[str, list]:
+               expand_customer: bool, drop: tuple[str, ...] | None = None) -> tuple[str, list]:
         """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
-        first (one request each: a subscription created since the customers were listed)."""
+        first (one request each: a subscription created since the customers were listed).
+        `drop`: the top-level keys SQLite removes from each object before Python decodes it (the
+        customer's expansion is selected only when ``customer`` is not dropped)."""
         conds, args = ["o.type = ?"], [object_type]
         if gte is not None:
             conds.append("o.created >= ?")
@@ -731,13 +756,19 @@ class Mirror:
                 conds.append(f"o.{column} = ?")
                 args.append(value)
         join = " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer" if expand_customer else ""
-        if expand_customer:
+        if expand_customer and drop is None:
             missing = [cid for (cid,) in self._open().execute(
                 f"SELECT DISTINCT o.customer FROM objects o{join} WHERE {' AND '.join(conds)} "
                 "AND o.customer IS NOT NULL AND c.id IS NULL", args)]
             if missing:
                 self._fetch_customers(missing)
-        sql = (f"SELECT o.data{', c.data' if expand_customer else ''} FROM objects o{join} "
+        data = "o.data"
+        if drop:
+            data = f"json_remove(o.data, {', '.join('?' * len(drop))})"
+            args = [f'$."{key}"' for key in drop] + args  # the select list's come first
+        if drop is not None and "customer" in drop:
+            join = ""
+        sql = (f"SELECT {data}{', c.data' if join else ''} FROM objects o{join} "
                f"WHERE {' AND '.join(conds)} ORDER BY o.created DESC, o.id DESC")
         return sql, args
 
@@ -752,37 +783,125 @@ class Mirror:
                     else:
                         self._store(conn, "customer", obj, now)
 
-    def _snapshot(self, query: tuple[str, list]) -> tuple[sqlite3.Connection, list, sqlite3.Cursor]:
+    def _snapshot(self, query: tuple[str, list],
+                  projected: tuple[str, list] | None = None) -> "_Snapshot":
         """The listing's read transaction on a connection of its own, begun under the sync lock:
         no other run is half-way through re-listing the kind then, and WAL keeps the snapshot
-        consistent whatever is written after."""
+        consistent whatever is written after. Read with `projected` when given (`query` is its
+        fallback, from the same snapshot)."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         try:
             with self._lock, self._exclusive():
                 conn.execute("BEGIN")
+                if projected is not None:
+                    try:
+                        cursor = conn.execute(*projected)
+                        first = cursor.fetchmany(SERVE_BATCH)  # the snapshot is taken by the first read
+                        return _Snapshot(conn, first, cursor, query, True)
+                    except sqlite3.OperationalError as exc:
+                        if not _json_refused(exc):
+                            raise
                 cursor = conn.execute(*query)
-                first = cursor.fetchmany(1000)  # the snapshot is taken by the first read
+                first = cursor.fetchmany(SERVE_BATCH)
+                return _Snapshot(conn, first, cursor, query, False)
         except BaseException:
             conn.close()
             raise
-        return conn, first, cursor
 
     @staticmethod
-    def _serve(snapshot: tuple[sqlite3.Connection, list, sqlite3.Cursor],
-               keep: Callable[[dict], bool] | None, wanted: tuple[str, ...] | None,
-               expand_customer: bool) -> Iterator[dict]:
-        """The snapshot's rows, 1,000 at a time in memory, decoded and filtered as they go."""
-        conn, rows, cursor = snapshot
+    def _serve(snapshot: "_Snapshot", keep: Callable[[dict], bool] | None,
+               wanted: tuple[str, ...] | None, expand_customer: bool) -> Iterator[dict]:
+        """The snapshot's rows, SERVE_BATCH at a time in memory, decoded and filtered as they go."""
+        conn, rows, cursor, projected = snapshot.conn, snapshot.rows, snapshot.cursor, snapshot.projected
+        expand = expand_customer and (not projected or "customer" in (wanted or ()))
+        served = 0
         try:
             while rows:
-                for row in rows:
-                    obj = json.loads(row[0])
-                    if expand_customer and row[1] is not None:
-                        obj["customer"] = json.loads(row[1])
+                for obj in _decoded(rows, expand):
                     if keep is not None and not keep(obj):
                         continue
-                    yield obj if wanted is None else {k: obj[k] for k in wanted if k in obj}
-                rows = cursor.fetchmany(1000)
+                    yield obj if wanted is None or projected else {k: obj[k] for k in wanted if k in obj}
+                served += len(rows)
+                try:
+                    rows = cursor.fetchmany(SERVE_BATCH)
+                except sqlite3.OperationalError as exc:
+                    if not projected or not _json_refused(exc):
+                        raise
+                    # A row SQLite's JSON parser refuses (NaN, Infinity: Python wrote them): the
+                    # rest whole, projected in Python, from the same read transaction.
+                    sql, args = snapshot.whole
+                    cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
+                    projected, expand = False, expand_customer
+                    rows = cursor.fetchmany(SERVE_BATCH)
         finally:
             conn.close()
+
+
+@dataclass
+class _Snapshot:
+    conn: sqlite3.Connection
+    rows: list                   # the first batch (reading it took the snapshot)
+    cursor: sqlite3.Cursor
+    whole: tuple[str, list]      # the query of whole objects
+    projected: bool              # the rows are already projected to the fields asked for
+
+
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _dropped(object_type: str, wanted: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """The kept keys SQLite may remove to serve `wanted` (None: project in Python).
+
+    Exact because a row's `data` holds only PROJECTIONS keys (``_project``, tombstones): what
+    remains after json_remove is the projection, JSON nulls kept and absent keys absent, numbers
+    and strings copied as written. Events are kept whole (their keys are not known)."""
+    kept = PROJECTIONS[object_type]
+    if wanted is None or not kept or not all(_PLAIN_KEY.fullmatch(k) for k in kept):
+        return None
+    return tuple(k for k in kept if k not in set(wanted))
+
+
+def _json_refused(exc: sqlite3.OperationalError) -> bool:
+    """The projection failing (SQLITE_ERROR: "malformed JSON" on a row; an SQLite without
+    json_remove), not the file: the whole objects' query is tried instead, and raises if the
+    file is at fault. (Python 3.10 gives no code: any OperationalError is tried again so.)"""
+    return getattr(exc, "sqlite_errorcode", 1) == 1  # SQLITE_ERROR
+
+
+def _decoded(rows: list, expand: bool) -> Iterable[dict]:
+    """A batch of rows as objects: one json.loads for the whole batch (one call's overhead, and
+    its key cache shared by the batch); the customers expanded.
+
+    The garbage collector is off during the decoding: json.loads creates only acyclic objects,
+    yet the collector ran every 700 of them, rescanning the batch and, every so often, every
+    object the caller holds (a million served objects: most of the serving time). It is left
+    off when the caller paused it; another thread's pause meanwhile would be lifted here, which
+    costs it time, never correctness."""
+    texts = [row[0] for row in rows]
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        objects = json.loads(f"[{','.join(texts)}]")
+        customers = (json.loads(f"[{','.join([row[1] if row[1] is not None else 'null' for row in rows])}]")
+                     if expand else None)
+    except (TypeError, ValueError):
+        objects = None
+    finally:
+        if collecting:
+            gc.enable()
+    if objects is None or len(objects) != len(rows) or (expand and len(customers) != len(rows)):
+        return _one_by_one(rows, expand)  # a row that is not JSON: it fails where it is, as before
+    if expand:
+        for obj, customer, row in zip(objects, customers, rows):
+            if row[1] is not None:
+                obj["customer"] = customer
+    return objects
+
+
+def _one_by_one(rows: list, expand: bool) -> Iterator[dict]:
+    for row in rows:
+        obj = json.loads(row[0])
+        if expand and row[1] is not None:
+            obj["customer"] = json.loads(row[1])
+        yield obj

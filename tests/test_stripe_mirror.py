@@ -399,3 +399,229 @@ def test_another_account_behind_the_same_address_is_not_taken_for_the_mirrored_o
     delivered = {**other, "pending_webhooks": 0 if other["pending_webhooks"] else 1}
     stripe_account.change(replace={newest["id"]: delivered})
     assert stripe_account.run()[2] == {"/v1/events": 1}, "its delivery state alone changing is no gap"
+
+
+# --------------------------------------------------------------------------- serving
+
+
+ODD = "Ünïcødé ☃ \u2028 😀 \"quoted\" \\ back/slash \x01"
+
+
+def odd_objects(state: dict) -> list[dict]:
+    """Customers and subscriptions with every kind of JSON value where the checks read fields:
+    absent keys, JSON nulls, nested objects and lists, unicode and escapes, integers beyond 2^53
+    and 2^63, floats, booleans, empty strings and containers; created in the last hour (newest
+    first: they lead the listings, in the first batch served)."""
+    price = state["objects"]["price"][0]
+    coupon = o.make_coupon(percent_off=12.5, duration="forever", created=NOW - 500 * DAY)
+    base = o.make_customer(email="odd@example.com", name="Odd", created=NOW - 3000)
+    absent = {k: v for k, v in base.items() if k not in ("email", "currency", "phone", "discount")}
+    nulls = {**o.make_customer(created=NOW - 2900), "email": None, "name": None, "metadata": {},
+             "description": None, "balance": None, "delinquent": None}
+    rich = {**o.make_customer(email="ÿ@exämple.com", name=ODD, created=NOW - 2800),
+            "description": "", "phone": "+1 (555) 010-0000", "balance": 2 ** 63 + 7,
+            "delinquent": True, "livemode": False, "deleted": False,
+            "discount": o.make_discount(coupon, start=NOW - 2800),
+            "metadata": {"organization_id": "42", "nested": {"a": [1, 2.5, -0.0, 1e-7, 1.7976931348623157e308,
+                                                                  True, False, None, [], {}, ""]},
+                         "big": -(2 ** 64), "exact": 9007199254740993, ODD: ODD}}
+    floats = {**o.make_customer(email="f@example.com", created=NOW - 2700), "balance": 0.1 + 0.2,
+              "metadata": {"ratio": 3.0, "tiny": 5e-324, "neg": -12345678901234567890.5}}
+    customers = [absent, nulls, rich, floats]
+    subs = []
+    for n, customer in enumerate(customers):
+        sub = o.make_subscription(customer=customer, items=[(price, 2 ** 60 + n)], created=customer["created"] + 5,
+                                  coupon=coupon if n % 2 else None, metadata={"n": str(n), ODD: ODD})
+        subs.append(sub)
+    subs[0] = {k: v for k, v in subs[0].items() if k not in ("status", "trial_end", "metadata")}
+    subs[1].update(ended_at=None, canceled_at=None, cancel_at_period_end=None, status=None)
+    subs[2].update(metadata={"deep": {"deeper": [{"x": ODD}, [[[2 ** 70]]]]}}, trial_end=NOW + 1.5)
+    del subs[3]["customer"]  # nothing to expand
+    orphan_owner = o.make_customer(email="gone@example.com", created=NOW - 2600)
+    orphan = o.make_subscription(customer=orphan_owner, items=[(price, 1)], created=NOW - 2590)
+    return customers + subs + [orphan_owner, orphan]
+
+
+def _project(obj: dict, fields) -> dict:
+    return {k: obj[k] for k in fields if k in obj}
+
+
+def _canonical(objects: list[dict]) -> str:
+    """Comparable even with NaN in them (NaN != NaN): the objects' JSON, key order aside."""
+    return json.dumps(objects, sort_keys=True)
+
+
+@pytest.fixture
+def odd_mirror(stripe_account, monkeypatch):
+    """The account with the odd objects added, mirrored cold, then the orphan's customer deleted
+    (a tombstone: three keys); spied: whether SQLite projected."""
+    odd = odd_objects(stripe_account.state)
+    stripe_account.change(*odd)
+    mirror = stripe_mirror.of(make_client(SECRET_KEY, stripe_account.base_url))
+    list(mirror.listing("customer"))
+    list(mirror.listing("subscription", expand_customer=True))
+    gone = odd[-1]["customer"]
+    stripe_account.change(o.make_event("customer.deleted", {"id": gone, "object": "customer", "deleted": True},
+                                       created=NOW - 10), drop={gone})
+    mirror._sync.at = float("-inf")  # a new run: synced before serving
+    assert len(list(mirror.listing("customer"))) == N_CUSTOMERS + 5
+    projected: list[bool] = []
+    snapshot = stripe_mirror.Mirror._snapshot
+
+    def spy(self, query, alternative=None):
+        taken = snapshot(self, query, alternative)
+        projected.append(taken.projected)
+        return taken
+
+    monkeypatch.setattr(stripe_mirror.Mirror, "_snapshot", spy)
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 40)  # several batches, the last one partial
+    mirror.projected = projected
+    mirror.odd = odd
+    return mirror
+
+
+FIELD_SETS = {
+    "customer": [CUSTOMER_FIELDS, ("email",), ("description",), ("name", "balance", "discount"),
+                 ("id", "id", "name"), (), stripe_mirror.PROJECTIONS["customer"],
+                 tuple(reversed(stripe_mirror.PROJECTIONS["customer"]))],
+    "subscription": [SUBSCRIPTION_FIELDS, ("status",), ("customer",), ("items", "metadata", "trial_end"),
+                     (), stripe_mirror.PROJECTIONS["subscription"]],
+}
+
+
+def test_fields_projected_by_sqlite_are_the_whole_objects_projected_in_python(odd_mirror):
+    mirror = odd_mirror
+    for object_type, query in (("customer", {"where": {"deleted": 0}}), ("customer", {}), ("subscription", {}),
+                               ("subscription", {"where": {"status": ("active", "canceled")},
+                                                 "gte": NOW - 200 * DAY, "lt": NOW - 2700})):
+        whole = list(mirror.listing(object_type, **query))
+        assert whole
+        for fields in FIELD_SETS[object_type]:
+            mirror.projected.clear()
+            served = list(mirror.listing(object_type, fields=fields, **query))
+            assert mirror.projected == [True], "served by the SQL projection"
+            assert served == [_project(x, fields) for x in whole], (object_type, query, fields)
+
+    customers = {c["id"]: c for c in mirror.listing(
+        "customer", where={"deleted": 0}, fields=CUSTOMER_FIELDS + ("balance", "delinquent"))}
+    absent, nulls, rich, floats = (customers[c["id"]] for c in mirror.odd[:4])
+    assert mirror.odd[-2]["id"] not in customers, "deleted: not listed"
+    stone = next(c for c in mirror.listing("customer", fields=CUSTOMER_FIELDS)
+                 if c["id"] == mirror.odd[-2]["id"])
+    assert stone == {"id": mirror.odd[-2]["id"], "object": "customer", "deleted": True}
+    assert "email" not in absent and nulls["email"] is None and nulls["name"] is None, "absent stays absent"
+    assert rich["name"] == ODD and rich["balance"] == 2 ** 63 + 7 and rich["delinquent"] is True
+    assert rich["metadata"]["exact"] == 9007199254740993 and rich["metadata"]["big"] == -(2 ** 64)
+    assert rich["metadata"]["nested"]["a"][2:5] == [-0.0, 1e-7, 1.7976931348623157e308]
+    assert floats["balance"] == 0.1 + 0.2 and floats["metadata"]["tiny"] == 5e-324
+    assert type(rich["deleted"]) is bool and type(floats["metadata"]["ratio"]) is float
+
+
+def test_the_quota_listings_from_the_mirror_are_what_stripe_lists(odd_mirror, stripe_account):
+    customers, subs, calls = stripe_account.run()
+    want_customers, want_subs, _ = direct(stripe_account)
+    assert calls == {"/v1/events": 1}
+    assert customers == want_customers and subs == want_subs
+    assert {c["id"] for c in odd_mirror.odd[:4]} <= {c["id"] for c in customers}
+
+
+def _rows_one_by_one(mirror, object_type: str, expand: bool) -> list[dict]:
+    """The listing as it was served before batches and SQL projections: each row decoded alone."""
+    join = " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer" if expand else ""
+    with sqlite3.connect(mirror.path) as conn:
+        rows = conn.execute(f"SELECT o.data{', c.data' if expand else ''} FROM objects o{join} WHERE o.type = ? "
+                            "ORDER BY o.created DESC, o.id DESC", (object_type,)).fetchall()
+    objects = []
+    for row in rows:
+        obj = json.loads(row[0])
+        if expand and row[1] is not None:
+            obj["customer"] = json.loads(row[1])
+        objects.append(obj)
+    return objects
+
+
+def test_subscriptions_expanded_with_their_customers_are_the_rows_decoded_one_by_one(odd_mirror):
+    mirror = odd_mirror
+    gone = mirror.odd[-1]["customer"]
+    served = list(mirror.listing("subscription", expand_customer=True))
+    want = _rows_one_by_one(mirror, "subscription", expand=True)
+    assert served == want
+    by_id = {s["id"]: s for s in served}
+    assert by_id[mirror.odd[-1]["id"]]["customer"] == {"id": gone, "object": "customer", "deleted": True}
+    assert by_id[mirror.odd[6]["id"]]["customer"]["name"] == ODD
+    assert "customer" not in by_id[mirror.odd[7]["id"]]
+    for fields in FIELD_SETS["subscription"]:
+        assert list(mirror.listing("subscription", expand_customer=True, fields=fields)) == [
+            _project(x, fields) for x in want], fields
+    assert list(mirror.listing("customer")) == _rows_one_by_one(mirror, "customer", expand=False)
+
+
+def test_keep_reads_the_whole_object_even_when_fewer_fields_are_asked_for(odd_mirror):
+    mirror = odd_mirror
+    whole = list(mirror.listing("customer", where={"deleted": 0}))
+    mirror.projected.clear()
+    kept = list(mirror.listing("customer", where={"deleted": 0}, fields=("id",),
+                               keep=lambda c: c.get("phone") is not None or "email" not in c))
+    assert mirror.projected == [False], "projected in Python, after keep"
+    assert kept == [{"id": c["id"]} for c in whole if c.get("phone") is not None or "email" not in c]
+    assert len(kept) >= 2
+    expanded = list(mirror.listing("subscription", expand_customer=True, fields=("id", "status"),
+                                   keep=lambda s: isinstance(s.get("customer"), dict)
+                                   and s["customer"].get("name") == "Odd"))
+    assert expanded == [{"id": mirror.odd[4]["id"]}], "keep sees the customer expanded"
+
+
+def _poison(mirror, object_type: str, object_id: str, key: str, value: float) -> None:
+    """A row holding what Python's json writes and reads but SQLite's JSON parser refuses."""
+    with sqlite3.connect(mirror.path) as conn:
+        (data,) = conn.execute("SELECT data FROM objects WHERE type = ? AND id = ?",
+                               (object_type, object_id)).fetchone()
+        obj = json.loads(data)
+        obj[key] = value
+        conn.execute("UPDATE objects SET data = ? WHERE type = ? AND id = ?",
+                     (json.dumps(obj, separators=(",", ":")), object_type, object_id))
+
+
+@pytest.mark.parametrize("position", ["first batch", "later batch"])
+def test_a_value_sqlite_cannot_parse_is_served_as_python_reads_it(odd_mirror, monkeypatch, capsys, position):
+    mirror = odd_mirror
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 40)
+    customers = list(mirror.listing("customer"))
+    at = 3 if position == "first batch" else 150
+    _poison(mirror, "customer", customers[at]["id"], "balance", float("nan"))
+    _poison(mirror, "customer", customers[at + 60]["id"], "metadata", {"x": float("inf")})
+    capsys.readouterr()
+    whole = list(mirror.listing("customer"))
+    assert whole[at]["balance"] != whole[at]["balance"] and whole[at + 60]["metadata"]["x"] == float("inf")
+    mirror.projected.clear()
+    served = list(mirror.listing("customer", fields=CUSTOMER_FIELDS + ("balance",)))
+    assert mirror.projected == [position == "later batch"]
+    assert _canonical(served) == _canonical([_project(c, CUSTOMER_FIELDS + ("balance",)) for c in whole])
+    assert len(served) == len(whole)
+    assert "could not be read" not in capsys.readouterr().err, "a value, not a damaged file: no rebuild"
+
+
+def test_a_row_that_is_not_json_fails_where_it_is_after_the_objects_before_it(odd_mirror):
+    mirror = odd_mirror
+    customers = list(mirror.listing("customer"))
+    with sqlite3.connect(mirror.path) as conn:
+        conn.execute("UPDATE objects SET data = '{\"id\": ' WHERE type = 'customer' AND id = ?",
+                     (customers[5]["id"],))
+    for fields in (None, CUSTOMER_FIELDS):
+        served = []
+        with pytest.raises(json.JSONDecodeError):
+            for obj in mirror.listing("customer", fields=fields):
+                served.append(obj)
+        assert served == [c if fields is None else _project(c, fields) for c in customers[:5]]
+
+
+def test_a_listing_left_half_read_closes_its_snapshot(odd_mirror, monkeypatch):
+    mirror = odd_mirror
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 40)
+    want = list(mirror.listing("customer", fields=CUSTOMER_FIELDS))
+    listing = mirror.listing("customer", fields=CUSTOMER_FIELDS)
+    assert [next(listing) for _ in range(50)] == want[:50]
+    listing.close()
+    with sqlite3.connect(mirror.path, timeout=1) as conn:  # no snapshot left open: the WAL can be emptied
+        assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    assert list(mirror.listing("customer", fields=CUSTOMER_FIELDS)) == want
