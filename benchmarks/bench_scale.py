@@ -299,10 +299,13 @@ def measure_scale(name: str, knobs: dict | None, args: argparse.Namespace, base_
     # With --mirror, each runbook twice against a mirror of its own (OPSBOOK_STRIPE_MIRROR names a
     # folder: on, even for the emulator): cold (everything listed once into it), then warm (what
     # changed since, from /v1/events) — the configuration real Stripe's rate limit calls for.
+    # `--mirror DIR`: a mirror already filled (by an earlier cold run: minutes at 1M), warm only.
     passes = [("", {})]
-    if args.mirror:
+    if args.mirror == "fresh":
         passes = [(" (mirror, cold)", {"OPSBOOK_STRIPE_MIRROR": str(scratch / f"mirror-{name}")}),
                   (" (mirror, warm)", {"OPSBOOK_STRIPE_MIRROR": str(scratch / f"mirror-{name}")})]
+    elif args.mirror:
+        passes = [(" (mirror, warm)", {"OPSBOOK_STRIPE_MIRROR": args.mirror})]
     try:
         for runbook, (label, extra) in ((r, p) for r in args.runbooks for p in passes):
             params = REPO / "params" / runbook / PARAM_SETS[runbook]
@@ -413,8 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave each built demo running")
     parser.add_argument("--no-all", action="store_true", help="skip `opsbook run --all`")
     parser.add_argument("--no-plain", action="store_true", help="skip the plain-Python comparison")
-    parser.add_argument("--mirror", action="store_true",
-                        help="run each runbook twice on a Stripe mirror of its own: cold, then warm")
+    parser.add_argument("--mirror", nargs="?", const="fresh", metavar="DIR",
+                        help="run each runbook twice on a Stripe mirror of its own: cold, then warm; "
+                             "with DIR, once on the mirror already there (warm)")
     parser.add_argument("--timeout", type=float, default=1800,
                         help="stop a runbook (and `run --all`) after this many seconds and record it (default 1800)")
     parser.add_argument("--max-kernel-mib", type=float, default=9_000,
