@@ -445,7 +445,7 @@ def test_ensure_up_plants_incidents_again_after_a_restart_and_rebuilds_another_v
     home = scratch_dir("restart-home")
     monkeypatch.setenv("OPSBOOK_HOME", str(home))
     try:
-        state = lifecycle.up(seed=7, scale=0.1)
+        state = lifecycle.up(seed=7, scale=0.1, history_periods=1)
         assert_incidents_planted(state)
         old_incidents = state["pids"]["incidents"]
 
@@ -465,6 +465,8 @@ def test_ensure_up_plants_incidents_again_after_a_restart_and_rebuilds_another_v
         rebuilt = lifecycle.ensure_up()
         assert rebuilt["build"] == lifecycle.build_fingerprint()
         assert rebuilt["database_url"] != state["database_url"], "built again, with new credentials"
+        assert (rebuilt["seed"], rebuilt["scale"], rebuilt["sizes"]) == (7, 0.1, {"history_periods": 1}), \
+            "at the size it was built with"
         assert_incidents_planted(rebuilt)
     finally:
         lifecycle.down(destroy=True)

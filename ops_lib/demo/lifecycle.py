@@ -132,11 +132,13 @@ def build_fingerprint() -> str:
 
 def ensure_up() -> dict:
     """The running demo; started (its live incidents planted again) when it is not running, and
-    rebuilt when another version of opsbook built it."""
+    rebuilt when another version of opsbook built it — at the seed, scale and sizes it was built
+    with (a benchmark's million organisations stay a million)."""
     state = read_state()
     if state is not None and state.get("build") == build_fingerprint():
         return state
-    return up()
+    built = _load_state() or {}
+    return up(seed=built.get("seed", 42), scale=built.get("scale", 1.0), **(built.get("sizes") or {}))
 
 
 def check_options(*, seed: object, scale: object) -> None:
@@ -266,6 +268,7 @@ def _populate(cluster: PostgresCluster, state: dict, *, seed: int, scale: float,
         "build": build_fingerprint(),
         "seed": seed,
         "scale": scale,
+        "sizes": {k: v for k, v in (sizes or {}).items() if v is not None},
         "pg": {"data_dir": str(cluster.data_dir), "port": cluster.port, "bin_dir": str(cluster.bin_dir)},
         "database_url": app_url,
         "monitor_url": cluster.url(APP_DB, MONITOR_ROLE, monitor_password),
