@@ -3,7 +3,7 @@ success — from Stripe's objects, with ChartMogul's and Baremetrics' definition
 reconciled with the app's own payment records.
 
     period.py     the report's period (a month, a range of days, the current month so far; UTC)
-    data.py       everything read from Stripe, once per kind, filters pushed to the API
+    data.py       everything read from Stripe, once per kind, filters pushed to the API; kept as slotted records
     money.py      minor units, zero- and three-decimal currencies, display
     mrr.py        a subscription's MRR at any moment (current state, invoices, documented fallback)
     movements.py  new / expansion / reactivation / contraction / churn per month and per customer
@@ -11,6 +11,7 @@ reconciled with the app's own payment records.
     payments.py   the app's payments (through the schema mapping) against Stripe's charges
     checks.py     payment_success_rate_low, revenue_mismatch, mrr_identity_broken, unpriced_items
     plots.py      MRR with its movements, revenue by plan, success rate over time
+    synthetic.py  Stripe-like objects at any scale, in-process (the benchmark and the tests)
 """
 from __future__ import annotations
 

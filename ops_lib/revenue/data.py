@@ -11,12 +11,19 @@
 The ``currencies`` parameter is applied here, to every kind: nothing outside it reaches a table.
 Stripe filters one currency per request at most (and only some lists), so the selection is made
 on our side rather than multiplying requests.
+
+Each object is kept as a ``Record`` (below): only the keys the computations read, in slots, read
+like the dict it stands for; ``fetch_stripe(..., compact=False)`` keeps the whole dicts instead
+(the tests compare the two). ``gather`` does the same from any source of listings (the benchmark
+and the tests feed ``synthetic.SyntheticAccount``).
 """
 from __future__ import annotations
 
+import gc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 from ..findings import Metrics
 from ..utc import from_epoch
@@ -69,6 +76,19 @@ class StripeData:
         })
 
 
+@contextmanager
+def paused_gc():
+    """CPython's cyclic collector paused while hundreds of thousands of objects are made (records,
+    results, rows: none of them in a cycle), instead of it walking the growing heap again and again."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def normalise_currencies(currencies: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(sorted({c.strip().lower() for c in currencies or () if c and c.strip()}))
 
@@ -82,6 +102,23 @@ def fetch_stripe(client, period: Period, *, history_months: int = 12,
     """One listing per kind, filters pushed to the API (see the module's table); each object kept
     with only the fields the computations read (``Compactor``), as it streams in (``compact=False``:
     whole, as Stripe sent them; the tests compare the two)."""
+    def listing(kind: str, since: datetime, until: datetime | None) -> Iterable[dict]:
+        if kind == "subscriptions":
+            return list_subscriptions(client, status="all", expand_customer=True)
+        if kind == "invoices":
+            return list_invoices(client, created_since=since)
+        lister = {"charges": list_charges, "refunds": list_refunds, "disputes": list_disputes,
+                  "balance_transactions": list_balance_transactions}[kind]
+        return lister(client, since=since, until=until)
+
+    return gather(listing, period, history_months=history_months, currencies=currencies, compact=compact)
+
+
+def gather(listing: Callable[[str, datetime | None, datetime | None], Iterable[dict]], period: Period, *,
+           history_months: int = 12, currencies: Iterable[str] | None = None, compact: bool = True) -> StripeData:
+    """``fetch_stripe`` from any source: ``listing(kind, since, until)`` yields the objects of one
+    kind created in [since, until) (``None``: unbounded), as Stripe's listing would (the benchmark
+    and the tests feed ``synthetic.SyntheticAccount.listing``)."""
     wanted = normalise_currencies(currencies)
     data = StripeData(period=period, history_months=history_months, currencies=wanted)
     since_invoices = data.history_start - YEAR_LOOKBACK
@@ -89,15 +126,17 @@ def fetch_stripe(client, period: Period, *, history_months: int = 12,
     c = Compactor()
 
     def keep(objs, project):
-        return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
+        with paused_gc():
+            return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
 
-    data.subscriptions = keep(list_subscriptions(client, status="all", expand_customer=True), c.subscription)
-    data.invoices = keep(list_invoices(client, created_since=since_invoices), c.invoice)
-    data.charges = keep(list_charges(client, since=period.start - CHARGE_SLACK, until=until + CHARGE_SLACK), c.charge)
-    data.refunds = keep(list_refunds(client, since=period.start, until=until), c.refund)
-    data.disputes = keep(list_disputes(client, since=period.start, until=until), c.dispute)
-    data.balance_transactions = keep(list_balance_transactions(client, since=period.start, until=until),
-                                     c.balance_transaction)
+    data.subscriptions = keep(listing("subscriptions", None, None), c.subscription)
+    data.invoices = keep(listing("invoices", since_invoices, None), c.invoice)
+    c.release("subscription")  # (no later kind names a subscription)
+    data.charges = keep(listing("charges", period.start - CHARGE_SLACK, until + CHARGE_SLACK), c.charge)
+    c.release("invoice", "customer")
+    data.refunds = keep(listing("refunds", period.start, until), c.refund)
+    data.disputes = keep(listing("disputes", period.start, until), c.dispute)
+    data.balance_transactions = keep(listing("balance_transactions", period.start, until), c.balance_transaction)
     return data
 
 
@@ -114,13 +153,146 @@ at = from_epoch  # Stripe's epoch seconds as a UTC datetime (ops_lib.utc)
 #
 # Each object is kept with only the fields the computations read, as it streams in: the rest of a
 # Stripe object (addresses, metadata, payment settings, the invoice's own copies of its customer's
-# details…) is most of its size and was held for the whole run. Same dict shapes, same keys when
-# present, so every computation reads them as before. Identical prices (the same price on every
-# invoice line and subscription item) and coupons are one shared object: read-only, never mutated.
+# details…) is most of its size and was held for the whole run. What is kept is a ``Record``: a
+# read-only mapping with the same keys and values as the trimmed dict it stands for (so every
+# computation reads it as before: ``obj["id"]``, ``obj.get("status")``, ``"discount" in obj``,
+# equality with that dict), its fields in ``__slots__`` (a 13-key dict is 632 bytes, its record 152).
+# Embedded lists (a subscription's items, an invoice's lines) and a line's period are kept in slots
+# of their own and rebuilt as dicts when read. Identical prices (the same price on every invoice
+# line and subscription item) and coupons are one shared dict: read-only, never mutated; repeated
+# strings, ids named by other objects (an invoice's charge, a charge's invoice, a balance
+# transaction's source), amounts and an object's repeated timestamps are stored once. A
+# subscription item keeps its id only when its price has no monthly amount (the one reader of it:
+# the unpriced_items check). At 500k subscriptions and their invoices, charges and balance
+# transactions: ~0.75 GB of records, against ~2 GB of trimmed dicts.
 
+
+class _Absent:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<absent>"
+
+
+ABSENT = _Absent()  # a key the object did not have (``None`` is a value Stripe sent)
+
+
+class Record(Mapping):
+    """A trimmed Stripe object: its kept keys, read like a dict (see above). Subclasses are made by
+    ``record_class``; ``KEYS`` are stored in slots, ``LISTINGS`` are Stripe's embedded lists
+    (``{"has_more": …, "data": [...]}``) stored as two slots and rebuilt when read."""
+
+    __slots__ = ()
+    KEYS: tuple[str, ...] = ()
+    LISTINGS: tuple[str, ...] = ()
+    VIRTUAL: tuple[str, ...] = ()  # the keys not in a slot of their own: LISTINGS and any a subclass adds
+    INTS: tuple[str, ...] = ()  # the keys holding amounts or timestamps (each stored once: Compactor)
+    _slot: dict = {}
+
+    def __getitem__(self, key):
+        slot = self._slot.get(key)
+        if slot is not None:
+            value = slot.__get__(self)
+            if value is not ABSENT:
+                return value
+        elif key in self.VIRTUAL:
+            value = self._virtual(key)
+            if value is not ABSENT:
+                return value
+        raise KeyError(key)
+
+    def get(self, key, default=None):
+        slot = self._slot.get(key)
+        if slot is not None:
+            value = slot.__get__(self)
+            return default if value is ABSENT else value
+        if key in self.VIRTUAL:
+            value = self._virtual(key)
+            return default if value is ABSENT else value
+        return default
+
+    def __contains__(self, key) -> bool:
+        return self.get(key, ABSENT) is not ABSENT
+
+    def __iter__(self):
+        return (k for k in self.KEYS + self.VIRTUAL if k in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def __bool__(self) -> bool:  # (``discount or …``: without reading every key)
+        for slot in self._slot.values():
+            if slot.__get__(self) is not ABSENT:
+                return True
+        return any(k in self for k in self.VIRTUAL)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self)!r})"
+
+    def _virtual(self, key: str):
+        """A key kept in other slots than its own (``LISTINGS`` by default)."""
+        return self._listing(key)
+
+    def _listing(self, key: str):
+        more, data = getattr(self, f"_{key}_has_more"), getattr(self, f"_{key}_data")
+        if more is ABSENT and data is ABSENT:
+            return ABSENT
+        if isinstance(more, _Raw):  # not a dict in Stripe's answer: kept as it was
+            return more.value
+        out = {} if more is ABSENT else {"has_more": more}
+        if data is not ABSENT:
+            out["data"] = list(data) if data is not None else None
+        return out
+
+    @classmethod
+    def of(cls, values: Mapping, **extra) -> "Record":
+        """A record of ``values``' kept keys (absent ones stay absent), ``extra`` overriding them."""
+        record = cls.__new__(cls)
+        for key in cls.KEYS:
+            value = extra[key] if key in extra else values.get(key, ABSENT)
+            cls._slot[key].__set__(record, value)
+        for key in cls.LISTINGS:
+            setattr(record, f"_{key}_has_more", ABSENT)
+            setattr(record, f"_{key}_data", ABSENT)
+        return record
+
+
+class _Raw:
+    """An embedded list that was not a dict (kept as Stripe sent it)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+_INT_KEYS = frozenset({"created", "start_date", "current_period_start", "ended_at", "canceled_at", "trial_start",
+                       "trial_end", "amount", "amount_paid", "quantity", "fee", "net", "start", "end", "paid_at"})
+
+
+def record_class(name: str, keys: Sequence[str], listings: Sequence[str] = ()) -> type[Record]:
+    slots = tuple(f"_{k}" for k in keys) + tuple(f"_{k}_{part}" for k in listings for part in ("has_more", "data"))
+    cls = type(name, (Record,), {"__slots__": slots, "KEYS": tuple(keys), "LISTINGS": tuple(listings),
+                                 "VIRTUAL": tuple(listings), "INTS": tuple(k for k in keys if k in _INT_KEYS),
+                                 "__module__": __name__})
+    cls._slot = {k: cls.__dict__[f"_{k}"] for k in keys}
+    # ``of`` as straight-line code (a loop over the slots' descriptors is ~3× slower): one
+    # assignment per key, each key a Stripe field name (an identifier).
+    assert all(k.isidentifier() for k in keys + tuple(listings))
+    lines = ["def of(cls, values, **extra):", "    record = _new(cls)", "    get = values.get"]
+    lines += [f"    record._{k} = extra['{k}'] if '{k}' in extra else get('{k}', ABSENT)" for k in keys]
+    lines += [f"    record._{k}_{part} = ABSENT" for k in listings for part in ("has_more", "data")]
+    lines += ["    return record"]
+    namespace = {"_new": object.__new__, "ABSENT": ABSENT}
+    exec("\n".join(lines), namespace)  # noqa: S102 - code made above from the fixed key names
+    namespace["of"].__doc__ = Record.of.__doc__
+    cls.of = classmethod(namespace["of"])
+    return cls
+
+
+_AMOUNT_KEYS = frozenset({"amount", "amount_paid", "quantity", "fee", "net"})
 _RECURRING = ("interval", "interval_count", "usage_type")
 _COUPON = ("id", "duration", "duration_in_months", "percent_off", "amount_off", "currency")
-_DISCOUNT = ("start", "end")
 _SUB_FIELDS = ("id", "currency", "status", "created", "start_date", "current_period_start", "ended_at",
                "canceled_at", "trial_start", "trial_end", "cancel_at_period_end", "pause_collection")
 _INVOICE_FIELDS = ("id", "status", "currency", "created", "amount_paid")
@@ -130,31 +302,121 @@ _REFUND_FIELDS = ("id", "created", "status", "amount", "currency")
 _DISPUTE_FIELDS = ("id", "created", "status", "amount", "currency")
 _BALANCE_FIELDS = ("id", "created", "type", "reporting_category", "amount", "fee", "net", "currency")
 
+Subscription = record_class("Subscription", _SUB_FIELDS + ("customer", "discount"), ("items",))
+Customer = record_class("Customer", ("id", "name", "discount"))
+Discount = record_class("Discount", ("start", "end", "coupon"))
+Item = record_class("Item", ("id", "quantity", "price"))
+Invoice = record_class("Invoice", _INVOICE_FIELDS + ("subscription", "customer", "charge", "discount",
+                                                     "total_discount_amounts", "status_transitions"), ("lines",))
+
+
+class Line(record_class("_Line", _LINE_FIELDS + ("price",))):
+    """An invoice line; its ``period`` (``{"start", "end"}``) is kept in two slots, not a dict."""
+
+    __slots__ = ("_period_start", "_period_end")  # (a period that was not a dict: _Raw in the first)
+    VIRTUAL = ("period",)
+
+    @classmethod
+    def of(cls, values: Mapping, **extra) -> "Line":
+        line = super().of(values, **extra)
+        period = extra["period"] if "period" in extra else values.get("period", ABSENT)
+        if isinstance(period, dict) and ("start" in period or "end" in period):
+            line._period_start, line._period_end = period.get("start", ABSENT), period.get("end", ABSENT)
+        elif isinstance(period, dict):
+            line._period_start, line._period_end = _Raw({}), ABSENT
+        else:
+            line._period_start, line._period_end = (ABSENT if period is ABSENT else _Raw(period)), ABSENT
+        return line
+
+    def _virtual(self, key: str):
+        start, end = self._period_start, self._period_end
+        if isinstance(start, _Raw):
+            return dict(start.value) if isinstance(start.value, dict) else start.value
+        if start is ABSENT and end is ABSENT:
+            return ABSENT
+        out = {}
+        if start is not ABSENT:
+            out["start"] = start
+        if end is not ABSENT:
+            out["end"] = end
+        return out
+
+Transitions = record_class("Transitions", ("paid_at",))
+Amount = record_class("Amount", ("amount",))  # one of an invoice's total_discount_amounts
+Charge = record_class("Charge", _CHARGE_FIELDS + ("customer", "invoice"))
+Refund = record_class("Refund", _REFUND_FIELDS + ("charge",))
+Dispute = record_class("Dispute", _DISPUTE_FIELDS + ("charge",))
+BalanceTransaction = record_class("BalanceTransaction", _BALANCE_FIELDS + ("source",))
+
 
 def _pick(obj: dict, keys: Sequence[str]) -> dict:
     return {k: obj[k] for k in keys if k in obj}
 
 
 class Compactor:
-    """Projects the objects of one fetch, sharing identical prices and coupons between them, and one
-    copy of each repeated string (currencies, statuses; a subscription's and customer's ids on every
-    invoice of theirs). Lives as long as the fetch."""
+    """Projects the objects of one fetch into records, sharing identical prices and coupons between
+    them, and one copy of each repeated string (currencies, statuses; a subscription's and
+    customer's ids on every invoice of theirs). Lives as long as the fetch."""
 
     def __init__(self):
         self._shared: dict = {}
         self._strings: dict[str, str] = {}
+        # One copy of each id that other objects name (an invoice names its subscription, customer
+        # and charge; a charge its invoice; a balance transaction its source), by the kind it is the
+        # id of: ``release`` drops a kind once nothing listed later can name it.
+        self._ids: dict[str, dict[str, str]] = {kind: {} for kind in ("subscription", "customer", "invoice",
+                                                                      "charge", "source")}
+        self._amounts: dict[int, int] = {}  # one copy of each amount (prices repeat)
+        self._priced: dict[int, bool] = {}  # id of a shared price -> whether it has a monthly amount
+        self._same: dict[int, int] = {}  # one copy of each timestamp within the object at hand
 
     def _share(self, value):
-        key = repr(value)  # small dicts and lists of str/int/None: their repr is a faithful key
+        key = repr(value)  # small dicts, lists and records of str/int/None: their repr is a faithful key
         return self._shared.setdefault(key, value)
 
-    def _one(self, out: dict, keys: Sequence[str]) -> dict:
-        """``out`` with its string values under ``keys`` replaced by their one copy."""
-        for k in keys:
-            value = out.get(k)
+    def release(self, *kinds: str) -> None:
+        for kind in kinds:
+            self._ids[kind] = {}
+
+    def _str(self, value):
+        return self._strings.setdefault(value, value) if isinstance(value, str) else value
+
+    def _id(self, kind: str, value):
+        return self._ids[kind].setdefault(value, value) if isinstance(value, str) else value
+
+    def _record(self, cls: type[Record], obj: Mapping, shared: Sequence[str] = (),
+                ids: Mapping[str, str] | None = None, **extra) -> Record:
+        """``cls.of(obj, **extra)`` with one copy of the strings under ``shared`` (statuses,
+        currencies…) and of the ids under ``ids`` (key -> the kind it names), of each amount, and
+        of each timestamp repeated within the object."""
+        for k in shared:
+            value = extra[k] if k in extra else obj.get(k, ABSENT)
             if isinstance(value, str):
-                out[k] = self._strings.setdefault(value, value)
-        return out
+                extra[k] = self._strings.setdefault(value, value)
+        for k, kind in (ids or {}).items():
+            value = extra[k] if k in extra else obj.get(k, ABSENT)
+            if isinstance(value, str):
+                extra[k] = self._ids[kind].setdefault(value, value)
+        for k in cls.INTS:
+            if k in extra:
+                continue
+            value = obj.get(k)
+            if type(value) is int and not -5 <= value <= 256:  # (small ints are one object already)
+                extra[k] = (self._amounts if k in _AMOUNT_KEYS else self._same).setdefault(value, value)
+        return cls.of(obj, **extra)
+
+    @staticmethod
+    def _embed(record: Record, key: str, listing, item) -> None:
+        """Stripe's embedded list ``listing`` (``{"data": [...], "has_more": …}``) into ``record``."""
+        if listing is ABSENT:
+            return
+        if not isinstance(listing, dict):
+            setattr(record, f"_{key}_has_more", _Raw(listing))
+            return
+        setattr(record, f"_{key}_has_more", listing.get("has_more", ABSENT))
+        if "data" in listing:
+            data = listing["data"]
+            setattr(record, f"_{key}_data", tuple(item(x) for x in data or ()) if data is not None else None)
 
     def price(self, price):
         if not isinstance(price, dict):
@@ -176,87 +438,91 @@ class Compactor:
     def discount(self, discount):
         if not isinstance(discount, dict):
             return discount
-        out = _pick(discount, _DISCOUNT)
-        if "coupon" in discount:
-            coupon = discount["coupon"]
-            out["coupon"] = self._share(_pick(coupon, _COUPON)) if isinstance(coupon, dict) else coupon
-        return out
+        coupon = discount.get("coupon", ABSENT)
+        if isinstance(coupon, dict):
+            coupon = self._share(_pick(coupon, _COUPON))
+        return Discount.of(discount, coupon=coupon)
 
-    def _listing(self, listing, item):
-        if not isinstance(listing, dict):
-            return listing
-        out = _pick(listing, ("has_more",))
-        if "data" in listing:
-            out["data"] = [item(x) for x in listing["data"] or ()] if listing["data"] is not None else None
-        return out
-
-    def subscription(self, sub: dict) -> dict:
-        out = _pick(sub, _SUB_FIELDS)
-        customer = sub.get("customer")
+    def subscription(self, sub: dict) -> Subscription:
+        self._same = {}
+        extra = {}
         if "customer" in sub:
+            customer = sub["customer"]
             if isinstance(customer, dict):
-                customer = self._one(_pick(customer, ("id", "name")), ("id",))
-                if "discount" in sub["customer"]:
-                    customer["discount"] = self.discount(sub["customer"]["discount"])
-            out["customer"] = customer
-        self._one(out, ("id", "currency", "status", "customer"))
+                customer = self._record(Customer, customer, ids={"id": "customer"},
+                                        discount=self.discount(customer.get("discount", ABSENT)))
+            extra["customer"] = customer
         if "discount" in sub:
-            out["discount"] = self.discount(sub["discount"])
-        if "items" in sub:
-            out["items"] = self._listing(sub["items"], self._item)
+            extra["discount"] = self.discount(sub["discount"])
+        out = self._record(Subscription, sub, ("currency", "status"), {"id": "subscription", "customer": "customer"},
+                           **extra)
+        self._embed(out, "items", sub.get("items", ABSENT), self._item)
         return out
 
     def _item(self, item):
-        out = _pick(item, ("id", "quantity"))
-        if "price" in item:
-            out["price"] = self.price(item["price"])
-        return out
+        if "price" not in item:
+            return self._record(Item, item)
+        price = self.price(item["price"])
+        # An item's id is read only when its price cannot be priced (the unpriced_items check names it)
+        priced = self._priced.get(id(price)) if isinstance(price, dict) else None
+        if priced is None:
+            from .mrr import unpriced_reason
+            priced = isinstance(price, dict) and unpriced_reason(price) is None
+            if isinstance(price, dict):
+                self._priced[id(price)] = priced  # (prices are shared: held by self._shared)
+        return self._record(Item, item, price=price, **({"id": ABSENT} if priced else {}))
 
-    def invoice(self, invoice: dict) -> dict:
-        out = _pick(invoice, _INVOICE_FIELDS)
-        for ref in ("subscription", "customer", "charge"):
-            if ref in invoice:
-                out[ref] = id_of(invoice[ref])
+    def invoice(self, invoice: dict) -> Invoice:
+        self._same = {}
+        extra = {ref: id_of(invoice[ref]) for ref in ("subscription", "customer", "charge") if ref in invoice}
         if "discount" in invoice:
-            out["discount"] = self.discount(invoice["discount"])
+            extra["discount"] = self.discount(invoice["discount"])
         if "total_discount_amounts" in invoice:
             amounts = invoice["total_discount_amounts"]
-            out["total_discount_amounts"] = [_pick(a, ("amount",)) for a in amounts] if amounts else \
+            extra["total_discount_amounts"] = [self._record(Amount, a) for a in amounts] if amounts else \
                 self._share(amounts)  # (the empty list: one for all)
         if "status_transitions" in invoice:
             transitions = invoice["status_transitions"]
             if isinstance(transitions, dict):
-                transitions = _pick(transitions, ("paid_at",))
+                transitions = self._record(Transitions, transitions)
                 transitions = self._share(transitions) if transitions.get("paid_at") is None else transitions
-            out["status_transitions"] = transitions
-        if "lines" in invoice:
-            out["lines"] = self._listing(invoice["lines"], self._line)
-        return self._one(out, ("subscription", "customer", "currency", "status"))
-
-    def _line(self, line):
-        out = self._one(_pick(line, _LINE_FIELDS), ("type",))
-        if "period" in line:
-            period = line["period"]
-            out["period"] = _pick(period, ("start", "end")) if isinstance(period, dict) else period
-        if "price" in line:
-            out["price"] = self.price(line["price"])
+            extra["status_transitions"] = transitions
+        out = self._record(Invoice, invoice, ("currency", "status"), {
+            "id": "invoice", "subscription": "subscription", "customer": "customer", "charge": "charge"}, **extra)
+        self._embed(out, "lines", invoice.get("lines", ABSENT), self._line)
         return out
 
-    def _with_refs(self, obj: dict, fields: Sequence[str], refs: Sequence[str]) -> dict:
-        out = _pick(obj, fields)
-        for ref in refs:
-            if ref in obj:
-                out[ref] = id_of(obj[ref])
-        return self._one(out, ("currency", "status", "customer", "type", "reporting_category"))
+    def _line(self, line):
+        extra = {}
+        if "type" in line:
+            extra["type"] = self._str(line["type"])
+        if "period" in line:
+            period = line["period"]
+            if isinstance(period, dict):  # (its timestamps: one copy with the invoice's)
+                period = {k: self._same.setdefault(v, v) if type(v) is int else v
+                          for k, v in period.items() if k in ("start", "end")}
+            extra["period"] = period
+        if "price" in line:
+            extra["price"] = self.price(line["price"])
+        return self._record(Line, line, **extra)
 
-    def charge(self, charge: dict) -> dict:
-        return self._with_refs(charge, _CHARGE_FIELDS, ("customer", "invoice"))
+    def _with_refs(self, cls: type[Record], obj: dict, refs: Sequence[str], ids: Mapping[str, str], **extra) -> Record:
+        self._same = {}
+        extra.update({ref: id_of(obj[ref]) for ref in refs if ref in obj})
+        return self._record(cls, obj, ("currency", "status", "type", "reporting_category"), ids, **extra)
 
-    def refund(self, refund: dict) -> dict:
-        return self._with_refs(refund, _REFUND_FIELDS, ("charge",))
+    def charge(self, charge: dict) -> Charge:
+        return self._with_refs(Charge, charge, ("customer", "invoice"),
+                               {"id": "charge", "customer": "customer", "invoice": "invoice"})
 
-    def dispute(self, dispute: dict) -> dict:
-        return self._with_refs(dispute, _DISPUTE_FIELDS, ("charge",))
+    def refund(self, refund: dict) -> Refund:
+        return self._with_refs(Refund, refund, ("charge",), {"id": "source", "charge": "charge"})
 
-    def balance_transaction(self, txn: dict) -> dict:
-        return self._with_refs(txn, _BALANCE_FIELDS, ("source",))
+    def dispute(self, dispute: dict) -> Dispute:
+        return self._with_refs(Dispute, dispute, ("charge",), {"id": "source", "charge": "charge"})
+
+    def balance_transaction(self, txn: dict) -> BalanceTransaction:
+        source = id_of(txn["source"]) if "source" in txn else ABSENT
+        if isinstance(source, str):
+            source = self._ids["charge"].get(source) or self._ids["source"].get(source) or source
+        return self._with_refs(BalanceTransaction, txn, (), {}, **({} if source is ABSENT else {"source": source}))

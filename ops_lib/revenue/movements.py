@@ -20,7 +20,7 @@ opens; a customer who churns and returns within one month shows only the net cha
 from __future__ import annotations
 
 from fractions import Fraction
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from ..findings import Metrics
 from . import money
@@ -53,58 +53,53 @@ def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
     """Each customer whose MRR moved in [start, end), per currency (exact, minor units): MRR as of
     the last second before ``start`` against the last second before ``end``."""
     before, after = book.snapshot_closing(start), book.snapshot_closing(end)
-    # Each customer's currencies at either end, indexed once: O(n log n) for the sort, not a
-    # scan of every snapshot per customer.
-    currencies_before: dict[str, set[str]] = {}
-    for c, cur in before:
-        currencies_before.setdefault(c, set()).add(cur)
-    currencies_after: dict[str, set[str]] = {}
-    for c, cur in after:
-        currencies_after.setdefault(c, set()).add(cur)
-    paying_before, paying_after = currencies_before.keys(), currencies_after.keys()
-    empty: set[str] = set()
+    # A customer's other currencies are looked up among the few currencies present (a handful of
+    # dict probes per customer that moved), not indexed for every customer.
+    currencies_before = {cur for _, cur in before}
+    currencies_after = {cur for _, cur in after}
+
+    def pays(snapshot, currencies, customer, but=None) -> bool:
+        return any((customer, cur) in snapshot for cur in currencies if cur != but)
+
     rows = []
-    for customer, currency in sorted(set(before) | set(after)):
+    moved = [key for key, s in before.items() if (e := after.get(key, ZERO)) is not s and e != s]
+    moved += [key for key in after if key not in before]  # (their MRR before was nothing: it moved)
+    for customer, currency in sorted(moved):
         s, e = before.get((customer, currency), ZERO), after.get((customer, currency), ZERO)
         first = book.first_positive(customer)
         movement = classify(
             s, e,
-            other_before=bool(currencies_before.get(customer, empty) - {currency}),
-            other_after=bool(currencies_after.get(customer, empty) - {currency}),
+            other_before=pays(before, currencies_before, customer, currency),
+            other_after=pays(after, currencies_after, customer, currency),
             had_mrr_before=first is not None and first < start,
         )
         if movement is None:
             continue
         rows.append({"customer": customer, "currency": currency, "movement": movement,
                      "start": s, "end": e, "change": e - s,
-                     "paying_before": customer in paying_before, "paying_after": customer in paying_after})
+                     "paying_before": pays(before, currencies_before, customer),
+                     "paying_after": pays(after, currencies_after, customer)})
     return rows
 
 
 def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Iterable[str] = ()) -> list[dict]:
     """One row per currency for [start, end): start, each movement, end (exact, minor units)."""
-    before, after = book.snapshot_closing(start), book.snapshot_closing(end)
     moves = customer_movements(book, start, end)
-    seen = {cur for _, cur in before} | {cur for _, cur in after} | {m["currency"] for m in moves} | set(currencies)
-    totals = {cur: {"start": ZERO, "end": ZERO, "customers_start": 0, "customers_end": 0,
-                    **{movement: ZERO for movement in MOVEMENTS}} for cur in seen}
-    for (_, cur), v in before.items():  # one pass over each side, not one per currency
-        totals[cur]["start"] += v
-        totals[cur]["customers_start"] += 1
-    for (_, cur), v in after.items():
-        totals[cur]["end"] += v
-        totals[cur]["customers_end"] += 1
+    start_totals, end_totals = book.totals_closing(start), book.totals_closing(end)  # (per currency: MRR, customers)
+    seen = set(start_totals) | set(end_totals) | {m["currency"] for m in moves} | set(currencies)
+    sums = {cur: {key: money.ExactSum() for key in MOVEMENTS} for cur in seen}
     for m in moves:
-        totals[m["currency"]][m["movement"]] += abs(m["change"])
+        sums[m["currency"]][m["movement"]].add(abs(m["change"]))
     rows = []
     for currency in sorted(seen):
-        t = totals[currency]
-        row = {"currency": currency, "month": label, "from": start, "to": end, "start": t["start"]}
+        t = sums[currency]
+        row = {"currency": currency, "month": label, "from": start, "to": end,
+               "start": start_totals.get(currency, (ZERO, 0))[0]}
         for movement in MOVEMENTS:
-            row[movement] = t[movement]
-        row["end"] = t["end"]
-        row["customers_start"] = t["customers_start"]
-        row["customers_end"] = t["customers_end"]
+            row[movement] = t[movement].value()
+        row["end"] = end_totals.get(currency, (ZERO, 0))[0]
+        row["customers_start"] = start_totals.get(currency, (ZERO, 0))[1]
+        row["customers_end"] = end_totals.get(currency, (ZERO, 0))[1]
         rows.append(row)
     return rows
 
@@ -185,7 +180,7 @@ def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[di
     if book is not None:
         for sub in book.subscriptions:
             customer = sub.get("customer")
-            if isinstance(customer, dict):
+            if isinstance(customer, Mapping):
                 names[customer["id"]] = customer.get("name")
     order = {m: i for i, m in enumerate(MOVEMENTS)}
     out = []

@@ -63,10 +63,27 @@ def invoice_plan_split(invoice: Mapping) -> list[tuple[str, int]]:
     return allocate(int(invoice.get("amount_paid") or 0), invoice_plan_shares(invoice))
 
 
+class _Shares:
+    """``invoice_plan_shares``, worked out once per set of lines billing the same prices and amounts
+    (the compact invoices share their prices: most invoices bill one of a few combinations)."""
+
+    def __init__(self):
+        self._found: dict[tuple, tuple[list, object]] = {}
+
+    def __call__(self, invoice: Mapping) -> list[tuple[str, Fraction]]:
+        lines = (invoice.get("lines") or {}).get("data") or []
+        key = tuple((id(line.get("price")), line.get("amount")) for line in lines)
+        found = self._found.get(key)
+        if found is None:  # (the value holds the lines: the ids in the key stay theirs)
+            found = self._found[key] = (invoice_plan_shares(invoice), lines)
+        return found[0]
+
+
 class _Attribution:
     """Which plan a charge, refund or dispute belongs to, through its invoice."""
 
     def __init__(self, data: StripeData):
+        self.shares = _Shares()
         self.invoice_by_id = {i["id"]: i for i in data.invoices}
         self.invoice_by_charge = {id_of(i.get("charge")): i for i in data.invoices if i.get("charge")}
         self.charges = {c["id"]: c for c in data.charges}
@@ -81,7 +98,7 @@ class _Attribution:
         if invoice is None and charge is not None and charge.get("invoice"):
             invoice = self.invoice_by_id.get(id_of(charge["invoice"]))
         if invoice is not None:
-            return invoice_plan_shares(invoice)
+            return self.shares(invoice)
         if charge is not None and not charge.get("invoice"):
             return [(ONE_OFF, Fraction(1))]  # (an invoice naming it was handled above)
         return [(UNKNOWN, Fraction(1))]
@@ -112,7 +129,7 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
         paid_at = (invoice.get("status_transitions") or {}).get("paid_at")
         if invoice.get("status") != "paid" or not period.contains(paid_at):
             continue
-        split = invoice_plan_split(invoice)
+        split = allocate(int(invoice.get("amount_paid") or 0), who.shares(invoice))  # (invoice_plan_split)
         for n, (plan, amount) in enumerate(split):
             r = row(invoice["currency"], plan)
             r["gross"] += amount
