@@ -173,6 +173,11 @@ def table(rows: list[dict], empty: str = "(none)"):
 
     Text values (and column names) are shown with their control characters as escapes, so a NUL,
     an ANSI escape or a right-to-left override in target text cannot cut or reorder the table.
+
+    More rows than pandas shows (``display.max_rows``: a million organisations' usage) become an
+    ``Excerpt``: the first and last rows pandas would show, numbered as in the whole table, and
+    the whole table's size — a 500,000-row frame built only to show ten of its rows cost seconds
+    and hundreds of MB.
     """
     import pandas as pd
 
@@ -181,8 +186,43 @@ def table(rows: list[dict], empty: str = "(none)"):
         from IPython.display import HTML
 
         return HTML(inert(f"<i>{html_text(empty)}</i>", tag="p"))
-    frame = pd.DataFrame(rows)
+    total = len(rows)
+    if total <= pd.get_option("display.max_rows"):
+        return _visible_frame(pd.DataFrame(rows))
+    half = max(1, (pd.get_option("display.min_rows") or 10) // 2)
+    shown = [*rows[:half], *rows[total - half:]]
+    frame = _visible_frame(pd.DataFrame(shown, index=[*range(half), *range(total - half, total)]))
+    return Excerpt(frame, total, half)
+
+
+def _visible_frame(frame):
     frame.columns = [visible(c) for c in frame.columns]
     for column in frame.select_dtypes(include=["object", "string"]).columns:
         frame[column] = frame[column].map(lambda v: visible(v) if isinstance(v, str) else v)
     return frame
+
+
+class Excerpt:
+    """A long table as pandas shows one: its first and last ``half`` rows (``frame``, indexed by
+    their place in the whole table), a row of "…" between them, and ``rows`` × columns under it."""
+
+    def __init__(self, frame, rows: int, half: int):
+        self.frame, self.rows, self.half = frame, rows, half
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def _shown(self):
+        import pandas as pd
+
+        gap = pd.DataFrame([["…"] * len(self.frame.columns)], columns=self.frame.columns, index=["…"])
+        return pd.concat([self.frame.iloc[:self.half].astype(object), gap, self.frame.iloc[self.half:].astype(object)])
+
+    def _size(self) -> str:
+        return f"{self.rows:,} rows × {len(self.frame.columns)} columns (the first and last {self.half} shown)"
+
+    def _repr_html_(self) -> str:
+        return self._shown()._repr_html_() + inert(html_text(self._size()), tag="p")
+
+    def __repr__(self) -> str:
+        return f"{self._shown()!r}\n\n{self._size()}"

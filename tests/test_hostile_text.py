@@ -238,6 +238,21 @@ print(data["text/html"])
     assert_inert(done.stdout, must_show=["SELECT $1 WHERE a = $2"])
 
 
+@pytest.mark.parametrize(("text", "expected"), [(t, e) for _, t, e in CASES], ids=IDS)
+def test_a_table_longer_than_pandas_shows_is_an_excerpt_showing_target_text_literally(text, expected):
+    import pandas as pd
+
+    total = pd.get_option("display.max_rows") * 100
+    rows = [{"n": n, "text": text if n in (0, total - 1) else "ok"} for n in range(total)]
+    excerpt = runtime.table(rows)
+    assert len(excerpt) == total and len(excerpt.frame) < 20, "only the rows shown are built"
+    assert excerpt.frame["n"].tolist()[:2] == [0, 1] and excerpt.frame.index[-1] == total - 1
+    visible = shown(text, expected).replace("\n", "\\n")[:20]
+    html = excerpt._repr_html_()
+    assert_inert(html, must_show=[visible, f"{total:,} rows × 2 columns"])
+    assert "…" in repr(excerpt) and f"{total:,} rows" in repr(excerpt)
+
+
 def test_an_empty_table_note_is_inert():
     assert_inert(runtime.table([], empty="No $1 rows <xss-probe>")._repr_html_(), must_show=["No $1 rows <xss-probe>"])
 
