@@ -335,7 +335,7 @@ def measure_scale(name: str, knobs: dict | None, args: argparse.Namespace, base_
                   f"plain {plain if plain is None else round(plain, 1)}s", file=sys.stderr, flush=True)
         if not args.no_all:
             # (exit 2/3: some runbook, maybe one not measured above, failed: recorded, not fatal)
-            measured = run_measured([*OPSBOOK, "run", "--all"], env, ok=(0, 1, 2, 3), timeout=args.timeout,
+            measured = run_measured([*OPSBOOK, "run", "--all"], {**env, **passes[-1][1]}, ok=(0, 1, 2, 3), timeout=args.timeout,
                                     max_kernel_mib=args.max_kernel_mib)
             result["all_s"] = measured["wall_s"]
             result["all_exit"] = measured["returncode"]
