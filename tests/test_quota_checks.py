@@ -476,7 +476,7 @@ def test_a_plan_with_more_organisations_than_dots_draws_everyone_near_the_limit_
     assert {t.get_text().strip() for t in ax.texts} == {"over", *(f"near-{n}" for n in range(5))}
     ticks = [t.get_text() for t in ax.get_xticklabels()]
     assert ticks[0].startswith("team") and "drawn" not in ticks[0]
-    assert f"{plots.MAX_DOTS_PER_PLAN:,} of {many:,} under 80 % drawn" in ticks[1] and f"{many + 6} org(s)" in ticks[1]
+    assert f"{plots.MAX_DOTS_PER_PLAN:,} of {many:,} under 80 % drawn" in ticks[1] and f"{many + 6:,} org(s)" in ticks[1]
     again = plots.usage_against_limit(usage, near_limit_pct=80).axes[0]
     assert [list(c.get_offsets().ravel()) for c in again.collections] == \
         [list(c.get_offsets().ravel()) for c in ax.collections], "the same picture for the same data"

@@ -69,7 +69,7 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
         sampled = f"\n{MAX_DOTS_PER_PLAN:,} of {len(below):,} under {near_limit_pct:g} % drawn" \
             if len(below) > MAX_DOTS_PER_PLAN else ""
         tick_labels.append(f"{label(plan, limit=30)}\nlimit {', '.join(f'{v:,}' for v in limits)}\n"
-                           f"{len(rows)} org(s){sampled}")
+                           f"{len(rows):,} org(s){sampled}")
     ax.axhline(100, color=_OVER, linewidth=1)
     ax.axhline(near_limit_pct, color=_NEAR, linewidth=1, linestyle="--")
     ax.set_xticks(range(len(plans)), tick_labels)
