@@ -189,13 +189,16 @@ class _Deadlines:
         self._queue: list[tuple[float, int, _Watchdog]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+
+    def forget(self) -> None:
+        """In a forked child: the parent's thread and attempts are not this process's, and its
+        lock may have been held at the fork."""
+        self._ready = threading.Condition()
+        self._queue, self._thread = [], None
 
     def add(self, when: float, watchdog: _Watchdog) -> None:
         with self._ready:
-            if self._thread is None or self._pid != os.getpid():
-                self._queue = []  # (after a fork: the parent's attempts are not this process's)
-                self._pid = os.getpid()
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="opsbook-stripe-deadlines", daemon=True)
                 self._thread.start()
             heapq.heappush(self._queue, (when, next(self._order), watchdog))
@@ -222,6 +225,7 @@ class _Deadlines:
 
 
 _deadlines = _Deadlines()
+os.register_at_fork(after_in_child=_deadlines.forget)
 
 
 def _shut(sock: Any) -> None:

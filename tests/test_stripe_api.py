@@ -365,3 +365,30 @@ def test_mask_secrets_masks_every_key_in_a_text():
     text = "tried sk_live_" + "51AAAAAAAAAAAAzzzz then rk_test_51BBBBBBBBBBBByyyy"  # split: not a live key in the repo
     assert mask_secrets(text) == "tried sk_live_…zzzz then rk_test_…yyyy"
 
+
+
+def test_a_forked_child_bounds_its_requests_even_if_the_fork_caught_the_deadline_thread_mid_step():
+    import os
+    import signal
+    import time
+
+    from ops_lib import stripe_api
+
+    with stripe_api._deadlines._ready:  # held at the fork, as the parent's deadline thread may hold it
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                with stripe_api._Watchdog(0.05) as watchdog:
+                    time.sleep(0.5)
+                code = 0 if watchdog.fired else 1
+            finally:
+                os._exit(code)
+    deadline = time.monotonic() + 10
+    while (done := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert done != (0, 0), "the child hung on the parent's lock"
+    assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's watchdog did not fire"
