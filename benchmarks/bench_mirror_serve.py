@@ -43,7 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from ops_lib import stripe_mirror  # noqa: E402
 from ops_lib.quota.accounts import CUSTOMER_FIELDS, SUBSCRIPTION_FIELDS  # noqa: E402
-from ops_lib.quota.bulk import collector_paused  # noqa: E402
+from ops_lib.bulk import collector_paused  # noqa: E402
 from ops_lib.stripe_emulator import objects as so  # noqa: E402
 from ops_lib.stripe_mirror import Mirror  # noqa: E402
 
@@ -200,7 +200,7 @@ def same(path: Path, object_type: str, query: dict) -> int:
     return count
 
 
-# label, kind, query, with the garbage collector paused (quota's fetch_stripe pauses it: ops_lib.quota.bulk)
+# label, kind, query, with the garbage collector paused (quota's fetch_stripe pauses it: ops_lib.bulk)
 CASES: list[tuple[str, str, dict, bool]] = [
     ("quota: customers, 7 fields", "customer", {"where": {"deleted": 0}, "fields": CUSTOMER_FIELDS}, True),
     ("quota: subscriptions, 14 fields", "subscription", {"fields": SUBSCRIPTION_FIELDS}, True),

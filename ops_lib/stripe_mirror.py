@@ -96,7 +96,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import gc
 import hashlib
 import json
 import os
@@ -112,6 +111,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import stripe
 
 from . import paths
+from .bulk import collector_paused
 
 MIRROR_VARIABLE = "OPSBOOK_STRIPE_MIRROR"
 FORMAT = "1"                   # the file's layout; another value rebuilds the file
@@ -879,17 +879,13 @@ def _decoded(rows: list, expand: bool) -> Iterable[dict]:
     off when the caller paused it; another thread's pause meanwhile would be lifted here, which
     costs it time, never correctness."""
     texts = [row[0] for row in rows]
-    collecting = gc.isenabled()
-    gc.disable()
     try:
-        objects = json.loads(f"[{','.join(texts)}]")
-        customers = (json.loads(f"[{','.join([row[1] if row[1] is not None else 'null' for row in rows])}]")
-                     if expand else None)
+        with collector_paused():
+            objects = json.loads(f"[{','.join(texts)}]")
+            customers = (json.loads(f"[{','.join([row[1] if row[1] is not None else 'null' for row in rows])}]")
+                         if expand else None)
     except (TypeError, ValueError):
         objects = None
-    finally:
-        if collecting:
-            gc.enable()
     if objects is None or len(objects) != len(rows) or (expand and len(customers) != len(rows)):
         return _one_by_one(rows, expand)  # a row that is not JSON: it fails where it is, as before
     if expand:

@@ -8,7 +8,7 @@ import tracemalloc
 import pytest
 
 from ops_lib.quota.accounts import OrganisationAccount
-from ops_lib.quota.bulk import Record
+from ops_lib.bulk import Record
 from ops_lib.quota.scan import UsageRow
 
 Pair = Record.of("Pair", ("left", "right"))

@@ -138,7 +138,7 @@ def test_records_read_as_the_trimmed_dicts_and_the_whole_objects(both):
     for kind in synthetic.KINDS:
         assert len(getattr(whole, kind)) == len(getattr(compact, kind)), kind
         for full, record in zip(getattr(whole, kind), getattr(compact, kind)):
-            assert isinstance(record, rdata.Record)
+            assert isinstance(record, rdata.StripeRecord)
             assert record == reference_trim(kind, full), (kind, full["id"])
             for key in record:  # each kept key has the whole object's value (ids for expanded references)
                 value = full[key]

@@ -34,7 +34,7 @@ from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
 from ..stripe_api import list_customers, list_subscriptions
-from .bulk import Record, collector_paused
+from ..bulk import Record, collector_paused
 from .plans import PlanBook
 
 # Stripe subscription statuses (API 2023-08-16).

@@ -19,7 +19,7 @@ from ..findings import Finding
 from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
-from .bulk import columns
+from ..bulk import columns
 from .scan import Duplicates, find_duplicates
 
 DEFAULT_NEAR_LIMIT_PCT = 80.0

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from ..figures import Figure, empty_figure, label
 from .accounts import Accounts
-from .bulk import columns
+from ..bulk import columns
 
 _OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
 _STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscription": "#9e9e9e",

@@ -42,7 +42,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from .bulk import Record, collector_paused, columns
+from ..bulk import Record, collector_paused, columns
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to

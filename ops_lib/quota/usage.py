@@ -19,7 +19,7 @@ from sqlalchemy.engine import Connection
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from .accounts import Accounts
-from .bulk import columns
+from ..bulk import columns
 from .scan import scan_usage
 
 

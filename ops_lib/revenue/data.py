@@ -12,19 +12,18 @@ The ``currencies`` parameter is applied here, to every kind: nothing outside it 
 Stripe filters one currency per request at most (and only some lists), so the selection is made
 on our side rather than multiplying requests.
 
-Each object is kept as a ``Record`` (below): only the keys the computations read, in slots, read
+Each object is kept as a ``StripeRecord`` (below): only the keys the computations read, in slots, read
 like the dict it stands for; ``fetch_stripe(..., compact=False)`` keeps the whole dicts instead
 (the tests compare the two). ``gather`` does the same from any source of listings (the benchmark
 and the tests feed ``synthetic.SyntheticAccount``).
 """
 from __future__ import annotations
 
-import gc
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable, Iterable, Mapping, Sequence
 
+from ..bulk import collector_paused
 from ..findings import Metrics
 from ..utc import from_epoch
 from ..stripe_api import (list_balance_transactions, list_charges, list_disputes, list_invoices,
@@ -76,19 +75,6 @@ class StripeData:
         })
 
 
-@contextmanager
-def paused_gc():
-    """CPython's cyclic collector paused while hundreds of thousands of objects are made (records,
-    results, rows: none of them in a cycle), instead of it walking the growing heap again and again."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
 def normalise_currencies(currencies: Iterable[str] | None) -> tuple[str, ...]:
     return tuple(sorted({c.strip().lower() for c in currencies or () if c and c.strip()}))
 
@@ -126,7 +112,7 @@ def gather(listing: Callable[[str, datetime | None, datetime | None], Iterable[d
     c = Compactor()
 
     def keep(objs, project):
-        with paused_gc():
+        with collector_paused():
             return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
 
     data.subscriptions = keep(listing("subscriptions", None, None), c.subscription)
@@ -153,7 +139,7 @@ at = from_epoch  # Stripe's epoch seconds as a UTC datetime (ops_lib.utc)
 #
 # Each object is kept with only the fields the computations read, as it streams in: the rest of a
 # Stripe object (addresses, metadata, payment settings, the invoice's own copies of its customer's
-# details…) is most of its size and was held for the whole run. What is kept is a ``Record``: a
+# details…) is most of its size and was held for the whole run. What is kept is a ``StripeRecord``: a
 # read-only mapping with the same keys and values as the trimmed dict it stands for (so every
 # computation reads it as before: ``obj["id"]``, ``obj.get("status")``, ``"discount" in obj``,
 # equality with that dict), its fields in ``__slots__`` (a 13-key dict is 632 bytes, its record 152).
@@ -177,7 +163,7 @@ class _Absent:
 ABSENT = _Absent()  # a key the object did not have (``None`` is a value Stripe sent)
 
 
-class Record(Mapping):
+class StripeRecord(Mapping):
     """A trimmed Stripe object: its kept keys, read like a dict (see above). Subclasses are made by
     ``record_class``; ``KEYS`` are stored in slots, ``LISTINGS`` are Stripe's embedded lists
     (``{"has_more": …, "data": [...]}``) stored as two slots and rebuilt when read."""
@@ -245,7 +231,7 @@ class Record(Mapping):
         return out
 
     @classmethod
-    def of(cls, values: Mapping, **extra) -> "Record":
+    def of(cls, values: Mapping, **extra) -> "StripeRecord":
         """A record of ``values``' kept keys (absent ones stay absent), ``extra`` overriding them."""
         record = cls.__new__(cls)
         for key in cls.KEYS:
@@ -270,9 +256,9 @@ _INT_KEYS = frozenset({"created", "start_date", "current_period_start", "ended_a
                        "trial_end", "amount", "amount_paid", "quantity", "fee", "net", "start", "end", "paid_at"})
 
 
-def record_class(name: str, keys: Sequence[str], listings: Sequence[str] = ()) -> type[Record]:
+def record_class(name: str, keys: Sequence[str], listings: Sequence[str] = ()) -> type[StripeRecord]:
     slots = tuple(f"_{k}" for k in keys) + tuple(f"_{k}_{part}" for k in listings for part in ("has_more", "data"))
-    cls = type(name, (Record,), {"__slots__": slots, "KEYS": tuple(keys), "LISTINGS": tuple(listings),
+    cls = type(name, (StripeRecord,), {"__slots__": slots, "KEYS": tuple(keys), "LISTINGS": tuple(listings),
                                  "VIRTUAL": tuple(listings), "INTS": tuple(k for k in keys if k in _INT_KEYS),
                                  "__module__": __name__})
     cls._slot = {k: cls.__dict__[f"_{k}"] for k in keys}
@@ -285,7 +271,7 @@ def record_class(name: str, keys: Sequence[str], listings: Sequence[str] = ()) -
     lines += ["    return record"]
     namespace = {"_new": object.__new__, "ABSENT": ABSENT}
     exec("\n".join(lines), namespace)  # noqa: S102 - code made above from the fixed key names
-    namespace["of"].__doc__ = Record.of.__doc__
+    namespace["of"].__doc__ = StripeRecord.of.__doc__
     cls.of = classmethod(namespace["of"])
     return cls
 
@@ -384,8 +370,8 @@ class Compactor:
     def _id(self, kind: str, value):
         return self._ids[kind].setdefault(value, value) if isinstance(value, str) else value
 
-    def _record(self, cls: type[Record], obj: Mapping, shared: Sequence[str] = (),
-                ids: Mapping[str, str] | None = None, **extra) -> Record:
+    def _record(self, cls: type[StripeRecord], obj: Mapping, shared: Sequence[str] = (),
+                ids: Mapping[str, str] | None = None, **extra) -> StripeRecord:
         """``cls.of(obj, **extra)`` with one copy of the strings under ``shared`` (statuses,
         currencies…) and of the ids under ``ids`` (key -> the kind it names), of each amount, and
         of each timestamp repeated within the object."""
@@ -406,7 +392,7 @@ class Compactor:
         return cls.of(obj, **extra)
 
     @staticmethod
-    def _embed(record: Record, key: str, listing, item) -> None:
+    def _embed(record: StripeRecord, key: str, listing, item) -> None:
         """Stripe's embedded list ``listing`` (``{"data": [...], "has_more": …}``) into ``record``."""
         if listing is ABSENT:
             return
@@ -506,7 +492,7 @@ class Compactor:
             extra["price"] = self.price(line["price"])
         return self._record(Line, line, **extra)
 
-    def _with_refs(self, cls: type[Record], obj: dict, refs: Sequence[str], ids: Mapping[str, str], **extra) -> Record:
+    def _with_refs(self, cls: type[StripeRecord], obj: dict, refs: Sequence[str], ids: Mapping[str, str], **extra) -> StripeRecord:
         self._same = {}
         extra.update({ref: id_of(obj[ref]) for ref in refs if ref in obj})
         return self._record(cls, obj, ("currency", "status", "type", "reporting_category"), ids, **extra)

@@ -52,7 +52,8 @@ from collections.abc import Mapping as AbcMapping
 from typing import Iterable, Mapping, Sequence
 
 from . import money
-from .data import at, id_of, paused_gc
+from ..bulk import collector_paused
+from .data import at, id_of
 
 DAY = 86_400
 ZERO = Fraction(0)
@@ -442,7 +443,7 @@ class MRRBook:
     def __init__(self, subscriptions: Sequence[Mapping], invoices: Iterable[Mapping], *, grace_days: int = 30):
         self.subscriptions = list(subscriptions)
         self.grace_days = grace_days
-        with paused_gc():
+        with collector_paused():
             self.segments = invoice_segments(invoices)
         # The latest two snapshots only: the history walks the months in order (each month's end is
         # the next one's start) and the period's movements come last, at the last month's two
@@ -468,14 +469,14 @@ class MRRBook:
 
     def _all_profiles(self) -> list[Profile]:
         if self._profiles is None:
-            with paused_gc():
+            with collector_paused():
                 self._profiles = [self.profile(sub) for sub in self.subscriptions]
         return self._profiles
 
     def _all_facts(self) -> list[tuple]:
         """Per subscription, what ``at`` reads of it, read once (``_amount``)."""
         if self._facts is None:
-            with paused_gc():
+            with collector_paused():
                 self._facts = [self._facts_of(sub, p) for sub, p in zip(self.subscriptions, self._all_profiles())]
         return self._facts
 
@@ -591,7 +592,7 @@ class MRRBook:
     # -- everyone
 
     def subscriptions_at(self, moment: int) -> list[SubscriptionMRR]:
-        with paused_gc():
+        with collector_paused():
             return [self.at(sub, moment, p) for sub, p in zip(self.subscriptions, self._all_profiles())]
 
     def closing(self, boundary: int) -> list[SubscriptionMRR]:
@@ -733,7 +734,7 @@ def subscription_rows(results: Iterable[SubscriptionMRR], *, include_zero: bool 
             found = majors[key] = money.major(amount, currency)
         return found
 
-    with paused_gc():
+    with collector_paused():
         rows = [r.row(major) for r in results if include_zero or r.amount > 0]
     rows.sort(key=lambda r: (r["currency"], not r["counted"], -(r["mrr"] or 0), r["subscription"]))
     return rows

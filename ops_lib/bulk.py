@@ -29,7 +29,9 @@ def collector_paused() -> Iterator[None]:
 
 
 class Record(Mapping):
-    """A read-only row with fixed keys, for the million-row lists (one per organisation): read as a
+    """A read-only row with fixed keys, for the million-row lists (quota_audit's one per
+    organisation; revenue_report's trimmed Stripe objects, whose keys may be absent, are
+    ``revenue.data.StripeRecord``s): read as a
     dict is (``row["used"]``, ``row.get``, ``dict(row)``, ``{**row}``, equal to a dict with the
     same items), held in slots — 40 % of a dict's memory, built in a third of its time.
 
