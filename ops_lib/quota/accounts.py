@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator, Mapping
 
-import sqlalchemy as sa
-
 from sqlalchemy.engine import Connection
 
+from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
@@ -70,19 +69,13 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisat
     with collector_paused():
         organisations = [
             AppOrganisation(id_, name, plan, customer, bool(blocked) if blocked is not None else None)
-            for id_, name, plan, customer, blocked in _rows(
+            for id_, name, plan, customer, blocked in select_tuples(
                 conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")]
         subscriptions = [
             AppSubscription(org, sub, price, plan, status, _utc(start), _utc(end))
-            for org, sub, price, plan, status, start, end in _rows(
+            for org, sub, price, plan, status, start, end in select_tuples(
                 conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")]
     return {"organisations": organisations, "subscriptions": subscriptions}
-
-
-def _rows(conn: Connection, sql: str) -> Iterator[tuple]:
-    result = conn.execute(sa.text(sql))
-    while chunk := result.fetchmany(65_536):
-        yield from chunk
 
 
 # What the join and the checks read of each Stripe object: the rest is dropped as pages stream

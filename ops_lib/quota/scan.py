@@ -39,7 +39,7 @@ import sqlalchemy as sa
 from psycopg2 import extensions
 from sqlalchemy.engine import Connection
 
-from ..db import select_all, select_one, server_version_num
+from ..db import select_all, select_one, select_tuples, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
 from ..bulk import Record, collector_paused, columns
@@ -457,22 +457,23 @@ def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, i
     counters starting in [lo, hi): one pair per organisation, not a row dict each."""
     counters = schema.table("usage_counters")
     org = f"c.{counters.col('organisation_id')}"
-    result = conn.execute(sa.text(
+    found: dict = {}
+    moments: dict = {}
+    for org_id, start, used, rows in select_tuples(
+        conn,
         f"""
         SELECT {org if integer_ids else org + '::text'} AS organisation_id, c.{counters.col('period_start')} AS period_start,
                max(c.{counters.col('used')})::bigint AS used, count(*)::int AS counter_rows
         FROM {counters.sql_table} c
         WHERE c.{counters.col('period_start')} >= :lo AND c.{counters.col('period_start')} < :hi
         GROUP BY 1, 2
-        """), {"lo": lo, "hi": hi})
-    found: dict = {}
-    moments: dict = {}
-    while chunk := result.fetchmany(65_536):
-        for org_id, start, used, rows in chunk:
-            moment = moments.get(start)
-            if moment is None:
-                moment = moments[start] = as_utc(start)
-            found[(str(org_id), moment)] = (used, rows)
+        """,
+        lo=lo, hi=hi,
+    ):
+        moment = moments.get(start)
+        if moment is None:
+            moment = moments[start] = as_utc(start)
+        found[(str(org_id), moment)] = (used, rows)
     return found
 
 
