@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 
@@ -86,7 +87,8 @@ def oracle(db) -> tuple[dict, list]:
 
 
 def reads_of_events(statements: list[str]) -> list[str]:
-    return [s for s in statements if "usage_events" in s and "pg_index" not in s]
+    """The statements that read usage events (an EXPLAIN only plans one)."""
+    return [s for s in statements if "usage_events" in s and "pg_index" not in s and not s.startswith("EXPLAIN")]
 
 
 # --------------------------------------------------------------------------- the answers
@@ -104,8 +106,8 @@ def test_the_pass_answers_what_plain_sql_answers(events):
     assert retried["organisation_ids"] == "1" and len(retried["event_ids"].split(", ")) == 2
     assert found.unique_index is None
     # the events are read by a fixed number of statements, whatever the number of organisations:
-    # the stream of key hashes, the pass, the rows of the repeated keys
-    assert len(reads_of_events(statements)) == 3
+    # one scan (packed by the database, key hashes included), the rows of the repeated keys
+    assert len(reads_of_events(statements)) == 2
     finding = checks.duplicate_usage_events(found.duplicates)
     assert finding.severity == "warning" and finding.items == ["old-retry", "retried", "shared"]
 
@@ -132,7 +134,7 @@ def test_nothing_repeated_means_no_second_look(app_db):
     statements: list[str] = []
     found = audit(app_db, statements=statements)
     assert found.duplicates.rows == [] and found.usage[0]["used"] == 5
-    assert len(reads_of_events(statements)) == 2  # the stream and the pass: no rows to read back
+    assert len(reads_of_events(statements)) == 1  # the one scan: no rows to read back
 
 
 # --------------------------------------------------------------------------- the unique index
@@ -148,7 +150,7 @@ def test_a_valid_unique_index_on_the_key_spares_the_search(events):
     found = audit(events, statements=statements)
     assert found.unique_index == '"usage_events_key_uniq"' or found.unique_index == "usage_events_key_uniq"
     assert found.duplicates.rows == [] and found.duplicates.unique_index == found.unique_index
-    assert len(reads_of_events(statements)) == 1, "one pass: no stream of key hashes, no rows read back"
+    assert len(reads_of_events(statements)) == 1, "one scan, no key hashes in it, no rows read back"
     assert not any("hashtextextended" in s for s in statements)
     used, repeated = oracle(events)
     assert repeated == []
@@ -239,3 +241,47 @@ def test_usage_events_behind_a_view_are_scanned_the_same(events):
     assert through_view.usage == table_answer.usage and through_view.weekly == table_answer.weekly
     assert through_view.duplicates.rows == table_answer.duplicates.rows
     assert [r["idempotency_key"] for r in through_view.duplicates.rows] == ["old-retry", "retried", "shared"]
+
+
+# --------------------------------------------------------------------------- how the events travel
+
+
+def test_events_read_in_many_chunks_answer_as_in_one(events, monkeypatch):
+    whole = audit(events)
+    monkeypatch.setattr(quota.scan, "STREAM_CHUNK_EVENTS", 2)  # 31 events: 16 chunks by organisation hash
+    statements: list[str] = []
+    chunked = audit(events, statements=statements)
+    assert sum(s.startswith("FETCH") for s in statements) > 2
+    assert chunked.usage == whole.usage and chunked.weekly == whole.weekly
+    assert chunked.duplicates.rows == whole.duplicates.rows
+    used, _ = oracle(events)
+    assert {r["organisation_id"]: (r["used"], r["events"], r["repeated"]) for r in chunked.usage} == used
+
+
+def test_numeric_quantities_are_summed_by_the_database_with_the_same_answers(events):
+    packed = audit(events)
+    events.execute("ALTER TABLE usage_events ALTER COLUMN quantity TYPE numeric")
+    statements: list[str] = []
+    summed = audit(events, statements=statements)
+    assert not any("timestamptz_send" in s for s in statements), "numeric quantities do not travel packed as integers"
+    assert summed.usage == packed.usage and summed.weekly == packed.weekly
+    assert summed.duplicates.rows == packed.duplicates.rows
+
+
+def test_events_of_no_organisation_count_nowhere_yet_their_repeated_key_is_found(events):
+    events.execute("ALTER TABLE usage_events ALTER COLUMN organization_id DROP NOT NULL")
+    events.execute("INSERT INTO usage_events (organization_id, kind, quantity, idempotency_key, occurred_at) "
+                   "SELECT NULL, 'api_call', 9, 'orphan', :at FROM generate_series(1, 2)", at=MONTH + timedelta(days=4))
+    found = audit(events)
+    used, repeated = oracle(events)
+    assert used.pop(None) == (9, 1, 1)
+    assert {r["organisation_id"]: (r["used"], r["events"], r["repeated"]) for r in found.usage} == used
+    assert None not in {row["organisation_id"] for row in found.weekly}
+    assert [(r["idempotency_key"], r["copies"], r["total_quantity"]) for r in found.duplicates.rows] == repeated
+    assert "orphan" in [k for k, _, _ in repeated]
+
+
+def test_sums_stay_exact_past_what_a_float_holds():
+    index = np.array([0, 0, 1, 1])
+    assert quota.scan._sum_by(index, np.array([2**53, 1, 5, -2]), 2).tolist() == [2**53 + 1, 3]
+    assert quota.scan._sum_by(index, np.array([2, 1, 5, -2]), 2).tolist() == [3, 3]

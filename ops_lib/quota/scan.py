@@ -29,6 +29,8 @@ their key hashes instead of tuple ids.
 """
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator, Sequence
@@ -39,7 +41,7 @@ import sqlalchemy as sa
 from psycopg2 import extensions
 from sqlalchemy.engine import Connection
 
-from ..db import select_all, select_one, select_tuples, server_version_num
+from ..db import select_all, select_one, select_tuples, select_value, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
 from ..bulk import Record, collector_paused, columns
@@ -415,6 +417,158 @@ class _Sums:
                    np.ascontiguousarray(matrix[:, first:first + 2 * weeks:2]), repeated)
 
 
+# --------------------------------------------------------------------------- the events as arrays
+
+
+# timestamptz_send's wire value: microseconds since 2000-01-01 UTC (PostgreSQL's own clock, exact).
+PG_EPOCH = datetime(2000, 1, 1, tzinfo=timezone.utc)
+WEEK_US = 7 * 86_400 * 1_000_000
+INTEGER_TYPES = ("smallint", "integer", "bigint")
+NO_ORGANISATION = -2**63  # an event's NULL organisation id in the packed stream
+# Events per packed chunk (32 bytes each): what the client holds of the events at a time.
+STREAM_CHUNK_EVENTS = 1 << 20
+_PACKED = np.dtype([("org", ">i8"), ("at", ">i8"), ("quantity", ">i8"), ("key_hash", ">i8")])
+_PACKED_NO_HASH = np.dtype([("org", ">i8"), ("at", ">i8"), ("quantity", ">i8")])
+
+
+def _us(moment: datetime) -> int:
+    return (as_utc(moment) - PG_EPOCH) // timedelta(microseconds=1)
+
+
+def _us_array(moments: list[datetime]) -> np.ndarray:
+    """Moments as microseconds since 2000 UTC, each distinct moment converted once."""
+    converted: dict = {}
+    for moment in set(moments):
+        converted[moment] = _us(moment)
+    return np.fromiter((converted[m] for m in moments), dtype=np.int64, count=len(moments))
+
+
+def _column_types(conn: Connection, schema: SchemaMap) -> dict[str, str]:
+    """The mapped usage events' physical columns and their types (a table or a view)."""
+    rows = select_tuples(conn, "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
+                               "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped",
+                         table=schema.table("usage_events").sql_table)
+    return dict(rows)
+
+
+def streams_as_arrays(conn: Connection, schema: SchemaMap) -> bool:
+    """Whether the events can travel as packed integers: integer organisation ids and an integer
+    quantity (or none). Otherwise (text ids, numeric quantities) the pass aggregates in the database."""
+    events = schema.table("usage_events")
+    types = _column_types(conn, schema)
+    wanted = [events.columns["organisation_id"]] + ([events.columns["quantity"]] if events.has("quantity") else [])
+    return all(types.get(column) in INTEGER_TYPES for column in wanted)
+
+
+class _Accounts:
+    """Where each organisation id sits in the accounts' columns, and its period in microseconds."""
+
+    def __init__(self, ids: list[int], starts: list[datetime], ends: list[datetime]):
+        ids_array = np.fromiter(ids, dtype=np.int64, count=len(ids))
+        self.order = np.argsort(ids_array, kind="stable")
+        self.sorted_ids = ids_array[self.order]
+        self.starts, self.ends = _us_array(starts), _us_array(ends)
+
+    def positions(self, org_ids: np.ndarray) -> np.ndarray:
+        """Each id's position in the accounts, -1 for an organisation the accounts do not have."""
+        if not len(self.sorted_ids):
+            return np.full(len(org_ids), -1, dtype=np.int64)
+        at = np.searchsorted(self.sorted_ids, org_ids)
+        clipped = np.minimum(at, len(self.sorted_ids) - 1)
+        return np.where(self.sorted_ids[clipped] == org_ids, self.order[clipped], -1)
+
+
+def _sum_by(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
+    """Exact int64 sums of ``values`` per ``index``: bincount's float64 sums are exact while every
+    partial sum stays below 2**53, which the total of the absolute values bounds."""
+    if not len(values) or int(np.abs(values).sum(dtype=np.float64)) < 2**53:
+        return np.bincount(index, weights=values, minlength=size).astype(np.int64)
+    total = np.zeros(size, dtype=np.int64)
+    np.add.at(total, index, values)
+    return total
+
+
+def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | None, edges: list[datetime],
+                 lo: datetime, hi: datetime | None, hashes_from: datetime | None) -> tuple["_Sums", _Repeated | None]:
+    """The pass as one scan whose rows the database packs into a few binary strings (organisation
+    id, moment, quantity and, with ``hashes_from``, the key's 8-byte hash: 24–32 bytes an event,
+    no row and no text per event on the wire), summed here with numpy: inside each organisation's
+    period, in each week, and the key hashes seen more than once from ``hashes_from`` on.
+
+    The strings are grouped by a hash of the organisation id, so each organisation's events arrive
+    in one chunk (~``STREAM_CHUNK_EVENTS``), summed as they arrive: the client never holds every
+    event at once, only the key hashes (8 bytes an event). The database's work is one scan and no
+    per-organisation aggregate (at 1M organisations and 5M events, 18 filtered sums per
+    organisation cost 7× the scan: 14 s against 1.7 s)."""
+    c = _columns(schema)
+    org = f"coalesce(CAST({c['org']} AS bigint), CAST('{NO_ORGANISATION}' AS bigint))"
+    parts = [f"int8send({org})", f"timestamptz_send(CAST({c['at']} AS timestamptz))",
+             f"int8send(CAST(coalesce({c['quantity']}, 0) AS bigint))"]
+    params: dict[str, Any] = {"lo": lo, "rep_lo": hashes_from or lo}
+    if hashes_from is not None:
+        parts.append(f"int8send(coalesce({c['key_hash']}, 0))")  # a NULL key is counted apart below
+    where = f"{c['at']} >= :lo" + (f" AND {c['at']} < :hi" if hi is not None else "")
+    if hi is not None:
+        params["hi"] = hi
+    # The planner's estimate of the events read (a view's or a partitioned table's too), for the chunks.
+    plan = select_value(conn, f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {c['table']} e WHERE {where}", **params)
+    events = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
+    params["mask"] = (1 << min(12, max(0, math.ceil(math.log2(max(events, 1) / STREAM_CHUNK_EVENTS))))) - 1
+    # A cursor of our own (the runbook's connection is in autocommit mode, with our BEGIN sent as
+    # SQL: psycopg2's named cursors refuse it), read a chunk at a time.
+    conn.execute(sa.text(f"""
+        DECLARE opsbook_event_stream NO SCROLL CURSOR FOR
+        SELECT string_agg({' || '.join(parts)}, ''::bytea) AS packed,
+               count(*) FILTER (WHERE {c['key']} IS NULL AND {c['at']} >= :rep_lo) AS null_keys
+        FROM {c['table']} e
+        WHERE {where}
+        GROUP BY hashint8({org}) & :mask
+        """), params)
+    layout = _PACKED if hashes_from is not None else _PACKED_NO_HASH
+    weeks = max(len(edges) - 1, 0)
+    first_week, last_week = (_us(edges[0]), _us(edges[-1])) if weeks else (0, 0)
+    rep_lo = _us(hashes_from) if hashes_from is not None else 0
+    ids, blocks, hashes, null_keys = [], [], [], 0
+    while (chunk := conn.exec_driver_sql("FETCH NEXT FROM opsbook_event_stream").first()) is not None:
+        packed, nulls = chunk
+        null_keys += int(nulls or 0)
+        rows = np.frombuffer(bytes(packed or b""), dtype=layout)
+        org, at, quantity = rows["org"].astype(np.int64), rows["at"].astype(np.int64), rows["quantity"].astype(np.int64)
+        if hashes_from is not None:
+            hashes.append(rows["key_hash"][at >= rep_lo].astype(np.int64))
+        del rows
+        # An event of no organisation counts nowhere, but its key may repeat another's.
+        if (org == NO_ORGANISATION).any():
+            keep = org != NO_ORGANISATION
+            org, at, quantity = org[keep], at[keep], quantity[keep]
+        chunk_ids, of = np.unique(org, return_inverse=True)
+        n = len(chunk_ids)
+        columns_ = np.zeros((n, 2 + 2 * weeks), dtype=np.int64)
+        if accounts is not None:
+            where_ = accounts.positions(chunk_ids)
+            known = where_ >= 0
+            starts = np.where(known, accounts.starts[where_], np.iinfo(np.int64).max)[of]
+            ends = np.where(known, accounts.ends[where_], np.iinfo(np.int64).min)[of]
+            inside = (at >= starts) & (at < ends)
+            columns_[:, 0] = _sum_by(of[inside], quantity[inside], n)
+            columns_[:, 1] = np.bincount(of[inside], minlength=n)
+        if weeks:
+            in_weeks = (at >= first_week) & (at < last_week)
+            cell = of[in_weeks] * weeks + (at[in_weeks] - first_week) // WEEK_US
+            columns_[:, 2::2] = _sum_by(cell, quantity[in_weeks], n * weeks).reshape(n, weeks)
+            columns_[:, 3::2] = np.bincount(cell, minlength=n * weeks).reshape(n, weeks)
+        ids.append(chunk_ids)
+        blocks.append(columns_)
+    conn.exec_driver_sql("CLOSE opsbook_event_stream")
+    matrix = np.concatenate(blocks) if blocks else np.zeros((0, 2 + 2 * weeks), dtype=np.int64)
+    sums = _Sums(np.concatenate(ids).tolist() if ids else [], matrix[:, 0], matrix[:, 1],
+                 np.ascontiguousarray(matrix[:, 2::2]), np.ascontiguousarray(matrix[:, 3::2]), [])
+    if hashes_from is None:
+        return sums, None
+    values, counts = np.unique(np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.int64), return_counts=True)
+    return sums, _Repeated(hashes_from, [int(h) for h in values[counts > 1]], null_keys > 1)
+
+
 def duplicate_rows(rows: list[dict], since: datetime) -> list[dict]:
     """Per idempotency key recorded more than once since ``since``: copies, organisations, event
     ids (oldest first), total quantity, first and last time; oldest first."""
@@ -512,9 +666,6 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         return UsageScan([], [], None)
 
     with _ReadOnlyScan(conn, len(orgs)) as scan_conn:
-        # Tuple ids name rows only in a plain table read in our own snapshot (a view has none; a
-        # partitioned table repeats them across partitions): elsewhere, rows are found by key hash.
-        by_tuple_id = scan_conn.own and _relation_kind(conn, schema) in ("r", "m")
         indexes = unique_indexes(conn, schema)
         key_col, org_col = events.columns["idempotency_key"], events.columns["organisation_id"]
         unique_key = trusted_unique_index(indexes, [key_col])
@@ -522,22 +673,33 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         # Repeated keys matter to the duplicates check (since ``since``) and to the recomputation (in
         # each period); a unique index on the key (or on key and organisation) rules them out.
         need_keys = (since is not None and not unique_key) or (bool(orgs) and not unique_per_org)
-        repeated = _repeated_hashes(conn, schema, min(starts + ([since] if since else []))) if need_keys else None
-        if scan_conn.own and orgs and _events_per_organisation(conn, schema, len(orgs)) < PARALLEL_MIN_EVENTS_PER_ORG:
-            # Each parallel worker would hold nearly every organisation's group, and the leader merge
-            # them all again: with few events per organisation one process aggregates faster.
-            conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-        lo = min(starts + edges[:1] + ([repeated.lo] if repeated is not None else []))
-        hi = None if repeated is not None else max(ends + edges[-1:])
-        periods = (ids, starts, ends) if orgs else None
-        sums = _pass(conn, schema, periods=periods, edges=edges, lo=lo, hi=hi, integer_ids=integer_ids,
-                     repeated=repeated if by_tuple_id else None)
+        repeated_from = min(starts + ([since] if since else [])) if need_keys else None
+        # With keys to look for, events after every period still count there (hence no upper bound).
+        lo = min(starts + edges[:1] + ([repeated_from] if repeated_from is not None else []))
+        hi = None if repeated_from is not None else max(ends + edges[-1:])
         found: list[dict] = []
-        if repeated:
-            # In our own snapshot the tuple ids the pass collected still name the same rows.
-            tids = sums.repeated_tids
-            found = (_rows_by_tid(conn, schema, tids) if tids else []) if by_tuple_id else \
-                _rows_by_hash(conn, schema, repeated)
+        if (integer_ids or not orgs) and streams_as_arrays(conn, schema):
+            sums, repeated = _stream_sums(conn, schema, accounts=_Accounts(ids, starts, ends) if orgs else None,
+                                          edges=edges, lo=lo, hi=hi, hashes_from=repeated_from)
+            if repeated:
+                found = _rows_by_hash(conn, schema, repeated)
+        else:
+            # Tuple ids name rows only in a plain table read in our own snapshot (a view has none; a
+            # partitioned table repeats them across partitions): elsewhere, rows are found by key hash.
+            by_tuple_id = scan_conn.own and _relation_kind(conn, schema) in ("r", "m")
+            repeated = _repeated_hashes(conn, schema, repeated_from) if repeated_from is not None else None
+            if scan_conn.own and orgs and _events_per_organisation(conn, schema, len(orgs)) < PARALLEL_MIN_EVENTS_PER_ORG:
+                # Each parallel worker would hold nearly every organisation's group, and the leader merge
+                # them all again: with few events per organisation one process aggregates faster.
+                conn.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
+            periods = (ids, starts, ends) if orgs else None
+            sums = _pass(conn, schema, periods=periods, edges=edges, lo=lo, hi=hi, integer_ids=integer_ids,
+                         repeated=repeated if by_tuple_id else None)
+            if repeated:
+                # In our own snapshot the tuple ids the pass collected still name the same rows.
+                tids = sums.repeated_tids
+                found = (_rows_by_tid(conn, schema, tids) if tids else []) if by_tuple_id else \
+                    _rows_by_hash(conn, schema, repeated)
         with collector_paused():
             stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) if orgs else {}
 
@@ -573,7 +735,7 @@ def _usage_rows(orgs: list[dict], starts: list[datetime], sums: _Sums, repeated:
     for (org, _), quantities in groups.items():
         if len(quantities) > 1:
             extra = less.setdefault(org, [0, 0])
-            extra[0] += sum(quantities) - max(quantities)
+            extra[0] += int(sum(quantities) - max(quantities))  # (a numeric quantity: as the sums, an integer)
             extra[1] += len(quantities) - 1
     rows = []
     no_extra = (0, 0)
