@@ -263,7 +263,7 @@ def test_numeric_quantities_are_summed_by_the_database_with_the_same_answers(eve
     events.execute("ALTER TABLE usage_events ALTER COLUMN quantity TYPE numeric")
     statements: list[str] = []
     summed = audit(events, statements=statements)
-    assert not any("timestamptz_send" in s for s in statements), "numeric quantities do not travel packed as integers"
+    assert not any("opsbook_event_stream" in s for s in statements), "numeric quantities do not travel packed as integers"
     assert summed.usage == packed.usage and summed.weekly == packed.weekly
     assert summed.duplicates.rows == packed.duplicates.rows
 
@@ -285,3 +285,12 @@ def test_sums_stay_exact_past_what_a_float_holds():
     index = np.array([0, 0, 1, 1])
     assert quota.scan._sum_by(index, np.array([2**53, 1, 5, -2]), 2).tolist() == [2**53 + 1, 3]
     assert quota.scan._sum_by(index, np.array([2, 1, 5, -2]), 2).tolist() == [3, 3]
+
+
+def test_organisation_ids_match_as_text_unless_every_one_is_an_integer():
+    index_of = quota.scan._index_of
+    assert index_of([3, 1, 7], [1, 2, 3]).tolist() == [2, 0, -1]
+    assert index_of(["3", 1, "x"], [1, 2, 3, "x"]).tolist() == [2, 0, 3]
+    assert index_of([2**70, 1], [1, 2**70]).tolist() == [1, 0]
+    assert index_of([5, 5], [5, 5]).tolist() == [0, 0], "the first of equal ids"
+    assert index_of([1], []).tolist() == [-1] and index_of([], [1]).tolist() == []

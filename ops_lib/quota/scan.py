@@ -443,11 +443,11 @@ def _us_array(moments: list[datetime]) -> np.ndarray:
     return np.fromiter((converted[m] for m in moments), dtype=np.int64, count=len(moments))
 
 
-def _column_types(conn: Connection, schema: SchemaMap) -> dict[str, str]:
-    """The mapped usage events' physical columns and their types (a table or a view)."""
+def _column_types(conn: Connection, schema: SchemaMap, entity: str = "usage_events") -> dict[str, str]:
+    """The mapped table's (or view's) physical columns and their types."""
     rows = select_tuples(conn, "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
                                "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped",
-                         table=schema.table("usage_events").sql_table)
+                         table=schema.table(entity).sql_table)
     return dict(rows)
 
 
@@ -460,22 +460,47 @@ def streams_as_arrays(conn: Connection, schema: SchemaMap) -> bool:
     return all(types.get(column) in INTEGER_TYPES for column in wanted)
 
 
-class _Accounts:
-    """Where each organisation id sits in the accounts' columns, and its period in microseconds."""
+class _IdIndex:
+    """Positions of integer ids in a list, by binary search over a sorted copy (no dict of a million keys)."""
 
-    def __init__(self, ids: list[int], starts: list[datetime], ends: list[datetime]):
-        ids_array = np.fromiter(ids, dtype=np.int64, count=len(ids))
-        self.order = np.argsort(ids_array, kind="stable")
-        self.sorted_ids = ids_array[self.order]
-        self.starts, self.ends = _us_array(starts), _us_array(ends)
+    def __init__(self, ids: list[int]):
+        values = np.fromiter(ids, dtype=np.int64, count=len(ids))
+        self.order = np.argsort(values, kind="stable")
+        self.sorted_ids = values[self.order]
+
+    def positions(self, keys: np.ndarray) -> np.ndarray:
+        """Each key's position in the ids (the first of equal ones), -1 for a key not among them."""
+        if not len(self.sorted_ids):
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.sorted_ids, keys), len(self.sorted_ids) - 1)
+        return np.where(self.sorted_ids[at] == keys, self.order[at], -1)
+
+
+@dataclass
+class _Accounts:
+    """The organisations' integer ids, and each one's period in microseconds since 2000 UTC."""
+
+    index: _IdIndex
+    starts: np.ndarray
+    ends: np.ndarray
 
     def positions(self, org_ids: np.ndarray) -> np.ndarray:
-        """Each id's position in the accounts, -1 for an organisation the accounts do not have."""
-        if not len(self.sorted_ids):
-            return np.full(len(org_ids), -1, dtype=np.int64)
-        at = np.searchsorted(self.sorted_ids, org_ids)
-        clipped = np.minimum(at, len(self.sorted_ids) - 1)
-        return np.where(self.sorted_ids[clipped] == org_ids, self.order[clipped], -1)
+        return self.index.positions(org_ids)
+
+
+def _index_of(keys: list, among: list) -> np.ndarray:
+    """Each key's position in ``among`` (-1: absent; the first of equal ids). Ids compare as text,
+    as everywhere in the runbook; as numbers, quickly, when both lists hold only ints."""
+    if _all_int(keys) and _all_int(among):
+        return _IdIndex(among).positions(np.fromiter(keys, dtype=np.int64, count=len(keys)))
+    index: dict[str, int] = {}
+    for n, value in enumerate(among):
+        index.setdefault(str(value), n)
+    return np.fromiter((index.get(str(k), -1) for k in keys), dtype=np.int64, count=len(keys))
+
+
+def _all_int(values: list) -> bool:
+    return all(type(v) is int and -2**63 <= v < 2**63 for v in values)
 
 
 def _sum_by(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -606,29 +631,45 @@ def find_duplicates(conn: Connection, schema: SchemaMap, *, since: datetime) -> 
         return Duplicates(since, duplicate_rows(repeated_key_rows(conn, schema, lo=as_utc(since)), since))
 
 
-def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, integer_ids: bool) -> dict:
-    """(organisation id as text, period start) -> (largest ``used``, rows stored) of the app's
-    counters starting in [lo, hi): one pair per organisation, not a row dict each."""
+@dataclass
+class _Counters:
+    """The app's stored counters per (organisation, period start) as columns: ``used`` is the
+    largest value stored (None: only NULLs), ``rows`` how many rows the app stored."""
+
+    ids: list
+    starts: np.ndarray       # microseconds since 2000 UTC
+    used: list
+    rows: np.ndarray
+
+
+def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, integer_ids: bool) -> _Counters:
+    """The app's counters starting in [lo, hi), one per (organisation, period start): packed
+    integers in one binary string when the ids are integers (a million counters), rows otherwise."""
     counters = schema.table("usage_counters")
     org = f"c.{counters.col('organisation_id')}"
-    found: dict = {}
-    moments: dict = {}
-    for org_id, start, used, rows in select_tuples(
-        conn,
-        f"""
-        SELECT {org if integer_ids else org + '::text'} AS organisation_id, c.{counters.col('period_start')} AS period_start,
-               max(c.{counters.col('used')})::bigint AS used, count(*)::int AS counter_rows
+    grouped = f"""
+        SELECT {org if integer_ids else org + '::text'} AS organisation_id,
+               CAST(c.{counters.col('period_start')} AS timestamptz) AS period_start,
+               max(c.{counters.col('used')})::bigint AS used, count(*) AS counter_rows
         FROM {counters.sql_table} c
         WHERE c.{counters.col('period_start')} >= :lo AND c.{counters.col('period_start')} < :hi
-        GROUP BY 1, 2
-        """,
-        lo=lo, hi=hi,
-    ):
-        moment = moments.get(start)
-        if moment is None:
-            moment = moments[start] = as_utc(start)
-        found[(str(org_id), moment)] = (used, rows)
-    return found
+        GROUP BY 1, 2"""
+    if integer_ids and _column_types(conn, schema, "usage_counters").get(
+            counters.columns["organisation_id"]) in INTEGER_TYPES:
+        packed = select_value(conn, f"""
+            SELECT string_agg(int8send(CAST(organisation_id AS bigint)) || timestamptz_send(period_start)
+                              || int8send(coalesce(used, 0)) || int8send(counter_rows)
+                              || int8send(CASE WHEN used IS NULL THEN 1 ELSE 0 END), ''::bytea)
+            FROM ({grouped}) g""", lo=lo, hi=hi)
+        rows = np.frombuffer(bytes(packed or b""), dtype=np.dtype([(k, ">i8") for k in ("org", "start", "used", "rows", "null")]))
+        used = rows["used"].astype(np.int64).tolist()
+        for n in np.flatnonzero(rows["null"]).tolist():
+            used[n] = None
+        return _Counters(rows["org"].astype(np.int64).tolist(), rows["start"].astype(np.int64), used,
+                         rows["rows"].astype(np.int64))
+    found = list(select_tuples(conn, grouped, lo=lo, hi=hi))
+    return _Counters([r[0] for r in found], _us_array([r[1] for r in found]), [r[2] for r in found],
+                     np.fromiter((r[3] for r in found), dtype=np.int64, count=len(found)))
 
 
 # Partial aggregation in parallel workers pays when each worker's rows fold into far fewer groups
@@ -657,7 +698,7 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
     events = schema.table("usage_events")
     ids, starts, ends = (list(c) for c in zip(*columns(orgs, "organisation_id", "period_start", "period_end"))) \
         if orgs else ([], [], [])
-    integer_ids = bool(ids) and all(type(i) is int for i in ids)
+    integer_ids = bool(ids) and _all_int(ids)
     edges = week_edges(weeks, now) if weeks else []
     starts = [as_utc(moment) for moment in starts]
     ends = [as_utc(moment) for moment in ends]
@@ -679,7 +720,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         hi = None if repeated_from is not None else max(ends + edges[-1:])
         found: list[dict] = []
         if (integer_ids or not orgs) and streams_as_arrays(conn, schema):
-            sums, repeated = _stream_sums(conn, schema, accounts=_Accounts(ids, starts, ends) if orgs else None,
+            accounts_us = _Accounts(_IdIndex(ids), _us_array(starts), _us_array(ends)) if orgs else None
+            sums, repeated = _stream_sums(conn, schema, accounts=accounts_us,
                                           edges=edges, lo=lo, hi=hi, hashes_from=repeated_from)
             if repeated:
                 found = _rows_by_hash(conn, schema, repeated)
@@ -701,12 +743,12 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
                 found = (_rows_by_tid(conn, schema, tids) if tids else []) if by_tuple_id else \
                     _rows_by_hash(conn, schema, repeated)
         with collector_paused():
-            stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) if orgs else {}
+            stored = _counters(conn, schema, min(starts), max(starts) + timedelta(microseconds=1), integer_ids) \
+                if orgs else None
 
     with collector_paused():
-        by_id = {str(org_id): o for org_id, o in zip(ids, orgs)}
-        usage = _usage_rows(orgs, starts, sums, found, stored, by_id)
-        weekly = WeeklyUsage.of(sums, edges, by_id) if edges else []
+        usage = _usage_rows(orgs, ids, starts, ends, sums, found, stored)
+        weekly = WeeklyUsage.of_organisations(sums, edges, ids, orgs) if edges else []
     duplicates = None
     if since is not None:
         duplicates = Duplicates(duplicates_since, [] if unique_key else duplicate_rows(found, since), unique_key)
@@ -721,42 +763,46 @@ UsageRow = Record.of("UsageRow", (
     "counter_rows", "period_start", "period_end", "period_source", "is_blocked"))
 
 
-def _usage_rows(orgs: list[dict], starts: list[datetime], sums: _Sums, repeated: list[dict], stored: dict,
-                by_id: dict[str, dict]) -> list[UsageRow]:
-    index = {str(org_id): n for n, org_id in enumerate(sums.ids)}
-    period_units, period_events = sums.period_units.tolist(), sums.period_events.tolist()
+def _usage_rows(orgs: list[dict], ids: list, starts: list[datetime], ends: list[datetime], sums: _Sums,
+                repeated: list[dict], stored: _Counters | None) -> list[UsageRow]:
+    """One row per organisation, in the accounts' order: the pass's sums found by id (binary
+    search over integer ids), the repeated keys taken off, the counter of the same period."""
+    n = len(orgs)
+    if not n:
+        return []
+    units, events = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
+    if len(sums.ids):
+        at = _index_of(ids, sums.ids)
+        has = at >= 0
+        units[has], events[has] = sums.period_units[at[has]], sums.period_events[at[has]]
     # An idempotency key counts once per organisation and period, with its largest quantity.
+    extra_units, repeats = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     groups: dict[tuple, list] = {}
-    for row in repeated:
-        org = by_id.get(str(row["organisation_id"]))
-        if org is not None and as_utc(org["period_start"]) <= as_utc(row["occurred_at"]) < as_utc(org["period_end"]):
-            groups.setdefault((str(row["organisation_id"]), row["idempotency_key"]), []).append(row["quantity"])
-    less: dict[str, list[int]] = {}
-    for (org, _), quantities in groups.items():
+    for row, k in zip(repeated, _index_of([r["organisation_id"] for r in repeated], ids).tolist()):
+        if k >= 0 and as_utc(starts[k]) <= as_utc(row["occurred_at"]) < as_utc(ends[k]):
+            groups.setdefault((k, row["idempotency_key"]), []).append(row["quantity"])
+    for (k, _), quantities in groups.items():
         if len(quantities) > 1:
-            extra = less.setdefault(org, [0, 0])
-            extra[0] += int(sum(quantities) - max(quantities))  # (a numeric quantity: as the sums, an integer)
-            extra[1] += len(quantities) - 1
-    rows = []
-    no_extra = (0, 0)
+            extra_units[k] += int(sum(quantities) - max(quantities))  # (a numeric quantity: as the sums, an integer)
+            repeats[k] += len(quantities) - 1
+    counter: list = [None] * n
+    counter_rows = np.zeros(n, dtype=np.int64)
+    if stored is not None and stored.ids:
+        k = _index_of(stored.ids, ids)
+        same_period = np.flatnonzero((k >= 0) & (stored.starts == _us_array(starts)[k]))
+        for c, a in zip(same_period.tolist(), k[same_period].tolist()):
+            counter[a] = stored.used[c]
+        counter_rows[k[same_period]] = stored.rows[same_period]
     fields = columns(orgs, "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end",
                      "period_source", "is_blocked")
-    for (org_id, name, plan, limit, start, end, source, blocked), utc_start in zip(fields, starts):
-        key = str(org_id)
-        n = index.get(key)
-        units, count = (period_units[n], period_events[n]) if n is not None else (0, 0)
-        extra_units, repeats = less.get(key, no_extra)
-        used = units - extra_units
-        counter = stored.get((key, utc_start))
-        rows.append(UsageRow(
-            org_id, name, plan, limit, used,
-            None if counter is None or counter[0] is None else int(counter[0]),
-            round(100.0 * used / limit, 1) if limit else None,
-            count - repeats, repeats,
-            int(counter[1]) if counter else 0,
-            start, end, source, blocked,
-        ))
-    return rows
+    return [
+        UsageRow(org_id, name, plan, limit, used, value,
+                 round(100.0 * used / limit, 1) if limit else None,
+                 count, repeat, rows, start, end, source, blocked)
+        for (org_id, name, plan, limit, start, end, source, blocked), used, value, count, repeat, rows in zip(
+            fields, (units - extra_units).tolist(), counter, (events - repeats).tolist(), repeats.tolist(),
+            counter_rows.tolist())
+    ]
 
 
 class WeeklyUsage(Sequence):
@@ -777,14 +823,30 @@ class WeeklyUsage(Sequence):
 
     @classmethod
     def of(cls, sums: _Sums, edges: list[datetime], about: dict[str, dict]) -> "WeeklyUsage":
+        """``about``: each organisation's ``name`` and ``app_plan``, by id as text."""
+        def describe(ids: list) -> tuple[list, list]:
+            known = [about.get(str(org_id)) or {} for org_id in ids]
+            return [k.get("name") for k in known], [k.get("app_plan") for k in known]
+        return cls._of(sums, edges, describe)
+
+    @classmethod
+    def of_organisations(cls, sums: _Sums, edges: list[datetime], ids: list, orgs: list) -> "WeeklyUsage":
+        """Names and plans from the accounts' rows (``ids`` their organisation ids, in order)."""
+        def describe(active: list) -> tuple[list, list]:
+            at = _index_of(active, ids).tolist()
+            about = [orgs[k] if k >= 0 else None for k in at]
+            return [o["name"] if o else None for o in about], [o["app_plan"] if o else None for o in about]
+        return cls._of(sums, edges, describe)
+
+    @classmethod
+    def _of(cls, sums: _Sums, edges: list[datetime], describe) -> "WeeklyUsage":
         active = np.flatnonzero((sums.week_events > 0).any(axis=1)) if len(sums.ids) else np.zeros(0, dtype=np.int64)
         ids = [sums.ids[n] for n in active.tolist()]
         order = _id_order(ids)
         ids = [ids[n] for n in order]
         rows = active[np.asarray(order, dtype=np.int64)] if len(order) else active
-        known = [about.get(str(org_id)) or {} for org_id in ids]
-        return cls(edges[:-1], ids, [k.get("name") for k in known], [k.get("app_plan") for k in known],
-                   sums.week_units[rows], sums.week_events[rows])
+        names, plans = describe(ids)
+        return cls(edges[:-1], ids, names, plans, sums.week_units[rows], sums.week_events[rows])
 
     def __iter__(self) -> Iterator[dict]:
         for i, week in enumerate(self.weeks):
