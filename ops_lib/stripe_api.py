@@ -788,10 +788,12 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                        expand_customer: bool = False,
                        fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default).
-    `fields`: keep only these top-level properties (see `_paged`)."""
-    direct = lambda: _paged(client.v1.subscriptions, "subscriptions", {  # noqa: E731
-        "status": status, "created": _created(created_since), "customer": customer,
-        "price": price, "expand": ["data.customer"] if expand_customer else None}, fields)
+    `fields`: keep only these top-level properties (see `_paged`). Items keep what the runbooks
+    read of them and of their prices (`stripe_mirror.project_items`), mirrored or not."""
+    direct = lambda: map(stripe_mirror.project_items, _paged(  # noqa: E731
+        client.v1.subscriptions, "subscriptions", {
+            "status": status, "created": _created(created_since), "customer": customer,
+            "price": price, "expand": ["data.customer"] if expand_customer else None}, fields))
     if status not in (None, *SUBSCRIPTION_STATUSES):
         return direct()  # Stripe says what is wrong with it
     where, keep = _subscription_status(status)

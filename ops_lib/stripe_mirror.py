@@ -155,6 +155,13 @@ PROJECTIONS: dict[str, tuple[str, ...]] = {
                             "description", "fee_details", "exchange_rate"),
     "event": (),  # whole: a replay signs the event's JSON as Stripe sent it
 }
+# Inside a subscription's items, what the runbooks read of each item and of its price (a whole
+# item also holds the legacy plan object and a price of ~20 fields, repeated on every subscription
+# that sells it: half of a stored subscription). Part of the subscription's signature.
+ITEM_PROJECTION = ("id", "object", "price", "quantity")
+PRICE_PROJECTION = ("id", "object", "active", "billing_scheme", "currency", "lookup_key", "metadata",
+                    "nickname", "product", "recurring", "tiers_mode", "type", "unit_amount",
+                    "unit_amount_decimal")
 LIST_PATHS = {
     "customer": "/v1/customers", "subscription": "/v1/subscriptions", "invoice": "/v1/invoices",
     "charge": "/v1/charges", "refund": "/v1/refunds", "dispute": "/v1/disputes",
@@ -188,7 +195,10 @@ CREATE INDEX IF NOT EXISTS objects_by_customer ON objects (type, customer);
 
 
 def signature(object_type: str) -> str:
-    return hashlib.sha256(json.dumps([FORMAT, PROJECTIONS[object_type]]).encode()).hexdigest()[:16]
+    kept: list = [FORMAT, PROJECTIONS[object_type]]
+    if object_type == "subscription":
+        kept += [ITEM_PROJECTION, PRICE_PROJECTION]
+    return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
 
 
 def setting() -> str:
@@ -248,7 +258,27 @@ def _cursor(events: list[Mapping[str, Any]]) -> dict[str, Any]:
 
 def _project(obj: Mapping[str, Any], object_type: str) -> dict[str, Any]:
     keep = PROJECTIONS[object_type]
-    return dict(obj) if not keep else {k: obj[k] for k in keep if k in obj}
+    kept = dict(obj) if not keep else {k: obj[k] for k in keep if k in obj}
+    return project_items(kept) if object_type == "subscription" else kept
+
+
+def project_items(subscription: dict) -> dict:
+    """The subscription (changed in place) with its items' ``ITEM_PROJECTION`` and their prices'
+    ``PRICE_PROJECTION``: what a subscription listing serves, from Stripe or from the mirror."""
+    items = subscription.get("items")
+    if isinstance(items, Mapping) and isinstance(items.get("data"), list):
+        subscription["items"] = {**items, "data": [_project_item(item) for item in items["data"]]}
+    return subscription
+
+
+def _project_item(item: Any) -> Any:
+    if not isinstance(item, Mapping):
+        return item
+    kept = {k: item[k] for k in ITEM_PROJECTION if k in item}
+    price = kept.get("price")
+    if isinstance(price, Mapping):
+        kept["price"] = {k: price[k] for k in PRICE_PROJECTION if k in price}
+    return kept
 
 
 def _id(ref: Any) -> Any:

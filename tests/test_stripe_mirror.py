@@ -373,8 +373,7 @@ def test_listings_from_the_mirror_match_stripe_with_filters(stripe_account):
     since = NOW - 200 * DAY
 
     def project(obj):
-        keep = stripe_mirror.PROJECTIONS[obj["object"]]
-        return {k: v for k, v in obj.items() if k in keep}
+        return stripe_mirror._project(obj, obj["object"])
 
     for call in (lambda c: list_subscriptions(c), lambda c: list_subscriptions(c, status="canceled"),
                  lambda c: list_subscriptions(c, status="ended", created_since=since),
@@ -625,3 +624,28 @@ def test_a_listing_left_half_read_closes_its_snapshot(odd_mirror, monkeypatch):
     with sqlite3.connect(mirror.path, timeout=1) as conn:  # no snapshot left open: the WAL can be emptied
         assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
     assert list(mirror.listing("customer", fields=CUSTOMER_FIELDS)) == want
+
+
+def test_subscription_items_keep_what_the_runbooks_read_from_stripe_and_the_mirror_alike(stripe_account):
+    mirrored = list(list_subscriptions(make_client(SECRET_KEY, stripe_account.base_url), status="all"))
+    direct_ = list(list_subscriptions(make_client(SECRET_KEY, stripe_account.base_url, mirror=False), status="all"))
+    whole = {s["id"]: s for s in stripe_account.state["objects"]["subscription"]}
+    assert [s["items"] for s in mirrored] == [s["items"] for s in direct_]
+    for sub in direct_:
+        original = whole[sub["id"]]["items"]["data"]
+        assert [i["id"] for i in sub["items"]["data"]] == [i["id"] for i in original]
+        for item, before in zip(sub["items"]["data"], original):
+            assert set(item) == set(stripe_mirror.ITEM_PROJECTION) & set(before)
+            assert item["price"] == {k: v for k, v in before["price"].items() if k in stripe_mirror.PRICE_PROJECTION}
+            assert {"unit_amount", "recurring", "metadata", "product"} <= set(item["price"])
+
+
+def test_the_kept_price_fields_cover_what_quota_and_revenue_read():
+    from ops_lib.quota import accounts
+    assert set(accounts.ITEM_FIELDS) <= set(stripe_mirror.ITEM_PROJECTION)
+    assert set(accounts.PRICE_FIELDS) <= set(stripe_mirror.PRICE_PROJECTION)
+    # revenue_report's MRR (revenue.data.Compactor.price, revenue.mrr): items' id, quantity, price
+    revenue_reads = ("id", "billing_scheme", "tiers_mode", "unit_amount", "unit_amount_decimal", "nickname",
+                     "lookup_key", "recurring", "metadata", "product")
+    assert set(revenue_reads) <= set(stripe_mirror.PRICE_PROJECTION)
+    assert {"id", "quantity", "price"} <= set(stripe_mirror.ITEM_PROJECTION)

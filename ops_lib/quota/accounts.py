@@ -33,7 +33,7 @@ from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
 from ..stripe_api import list_customers, list_subscriptions
-from ..bulk import Record, collector_paused
+from ..bulk import Record, collector_paused, columns
 from .plans import PlanBook
 
 # Stripe subscription statuses (API 2023-08-16).
@@ -96,18 +96,19 @@ def fetch_stripe(client) -> dict[str, list[dict]]:
     """Every customer and every subscription (any status), read once per run. Each
     subscription's items keep ``ITEM_FIELDS``, their prices ``PRICE_FIELDS`` (one dict per
     price, shared by the subscriptions that sell it)."""
+    prices: dict[Any, dict] = {}
     with collector_paused():
-        return {kind: list(objects) for kind, objects in stream_stripe(client).items()}
+        stripe = stream_stripe(client)
+        return {"customers": list(stripe["customers"]),
+                "subscriptions": [_slim_items(s, prices) for s in stripe["subscriptions"]]}
 
 
 def stream_stripe(client) -> dict[str, Iterator[dict]]:
     """``fetch_stripe``'s objects as they stream in, read once by ``join_accounts``: it keeps of
     each what the checks use, so a million customers are never held at once (the runbook's way)."""
-    prices: dict[Any, dict] = {}
     return {
         "customers": list_customers(client, fields=CUSTOMER_FIELDS),
-        "subscriptions": (_slim_items(s, prices) for s in
-                          list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)),
+        "subscriptions": list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS),
     }
 
 
@@ -177,6 +178,14 @@ def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
 # --------------------------------------------------------------------------- the join
 
 
+def _read(rows: list, keys: tuple[str, ...]) -> Iterable[tuple]:
+    """``keys`` of each row, read by C from ``Record``s (what ``read_app`` gives); ``.get`` of
+    anything else (hand-built dicts may leave optional keys out)."""
+    if rows and isinstance(rows[0], Record):
+        return columns(rows, *keys)
+    return (tuple(row.get(k) for k in keys) for row in rows)
+
+
 @dataclass
 class Accounts:
     """One row per organisation (``organisations``), plus what did not join."""
@@ -230,9 +239,11 @@ _NONE: tuple = ()
 def _stripe_view(sub: Mapping[str, Any], plans: PlanBook, price_ids_seen: dict[tuple, tuple]) -> StripeSubscription:
     plan, price_ids = plans.plan_for_subscription(sub)
     price_ids = tuple(price_ids)
+    start, end = sub.get("current_period_start"), sub.get("current_period_end")
     return StripeSubscription(
         sub["id"], sub.get("status"), plan, price_ids_seen.setdefault(price_ids, price_ids),
-        _utc(sub.get("current_period_start")), _utc(sub.get("current_period_end")), _customer_of(sub))
+        from_epoch(start) if type(start) is int else _utc(start),
+        from_epoch(end) if type(end) is int else _utc(end), _customer_of(sub))
 
 
 def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
@@ -251,10 +262,12 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
           now: datetime) -> Accounts:
     # Customer id -> whether Stripe has it, for every id an organisation points to; Stripe's
     # customers are read once, as they stream: only the unlinked ones are kept whole.
+    organisations = app.get("organisations", [])
+    org_fields = list(_read(organisations, ("id", "name", "plan", "stripe_customer_id", "is_blocked")))
     linked: dict[str, bool] = {}
-    for org in app.get("organisations", []):
-        if org.get("stripe_customer_id"):
-            linked[org["stripe_customer_id"]] = False
+    for _id, _name, _plan, customer_id, _blocked in org_fields:
+        if customer_id:
+            linked[customer_id] = False
     unlinked: dict[str, dict] = {}
     for customer in stripe.get("customers", ()):
         if customer["id"] in linked:
@@ -266,21 +279,27 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     subs_by_customer: dict[str, list[dict]] = {}
     for sub in stripe_subs:
         subs_by_customer.setdefault(sub["customer"], []).append(sub)
-    app_subs_by_org: dict[str, list[dict]] = {}
-    for sub in app.get("subscriptions", []):
-        app_subs_by_org.setdefault(str(sub["organisation_id"]), []).append(sub)
+    # Organisation ids compare as text (an app's subscriptions may store them as text); as they
+    # are when both sides are integers (a million str() calls fewer).
+    app_subscriptions = app.get("subscriptions", [])
+    sub_orgs = [org_id for (org_id,) in _read(app_subscriptions, ("organisation_id",))]
+    as_key = (lambda value: value) if all(type(v) is int for v in sub_orgs) and all(
+        type(f[0]) is int for f in org_fields) else str
+    app_subs_by_org: dict[Any, list[dict]] = {}
+    for org_id, sub in zip(sub_orgs, app_subscriptions):
+        app_subs_by_org.setdefault(as_key(org_id), []).append(sub)
 
     rows = []
     unmapped = []
     calendar = calendar_month(now)
     is_paid: dict[Any, bool | None] = {}
     limit: dict[Any, int | None] = {}
-    for org in app.get("organisations", []):
-        customer_id = org.get("stripe_customer_id") or None
+    for org_id, name, app_plan, customer_id, blocked in org_fields:
+        customer_id = customer_id or None
         s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
         s_live = _newest_first([s for s in s_subs if s["status"] in STRIPE_LIVE], "current_period_start") \
             if s_subs else _NONE
-        a_subs = app_subs_by_org.get(str(org["id"]), _NONE)
+        a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE
         a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start") \
             if a_subs else _NONE
         primary = s_live[0] if s_live else None
@@ -292,31 +311,19 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
             (start, end), source = calendar, PERIOD_CALENDAR
         for sub in s_live:
             if sub["plan"] is None:
-                unmapped.append({"organisation_id": org["id"], "stripe_customer_id": customer_id,
+                unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
                                  "subscription": sub["id"], "status": sub["status"],
                                  "price_ids": ", ".join(sub["price_ids"])})
-        app_plan = org.get("plan")
         if app_plan not in is_paid:
             is_paid[app_plan], limit[app_plan] = plans.is_paid(app_plan), plans.limit(app_plan)
         rows.append(OrganisationAccount(
-            organisation_id=org["id"],
-            name=org.get("name"),
-            app_plan=app_plan,
-            app_plan_paid=is_paid[app_plan],
-            is_blocked=org.get("is_blocked"),
-            stripe_customer_id=customer_id,
-            customer_exists=linked[customer_id] if customer_id else None,
-            stripe_subscriptions=s_subs,
-            stripe_live=s_live,
-            app_subscriptions=a_subs,
-            app_live=a_live,
-            stripe_plan=primary["plan"] if primary else None,
-            stripe_status=primary["status"] if primary else None,
-            primary_subscription=primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
-            period_start=start,
-            period_end=end,
-            period_source=source,
-            usage_limit=limit[app_plan],
+            org_id, name, app_plan, is_paid[app_plan], blocked, customer_id,
+            linked[customer_id] if customer_id else None,
+            s_subs, s_live, a_subs, a_live,
+            primary["plan"] if primary else None,
+            primary["status"] if primary else None,
+            primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
+            start, end, source, limit[app_plan],
         ))
     orphan_subs = [s for s in stripe_subs if s["customer"] not in linked]
     return Accounts(
@@ -324,7 +331,7 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         unlinked_customers=list(unlinked.values()),
         orphan_subscriptions=orphan_subs,
         stripe_subscriptions=stripe_subs,
-        app_subscriptions=list(app.get("subscriptions", [])),
+        app_subscriptions=list(app_subscriptions),
         unmapped=unmapped,
         plans=plans,
         now=now,
