@@ -72,6 +72,14 @@ class Record(Mapping):
                                       "__module__": module or sys._getframe(1).f_globals.get("__name__", __name__)})
 
 
+def column(rows: Sequence[Mapping], key: str) -> list:
+    """``[row[key] for row in rows]``, read by C from ``Record``s of one kind."""
+    first = type(rows[0]) if rows else None
+    if first is not None and issubclass(first, Record) and all(type(r) is first for r in rows):
+        return list(map(attrgetter(key), rows))
+    return [row[key] for row in rows]
+
+
 def columns(rows: Sequence[Mapping], *keys: str) -> Iterator[tuple]:
     """``(row[k1], row[k2], …)`` for each row, read by C: attributes of ``Record``s of one kind
     (5× quicker than their ``row[key]``), items of anything else."""

@@ -98,17 +98,23 @@ def fetch_stripe(client) -> dict[str, list[dict]]:
     price, shared by the subscriptions that sell it)."""
     prices: dict[Any, dict] = {}
     with collector_paused():
-        stripe = stream_stripe(client)
-        return {"customers": list(stripe["customers"]),
-                "subscriptions": [_slim_items(s, prices) for s in stripe["subscriptions"]]}
+        return {"customers": list(list_customers(client, fields=CUSTOMER_FIELDS)),
+                "subscriptions": [_slim_items(s, prices) for s in
+                                  list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)]}
+
+
+# What the join itself reads of a subscription: what its ``StripeSubscription`` holds.
+JOIN_SUBSCRIPTION_FIELDS = ("id", "object", "customer", "status", "items", "current_period_start",
+                            "current_period_end")
 
 
 def stream_stripe(client) -> dict[str, Iterator[dict]]:
-    """``fetch_stripe``'s objects as they stream in, read once by ``join_accounts``: it keeps of
-    each what the checks use, so a million customers are never held at once (the runbook's way)."""
+    """Stripe's customers and subscriptions as they stream in, read once by ``join_accounts``: it
+    keeps of each what the checks use, so a million customers are never held at once (the
+    runbook's way). Of subscriptions, only the fields the join reads (``fetch_stripe`` keeps more)."""
     return {
         "customers": list_customers(client, fields=CUSTOMER_FIELDS),
-        "subscriptions": list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS),
+        "subscriptions": list_subscriptions(client, status="all", fields=JOIN_SUBSCRIPTION_FIELDS),
     }
 
 
@@ -161,10 +167,20 @@ def _utc(value: Any) -> Any:
 
 def _customer_of(subscription: Mapping[str, Any]) -> str | None:
     customer = subscription.get("customer")
+    if type(customer) is str:  # (as listed: an id; expanded, an object)
+        return customer
     return customer.get("id") if isinstance(customer, Mapping) else customer
 
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _live_stripe(subs: list[StripeSubscription]) -> list[StripeSubscription] | tuple:
+    """The live ones of a customer's Stripe subscriptions, the one whose period started last first
+    (most customers have one subscription: it is its own list when live)."""
+    if len(subs) == 1:
+        return subs if subs[0].status in STRIPE_LIVE else _NONE
+    return _newest_first([s for s in subs if s.status in STRIPE_LIVE], "current_period_start")
 
 
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
@@ -278,7 +294,7 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     stripe_subs = [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())]
     subs_by_customer: dict[str, list[dict]] = {}
     for sub in stripe_subs:
-        subs_by_customer.setdefault(sub["customer"], []).append(sub)
+        subs_by_customer.setdefault(sub.customer, []).append(sub)
     # Organisation ids compare as text (an app's subscriptions may store them as text); as they
     # are when both sides are integers (a million str() calls fewer).
     app_subscriptions = app.get("subscriptions", [])
@@ -297,20 +313,19 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     for org_id, name, app_plan, customer_id, blocked in org_fields:
         customer_id = customer_id or None
         s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
-        s_live = _newest_first([s for s in s_subs if s["status"] in STRIPE_LIVE], "current_period_start") \
-            if s_subs else _NONE
+        s_live = _live_stripe(s_subs) if s_subs else _NONE
         a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE
         a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start") \
             if a_subs else _NONE
         primary = s_live[0] if s_live else None
-        if primary is not None and primary["current_period_start"] and primary["current_period_end"]:
-            start, end, source = primary["current_period_start"], primary["current_period_end"], PERIOD_STRIPE
+        if primary is not None and primary.current_period_start and primary.current_period_end:
+            start, end, source = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
         elif a_live and a_live[0].get("current_period_start") and a_live[0].get("current_period_end"):
             start, end, source = a_live[0]["current_period_start"], a_live[0]["current_period_end"], PERIOD_APP
         else:
             (start, end), source = calendar, PERIOD_CALENDAR
         for sub in s_live:
-            if sub["plan"] is None:
+            if sub.plan is None:
                 unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
                                  "subscription": sub["id"], "status": sub["status"],
                                  "price_ids": ", ".join(sub["price_ids"])})
@@ -320,12 +335,12 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
             org_id, name, app_plan, is_paid[app_plan], blocked, customer_id,
             linked[customer_id] if customer_id else None,
             s_subs, s_live, a_subs, a_live,
-            primary["plan"] if primary else None,
-            primary["status"] if primary else None,
-            primary["id"] if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
+            primary.plan if primary else None,
+            primary.status if primary else None,
+            primary.id if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
             start, end, source, limit[app_plan],
         ))
-    orphan_subs = [s for s in stripe_subs if s["customer"] not in linked]
+    orphan_subs = [s for s in stripe_subs if s.customer not in linked]
     return Accounts(
         organisations=rows,
         unlinked_customers=list(unlinked.values()),

@@ -185,8 +185,9 @@ def status_mismatch(accounts: Accounts) -> Finding:
     """Access in the app against the subscription's status in Stripe, both directions."""
     rows = []
     orgs = accounts.organisations
-    live = [org for org, (app_live, stripe_live) in zip(orgs, columns(orgs, "app_live", "stripe_live"))
-            if app_live or stripe_live]  # (most organisations: nothing live on either side)
+    live = [org for org, (app_live, stripe_live, app_subs, stripe_subs)
+            in zip(orgs, columns(orgs, "app_live", "stripe_live", "app_subscriptions", "stripe_subscriptions"))
+            if (app_live or stripe_live) and not _agree(app_live, stripe_live, app_subs, stripe_subs)]
     for org in live:
         stripe_by_id = {s["id"]: s for s in org["stripe_subscriptions"]}
         app_by_id = {s.get("stripe_subscription_id"): s for s in org["app_subscriptions"]}
@@ -220,6 +221,14 @@ def status_mismatch(accounts: Accounts) -> Finding:
     )
 
 
+def _agree(app_live, stripe_live, app_subs, stripe_subs) -> bool:
+    """The common case, settled without a look at each subscription: one subscription on each
+    side, the same one, live on both (a live app status grants access; a live Stripe one is not a
+    no-access one)."""
+    return (len(app_subs) == 1 and len(stripe_subs) == 1 and len(app_live) == 1 and len(stripe_live) == 1
+            and app_live[0].get("stripe_subscription_id") == stripe_live[0]["id"])
+
+
 def _status_row(org: dict, subscription: str | None, app_status, stripe_status, direction: str) -> dict:
     return {"organisation_id": org["organisation_id"], "name": org["name"],
             "stripe_customer_id": org["stripe_customer_id"], "subscription": subscription,
@@ -231,9 +240,9 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
     """Stripe customers no organisation points to, and organisations pointing to no customer."""
     rows = []
     live_by_customer: dict[str, int] = {}
-    for sub in accounts.stripe_subscriptions:
-        if sub["status"] in STRIPE_LIVE:
-            live_by_customer[sub["customer"]] = live_by_customer.get(sub["customer"], 0) + 1
+    for status, customer in columns(accounts.stripe_subscriptions, "status", "customer"):
+        if status in STRIPE_LIVE:
+            live_by_customer[customer] = live_by_customer.get(customer, 0) + 1
     for customer in accounts.unlinked_customers:
         rows.append({"stripe_customer_id": customer["id"], "organisation_id": None,
                      "email": customer.get("email"), "live_subscriptions": live_by_customer.get(customer["id"], 0),
@@ -259,9 +268,10 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
 def multiple_active_subscriptions(accounts: Accounts) -> Finding:
     """A customer with more than one live subscription to a plan: usually billed twice."""
     by_customer: dict[str, list[dict]] = {}
-    for sub in accounts.stripe_subscriptions:
-        if sub["status"] in STRIPE_LIVE and sub["plan"] is not None:
-            by_customer.setdefault(sub["customer"], []).append(sub)
+    subs = accounts.stripe_subscriptions
+    for sub, (status, plan, customer) in zip(subs, columns(subs, "status", "plan", "customer")):
+        if status in STRIPE_LIVE and plan is not None:
+            by_customer.setdefault(customer, []).append(sub)
     twice = {customer: subs for customer, subs in by_customer.items() if len(subs) > 1}
     orgs = accounts.organisations
     org_of = {customer: o for o, (customer,) in zip(orgs, columns(orgs, "stripe_customer_id"))

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, select_tuples, select_value, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from ..bulk import Record, collector_paused, columns
+from ..bulk import Record, collector_paused, column, columns
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -386,6 +386,7 @@ class _Sums:
     week_units: np.ndarray
     week_events: np.ndarray
     repeated_tids: list[str]
+    integer_ids: bool | None = None      # True: every id is an int (the packed stream's)
 
     CHUNK = 65_536
 
@@ -488,19 +489,34 @@ class _Accounts:
         return self.index.positions(org_ids)
 
 
+class _Positions:
+    """Where organisation ids sit in a list of them (-1: absent; the first of equal ids). Ids
+    compare as text, as everywhere in the runbook; as numbers, by binary search, when both sides
+    hold only ints (a million lookups, no dict of a million strings)."""
+
+    def __init__(self, among: list, integers: bool | None = None):
+        self.among = among
+        self.integers = _all_int(among) if integers is None else integers
+        self.index = _IdIndex(among) if self.integers else None
+        self._by_text: dict[str, int] | None = None
+
+    def of(self, keys: list, integers: bool | None = None) -> np.ndarray:
+        if self.index is not None and (_all_int(keys) if integers is None else integers):
+            return self.index.positions(np.fromiter(keys, dtype=np.int64, count=len(keys)))
+        if self._by_text is None:
+            self._by_text = {}
+            for n, value in enumerate(self.among):
+                self._by_text.setdefault(str(value), n)
+        return np.fromiter((self._by_text.get(str(k), -1) for k in keys), dtype=np.int64, count=len(keys))
+
+
 def _index_of(keys: list, among: list) -> np.ndarray:
-    """Each key's position in ``among`` (-1: absent; the first of equal ids). Ids compare as text,
-    as everywhere in the runbook; as numbers, quickly, when both lists hold only ints."""
-    if _all_int(keys) and _all_int(among):
-        return _IdIndex(among).positions(np.fromiter(keys, dtype=np.int64, count=len(keys)))
-    index: dict[str, int] = {}
-    for n, value in enumerate(among):
-        index.setdefault(str(value), n)
-    return np.fromiter((index.get(str(k), -1) for k in keys), dtype=np.int64, count=len(keys))
+    """Each key's position in ``among`` (see ``_Positions``)."""
+    return _Positions(among).of(keys)
 
 
 def _all_int(values: list) -> bool:
-    return all(type(v) is int and -2**63 <= v < 2**63 for v in values)
+    return all(type(v) is int for v in values) and (not values or (-2**63 <= min(values) and max(values) < 2**63))
 
 
 def _sum_by(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
@@ -587,7 +603,7 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
     conn.exec_driver_sql("CLOSE opsbook_event_stream")
     matrix = np.concatenate(blocks) if blocks else np.zeros((0, 2 + 2 * weeks), dtype=np.int64)
     sums = _Sums(np.concatenate(ids).tolist() if ids else [], matrix[:, 0], matrix[:, 1],
-                 np.ascontiguousarray(matrix[:, 2::2]), np.ascontiguousarray(matrix[:, 3::2]), [])
+                 np.ascontiguousarray(matrix[:, 2::2]), np.ascontiguousarray(matrix[:, 3::2]), [], True)
     if hashes_from is None:
         return sums, None
     values, counts = np.unique(np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.int64), return_counts=True)
@@ -640,6 +656,7 @@ class _Counters:
     starts: np.ndarray       # microseconds since 2000 UTC
     used: list
     rows: np.ndarray
+    integer_ids: bool | None = None
 
 
 def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, integer_ids: bool) -> _Counters:
@@ -666,7 +683,7 @@ def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, i
         for n in np.flatnonzero(rows["null"]).tolist():
             used[n] = None
         return _Counters(rows["org"].astype(np.int64).tolist(), rows["start"].astype(np.int64), used,
-                         rows["rows"].astype(np.int64))
+                         rows["rows"].astype(np.int64), True)
     found = list(select_tuples(conn, grouped, lo=lo, hi=hi))
     return _Counters([r[0] for r in found], _us_array([r[1] for r in found]), [r[2] for r in found],
                      np.fromiter((r[3] for r in found), dtype=np.int64, count=len(found)))
@@ -696,15 +713,16 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
     orgs = accounts.organisations
     now = as_utc(now or accounts.now or datetime.now(timezone.utc))
     events = schema.table("usage_events")
-    ids, starts, ends = (list(c) for c in zip(*columns(orgs, "organisation_id", "period_start", "period_end"))) \
-        if orgs else ([], [], [])
+    ids = column(orgs, "organisation_id")
     integer_ids = bool(ids) and _all_int(ids)
     edges = week_edges(weeks, now) if weeks else []
-    starts = [as_utc(moment) for moment in starts]
-    ends = [as_utc(moment) for moment in ends]
+    starts = [as_utc(moment) for moment in column(orgs, "period_start")]
+    ends = [as_utc(moment) for moment in column(orgs, "period_end")]
     since = as_utc(duplicates_since) if duplicates_since is not None else None
     if not orgs and not edges and since is None:
         return UsageScan([], [], None)
+    starts_us = _us_array(starts)
+    where = _Positions(ids, integer_ids)
 
     with _ReadOnlyScan(conn, len(orgs)) as scan_conn:
         indexes = unique_indexes(conn, schema)
@@ -720,7 +738,7 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         hi = None if repeated_from is not None else max(ends + edges[-1:])
         found: list[dict] = []
         if (integer_ids or not orgs) and streams_as_arrays(conn, schema):
-            accounts_us = _Accounts(_IdIndex(ids), _us_array(starts), _us_array(ends)) if orgs else None
+            accounts_us = _Accounts(where.index, starts_us, _us_array(ends)) if orgs else None
             sums, repeated = _stream_sums(conn, schema, accounts=accounts_us,
                                           edges=edges, lo=lo, hi=hi, hashes_from=repeated_from)
             if repeated:
@@ -747,8 +765,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
                 if orgs else None
 
     with collector_paused():
-        usage = _usage_rows(orgs, ids, starts, ends, sums, found, stored)
-        weekly = WeeklyUsage.of_organisations(sums, edges, ids, orgs) if edges else []
+        usage = _usage_rows(orgs, where, starts, starts_us, ends, sums, found, stored)
+        weekly = WeeklyUsage.of_organisations(sums, edges, where, orgs) if edges else []
     duplicates = None
     if since is not None:
         duplicates = Duplicates(duplicates_since, [] if unique_key else duplicate_rows(found, since), unique_key)
@@ -763,8 +781,8 @@ UsageRow = Record.of("UsageRow", (
     "counter_rows", "period_start", "period_end", "period_source", "is_blocked"))
 
 
-def _usage_rows(orgs: list[dict], ids: list, starts: list[datetime], ends: list[datetime], sums: _Sums,
-                repeated: list[dict], stored: _Counters | None) -> list[UsageRow]:
+def _usage_rows(orgs: list[dict], where: _Positions, starts: list[datetime], starts_us: np.ndarray,
+                ends: list[datetime], sums: _Sums, repeated: list[dict], stored: _Counters | None) -> list[UsageRow]:
     """One row per organisation, in the accounts' order: the pass's sums found by id (binary
     search over integer ids), the repeated keys taken off, the counter of the same period."""
     n = len(orgs)
@@ -772,13 +790,13 @@ def _usage_rows(orgs: list[dict], ids: list, starts: list[datetime], ends: list[
         return []
     units, events = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     if len(sums.ids):
-        at = _index_of(ids, sums.ids)
+        at = where.of(sums.ids, sums.integer_ids)
         has = at >= 0
-        units[has], events[has] = sums.period_units[at[has]], sums.period_events[at[has]]
+        units[at[has]], events[at[has]] = sums.period_units[has], sums.period_events[has]
     # An idempotency key counts once per organisation and period, with its largest quantity.
     extra_units, repeats = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     groups: dict[tuple, list] = {}
-    for row, k in zip(repeated, _index_of([r["organisation_id"] for r in repeated], ids).tolist()):
+    for row, k in zip(repeated, where.of([r["organisation_id"] for r in repeated]).tolist()):
         if k >= 0 and as_utc(starts[k]) <= as_utc(row["occurred_at"]) < as_utc(ends[k]):
             groups.setdefault((k, row["idempotency_key"]), []).append(row["quantity"])
     for (k, _), quantities in groups.items():
@@ -788,8 +806,8 @@ def _usage_rows(orgs: list[dict], ids: list, starts: list[datetime], ends: list[
     counter: list = [None] * n
     counter_rows = np.zeros(n, dtype=np.int64)
     if stored is not None and stored.ids:
-        k = _index_of(stored.ids, ids)
-        same_period = np.flatnonzero((k >= 0) & (stored.starts == _us_array(starts)[k]))
+        k = where.of(stored.ids, stored.integer_ids)
+        same_period = np.flatnonzero((k >= 0) & (stored.starts == starts_us[k]))
         for c, a in zip(same_period.tolist(), k[same_period].tolist()):
             counter[a] = stored.used[c]
         counter_rows[k[same_period]] = stored.rows[same_period]
@@ -830,10 +848,10 @@ class WeeklyUsage(Sequence):
         return cls._of(sums, edges, describe)
 
     @classmethod
-    def of_organisations(cls, sums: _Sums, edges: list[datetime], ids: list, orgs: list) -> "WeeklyUsage":
-        """Names and plans from the accounts' rows (``ids`` their organisation ids, in order)."""
+    def of_organisations(cls, sums: _Sums, edges: list[datetime], where: "_Positions", orgs: list) -> "WeeklyUsage":
+        """Names and plans from the accounts' rows (``where``: positions by their organisation ids)."""
         def describe(active: list) -> tuple[list, list]:
-            at = _index_of(active, ids).tolist()
+            at = where.of(active, sums.integer_ids).tolist()
             about = [orgs[k] if k >= 0 else None for k in at]
             return [o["name"] if o else None for o in about], [o["app_plan"] if o else None for o in about]
         return cls._of(sums, edges, describe)
