@@ -99,6 +99,7 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import re
 import sqlite3
 import sys
@@ -111,6 +112,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import stripe
 
 from . import paths
+from .errors import StripeAccessError
 from .bulk import collector_paused
 
 MIRROR_VARIABLE = "OPSBOOK_STRIPE_MIRROR"
@@ -843,9 +845,10 @@ class Mirror:
     def _serve(snapshot: "_Snapshot", keep: Callable[[dict], bool] | None,
                wanted: tuple[str, ...] | None, expand_customer: bool) -> Iterator[dict]:
         """The snapshot's rows, SERVE_BATCH at a time in memory, decoded and filtered as they go."""
-        conn, rows, cursor, projected = snapshot.conn, snapshot.rows, snapshot.cursor, snapshot.projected
+        conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
         expand = expand_customer and (not projected or "customer" in (wanted or ()))
         served = 0
+        ahead = _ReadAhead(snapshot.cursor) if rows else None
         try:
             while rows:
                 for obj in _decoded(rows, expand):
@@ -854,18 +857,70 @@ class Mirror:
                     yield obj if wanted is None or projected else {k: obj[k] for k in wanted if k in obj}
                 served += len(rows)
                 try:
-                    rows = cursor.fetchmany(SERVE_BATCH)
+                    rows = ahead.next()
                 except sqlite3.OperationalError as exc:
                     if not projected or not _json_refused(exc):
                         raise
                     # A row SQLite's JSON parser refuses (NaN, Infinity: Python wrote them): the
                     # rest whole, projected in Python, from the same read transaction.
+                    ahead.close()
                     sql, args = snapshot.whole
                     cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
                     projected, expand = False, expand_customer
                     rows = cursor.fetchmany(SERVE_BATCH)
+                    ahead = _ReadAhead(cursor) if rows else ahead
         finally:
+            if ahead is not None:
+                ahead.close()
             conn.close()
+
+
+class _ReadAhead:
+    """A cursor's next batches, read by a thread of its own while the caller decodes the current
+    one: SQLite's share (reading pages, json_remove) runs outside the GIL, so it overlaps Python's
+    decoding instead of adding to it. At most ``DEPTH`` batches wait in memory; an error reading
+    is raised where the caller asks for the next batch."""
+
+    DEPTH = 2
+
+    def __init__(self, cursor: sqlite3.Cursor):
+        self._batches: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, args=(cursor,), name="opsbook-mirror-read", daemon=True)
+        self._thread.start()
+
+    def _read(self, cursor: sqlite3.Cursor) -> None:
+        try:
+            while True:
+                rows = cursor.fetchmany(SERVE_BATCH)
+                if not self._put(rows) or not rows:
+                    return
+        except BaseException as exc:  # (the caller raises it)
+            self._put(exc)
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._batches.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def next(self) -> list:
+        try:
+            item = self._batches.get(timeout=LOCK_WAIT_S)
+        except queue.Empty:
+            raise StripeAccessError(f"the Stripe mirror's file gave no rows for {LOCK_WAIT_S:.0f} s — check the disk "
+                                    f"holding it, or run with {MIRROR_VARIABLE}=off to read Stripe directly") from None
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def close(self) -> None:
+        """Stops the reading (after the batch it is reading, if any) and waits for it."""
+        self._stop.set()
+        self._thread.join()
 
 
 @dataclass

@@ -649,3 +649,23 @@ def test_the_kept_price_fields_cover_what_quota_and_revenue_read():
                      "lookup_key", "recurring", "metadata", "product")
     assert set(revenue_reads) <= set(stripe_mirror.PRICE_PROJECTION)
     assert {"id", "quantity", "price"} <= set(stripe_mirror.ITEM_PROJECTION)
+
+
+def _reading_threads() -> int:
+    import threading
+    return sum(t.name == "opsbook-mirror-read" for t in threading.enumerate())
+
+
+def test_a_listing_read_ahead_in_batches_is_whole_and_in_order_and_leaves_no_thread(odd_mirror):
+    whole = list(odd_mirror.listing("customer"))
+    assert len(whole) > 3 * stripe_mirror.SERVE_BATCH, "several batches read ahead"
+    assert [c["id"] for c in whole] == [c["id"] for c in odd_mirror.listing("customer", fields=("id",))]
+    assert _reading_threads() == 0
+
+
+def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirror):
+    listing = odd_mirror.listing("customer", fields=("id", "email"))
+    next(listing)
+    assert _reading_threads() == 1
+    listing.close()
+    assert _reading_threads() == 0
