@@ -885,6 +885,51 @@ def list_customers(client: stripe.StripeClient, created_since: datetime | int | 
         keep=(lambda c: c.get("email") == email) if email is not None else None, fields=fields)
 
 
+# Past this many customers asked for by id, Stripe is listed whole instead (⌈N/100⌉ requests).
+RETRIEVE_AT_MOST = 100
+_IDS_PER_QUERY = 500  # (SQLite's bound parameters per statement)
+
+
+def customers_by_id(client: stripe.StripeClient, ids: Iterable[str],
+                    fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The customers among ``ids`` that Stripe has (deleted ones are not listed), in no promised
+    order; `fields`: see `_paged`. From the mirror when the client has one; from Stripe, one
+    request each up to ``RETRIEVE_AT_MOST`` of them, else one listing of every customer."""
+    wanted = list(dict.fromkeys(ids))
+    fields = tuple(fields) if fields is not None else None
+
+    def direct() -> Iterator[dict[str, Any]]:
+        if len(wanted) > RETRIEVE_AT_MOST:
+            chosen = set(wanted)
+            yield from (c for c in _paged(client.v1.customers, "customers", {}, fields) if c.get("id") in chosen)
+            return
+        with stripe_errors("customers"):
+            for customer_id in wanted:
+                try:
+                    customer = _plain(client.v1.customers.retrieve(customer_id))
+                except stripe.InvalidRequestError as exc:
+                    if exc.code == "resource_missing":
+                        continue
+                    raise
+                if not customer.get("deleted"):
+                    yield customer if fields is None else {k: customer[k] for k in fields if k in customer}
+
+    def mirrored(mirror: stripe_mirror.Mirror) -> Iterator[dict[str, Any]]:
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            try:
+                chunk = mirror.listing("customer", where={"deleted": 0, "id": wanted[start:start + _IDS_PER_QUERY]},
+                                       fields=fields)
+            except stripe_mirror.Unavailable:
+                if start:
+                    raise
+                yield from direct()
+                return
+            yield from chunk
+
+    mirror = stripe_mirror.of(client)
+    return direct() if mirror is None else mirrored(mirror)
+
+
 def list_prices(client: stripe.StripeClient, active: bool | None = None,
                 product: str | None = None, expand_product: bool = False,
                 include_tiers: bool = False) -> Iterator[dict[str, Any]]:

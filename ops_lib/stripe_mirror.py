@@ -751,7 +751,8 @@ class Mirror:
                 # read any field); the whole objects' query stays the fallback.
                 drop = _dropped(object_type, wanted) if keep is None else None
                 query = self._query(object_type, gte, lt, where or {}, expand_customer)
-                projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop)
+                projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop,
+                                         ids_only=wanted == ("id",))
                              if drop is not None else None)
                 snapshot = self._snapshot(query, projected)
                 break
@@ -768,11 +769,13 @@ class Mirror:
         return self._serve(snapshot, keep, wanted, expand_customer)
 
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
-               expand_customer: bool, drop: tuple[str, ...] | None = None) -> tuple[str, list]:
+               expand_customer: bool, drop: tuple[str, ...] | None = None,
+               ids_only: bool = False) -> tuple[str, list]:
         """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
         first (one request each: a subscription created since the customers were listed).
         `drop`: the top-level keys SQLite removes from each object before Python decodes it (the
-        customer's expansion is selected only when ``customer`` is not dropped)."""
+        customer's expansion is selected only when ``customer`` is not dropped); `ids_only`: only
+        the ``id`` asked for, served from the row's id column."""
         conds, args = ["o.type = ?"], [object_type]
         if gte is not None:
             conds.append("o.created >= ?")
@@ -795,7 +798,9 @@ class Mirror:
             if missing:
                 self._fetch_customers(missing)
         data = "o.data"
-        if drop:
+        if ids_only:  # (the row's own id column: the object's JSON is not read at all)
+            data = "json_object('id', o.id)"
+        elif drop:
             data = f"json_remove(o.data, {', '.join('?' * len(drop))})"
             args = [f'$."{key}"' for key in drop] + args  # the select list's come first
         if drop is not None and "customer" in drop:

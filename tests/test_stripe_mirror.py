@@ -18,7 +18,7 @@ import pytest
 from ops_lib import stripe_mirror
 from ops_lib.errors import StripeAccessError
 from ops_lib.quota.accounts import CUSTOMER_FIELDS, SUBSCRIPTION_FIELDS
-from ops_lib.stripe_api import (list_balance_transactions, list_charges, list_customers, list_events,
+from ops_lib.stripe_api import (customers_by_id, list_balance_transactions, list_charges, list_customers, list_events,
                                 list_invoices, list_refunds, list_subscriptions, make_client)
 from ops_lib.stripe_emulator import add_objects, new_state, write_state
 from ops_lib.stripe_emulator import objects as o
@@ -481,9 +481,9 @@ def odd_mirror(stripe_account, monkeypatch):
 
 FIELD_SETS = {
     "customer": [CUSTOMER_FIELDS, ("email",), ("description",), ("name", "balance", "discount"),
-                 ("id", "id", "name"), (), stripe_mirror.PROJECTIONS["customer"],
+                 ("id", "id", "name"), ("id",), (), stripe_mirror.PROJECTIONS["customer"],
                  tuple(reversed(stripe_mirror.PROJECTIONS["customer"]))],
-    "subscription": [SUBSCRIPTION_FIELDS, ("status",), ("customer",), ("items", "metadata", "trial_end"),
+    "subscription": [SUBSCRIPTION_FIELDS, ("id",), ("status",), ("customer",), ("items", "metadata", "trial_end"),
                      (), stripe_mirror.PROJECTIONS["subscription"]],
 }
 
@@ -669,3 +669,22 @@ def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirr
     assert _reading_threads() == 1
     listing.close()
     assert _reading_threads() == 0
+
+
+def test_customers_read_by_id_are_the_same_from_the_mirror_and_from_stripe(stripe_account, monkeypatch):
+    from ops_lib import stripe_api
+    customers = stripe_account.state["objects"]["customer"]
+    ids = [customers[3]["id"], customers[7]["id"], "cus_nobody", customers[3]["id"]]
+    fields = ("id", "email", "created")
+    mirrored = list(customers_by_id(make_client(SECRET_KEY, stripe_account.base_url), ids, fields=fields))
+    stripe_account.reset()
+    direct_ = list(customers_by_id(make_client(SECRET_KEY, stripe_account.base_url, mirror=False), ids, fields=fields))
+    want = [{k: c[k] for k in fields} for c in (customers[3], customers[7])]
+    key = lambda c: c["id"]  # noqa: E731
+    assert sorted(mirrored, key=key) == sorted(direct_, key=key) == sorted(want, key=key)
+    assert stripe_account.requests()["/v1/customers/"+customers[3]["id"]] == 1, "one request each (twice asked: once)"
+    monkeypatch.setattr(stripe_api, "RETRIEVE_AT_MOST", 1)
+    stripe_account.reset()
+    many = list(customers_by_id(make_client(SECRET_KEY, stripe_account.base_url, mirror=False), ids, fields=fields))
+    assert sorted(many, key=key) == sorted(want, key=key)
+    assert stripe_account.requests() == {"/v1/customers": math.ceil(N_CUSTOMERS / 100)}, "more than a few: one listing"

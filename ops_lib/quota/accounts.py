@@ -32,7 +32,7 @@ from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
-from ..stripe_api import list_customers, list_subscriptions
+from ..stripe_api import customers_by_id, list_customers, list_subscriptions
 from ..bulk import Record, collector_paused, columns
 from .plans import PlanBook
 
@@ -113,7 +113,9 @@ def stream_stripe(client) -> dict[str, Iterator[dict]]:
     keeps of each what the checks use, so a million customers are never held at once (the
     runbook's way). Of subscriptions, only the fields the join reads (``fetch_stripe`` keeps more)."""
     return {
-        "customers": list_customers(client, fields=CUSTOMER_FIELDS),
+        # every customer's id, then the few no organisation points to read whole (by id)
+        "customers": list_customers(client, fields=("id",)),
+        "customers_by_id": lambda ids: customers_by_id(client, ids, fields=CUSTOMER_FIELDS),
         "subscriptions": list_subscriptions(client, status="all", fields=JOIN_SUBSCRIPTION_FIELDS),
     }
 
@@ -266,6 +268,10 @@ def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]
                   now: datetime) -> Accounts:
     """The app's organisations joined with Stripe by customer id, each with its billing period.
 
+    ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators, as ``fetch_stripe`` or
+    ``stream_stripe`` give them); with ``customers_by_id`` (``stream_stripe``'s), customers may be
+    listed by id only, those no organisation points to being read whole through it.
+
     Per organisation: its Stripe subscriptions (any status) and live ones, the app's
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
     app's live one), the plan Stripe's price sells, and the period usage is counted over.
@@ -290,6 +296,10 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
             linked[customer["id"]] = True
         else:
             unlinked[customer["id"]] = customer
+    whole = stripe.get("customers_by_id")
+    if whole is not None and unlinked:
+        found = {customer["id"]: customer for customer in whole(list(unlinked))}
+        unlinked = {cid: found[cid] for cid in unlinked if cid in found}  # (one deleted meanwhile is gone)
     price_ids: dict[tuple, tuple] = {}
     stripe_subs = [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())]
     subs_by_customer: dict[str, list[dict]] = {}
