@@ -16,16 +16,32 @@ from operator import attrgetter, itemgetter
 from typing import Any, Iterator
 
 
+# A pause that allocated more container objects than this ends by freezing them (below).
+FREEZE_AFTER = 100_000
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection inside; the collector's state as it was afterwards."""
+    """No cyclic garbage collection inside; the collector's state as it was afterwards.
+
+    Everything allocated while paused is in the youngest generation when the collector resumes:
+    its first collection would walk all of it (~1 s for a million rows), and each older generation
+    again later. A pause that built that much ends with ``gc.freeze()``: those objects leave the
+    collector's sight (reference counting frees them as always; only a cycle among them would
+    outlive its last reference, and bulk rows hold none). Not after an exception."""
     was = gc.isenabled()
     gc.disable()
     try:
         yield
-    finally:
+    except BaseException:
+        # (not frozen: an exception's traceback is a cycle through the frames that hold the rows)
         if was:
             gc.enable()
+        raise
+    if was:
+        if gc.get_count()[0] > FREEZE_AFTER:
+            gc.freeze()
+        gc.enable()
 
 
 class Record(Mapping):

@@ -82,3 +82,38 @@ def test_usage_metrics_count_the_same_from_records_and_from_dicts():
     assert dict(usage_metrics([])) == {"usage_units_in_current_periods": 0, "usage_events_in_current_periods": 0,
                                        "organisations_with_a_counter": 0,
                                        "organisations_at_80_pct_of_limit_or_more": 0, "highest_pct_of_limit": None}
+
+
+def test_the_collector_resumes_as_it_was_and_what_a_big_pause_built_is_frozen():
+    import gc
+    from ops_lib.bulk import FREEZE_AFTER, collector_paused
+    assert gc.isenabled()
+    frozen = gc.get_freeze_count()
+    try:
+        with collector_paused():
+            assert not gc.isenabled()
+            small = [(i,) for i in range(10)]
+        assert gc.isenabled() and gc.get_freeze_count() == frozen, "a small pause leaves the collector as it was"
+        with collector_paused():
+            rows = [[i] for i in range(FREEZE_AFTER + 10)]
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen + len(rows)
+        gc.disable()
+        with collector_paused():
+            more = [[i] for i in range(FREEZE_AFTER + 10)]
+        assert not gc.isenabled(), "paused inside a pause: still off afterwards"
+        gc.enable()
+        assert len(small) + len(more) > 0
+    finally:
+        gc.enable()
+        gc.unfreeze()
+
+
+def test_a_pause_ended_by_an_exception_resumes_the_collector_and_freezes_nothing():
+    import gc
+    from ops_lib.bulk import FREEZE_AFTER, collector_paused
+    frozen = gc.get_freeze_count()
+    with pytest.raises(KeyError):
+        with collector_paused():
+            rows = [[i] for i in range(FREEZE_AFTER + 10)]
+            raise KeyError(len(rows))
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

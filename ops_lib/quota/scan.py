@@ -851,9 +851,11 @@ class WeeklyUsage(Sequence):
     def of_organisations(cls, sums: _Sums, edges: list[datetime], where: "_Positions", orgs: list) -> "WeeklyUsage":
         """Names and plans from the accounts' rows (``where``: positions by their organisation ids)."""
         def describe(active: list) -> tuple[list, list]:
-            at = where.of(active, sums.integer_ids).tolist()
-            about = [orgs[k] if k >= 0 else None for k in at]
-            return [o["name"] if o else None for o in about], [o["app_plan"] if o else None for o in about]
+            at = where.of(active, sums.integer_ids)
+            # (a last None: position -1, an organisation the accounts do not have, reads it)
+            names, plans = (np.fromiter((*column(orgs, key), None), dtype=object, count=len(orgs) + 1)
+                            for key in ("name", "app_plan"))
+            return names[at].tolist(), plans[at].tolist()
         return cls._of(sums, edges, describe)
 
     @classmethod
