@@ -61,6 +61,9 @@ class Record(Mapping):
         except (AttributeError, TypeError):
             raise KeyError(key) from None
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self.__slots__ else default
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.__slots__)
 

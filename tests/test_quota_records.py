@@ -117,3 +117,10 @@ def test_a_pause_ended_by_an_exception_resumes_the_collector_and_freezes_nothing
             rows = [[i] for i in range(FREEZE_AFTER + 10)]
             raise KeyError(len(rows))
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_a_record_gets_only_its_own_keys():
+    pair = Pair(1, None)
+    assert pair.get("left") == 1 and pair.get("right", 5) is None
+    assert pair.get("middle") is None and pair.get("middle", 7) == 7
+    assert pair.get("get") is None and pair.get("keys", "no") == "no", "its methods are not keys"

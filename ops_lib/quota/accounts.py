@@ -185,6 +185,13 @@ def _live_stripe(subs: list[StripeSubscription]) -> list[StripeSubscription] | t
     return _newest_first([s for s in subs if s.status in STRIPE_LIVE], "current_period_start")
 
 
+def _live_app(subs: list) -> list | tuple:
+    """The app's subscriptions that grant access, the one whose period started last first."""
+    if len(subs) == 1:
+        return subs if subs[0].get("status") in APP_ACCESS else _NONE
+    return _newest_first([s for s in subs if s.get("status") in APP_ACCESS], "current_period_start")
+
+
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
     subs = list(subs)
     if len(subs) < 2:  # (most organisations: nothing to sort)
@@ -325,8 +332,7 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
         s_live = _live_stripe(s_subs) if s_subs else _NONE
         a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE
-        a_live = _newest_first([s for s in a_subs if s.get("status") in APP_ACCESS], "current_period_start") \
-            if a_subs else _NONE
+        a_live = _live_app(a_subs) if a_subs else _NONE
         primary = s_live[0] if s_live else None
         if primary is not None and primary.current_period_start and primary.current_period_end:
             start, end, source = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
