@@ -11,8 +11,8 @@ and its build time is recorded. Then, per runbook:
 
 * wall time of `opsbook run RUNBOOK -f params/RUNBOOK/<set>.yaml` (papermill, archive, HTML);
 * peak memory (VmHWM) of the CLI process and of its kernel, sampled from /proc every 0.1 s;
-* database time: the growth of pg_stat_statements' total_exec_time over the run,
-  against a floor timed in the same run: one aggregate over usage_events (count, sum);
+* database time: the growth of pg_stat_statements' total_exec_time over the run (a cursor's
+  FETCHes left out: its DECLARE counts the query), against a floor timed in the same run: one aggregate over usage_events (count, sum);
 * Stripe requests (the growth of the emulator's counter) against ⌈objects / 100⌉ summed over the
   collections the runbook listed (all objects of those types: an upper bound of the floor when a
   listing is filtered);
@@ -206,8 +206,9 @@ class Database:
     def statement_ms(self) -> float:
         with self.engine.connect() as conn:
             return float(conn.exec_driver_sql(
+                # (a cursor's query is counted under its DECLARE and again under each FETCH)
                 "SELECT coalesce(sum(total_exec_time), 0) FROM pg_stat_statements "
-                "WHERE query NOT ILIKE '%%pg_stat_statements%%'").scalar())
+                "WHERE query NOT ILIKE '%%pg_stat_statements%%' AND query NOT ILIKE 'FETCH %%'").scalar())
 
     def floor_ms(self, runs: int = 3) -> float:
         """One aggregate pass over usage_events (median of a few, warm cache)."""
