@@ -812,16 +812,17 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
     """Invoices, optionally only those paid at or after `paid_since`.
 
     Stripe cannot filter on the payment time, so `paid_since` asks for `status=paid` and keeps
-    invoices whose `status_transitions.paid_at` is late enough.
+    invoices whose `status_transitions.paid_at` is late enough. Lines keep what the runbooks read
+    of them and of their prices (`stripe_mirror.project_lines`), mirrored or not.
     """
     if paid_since is not None and status not in (None, "paid"):
         raise ValueError(f"paid_since lists paid invoices: it cannot go with status={status!r}")
     threshold = _ts(paid_since)
     wanted = "paid" if threshold is not None else status
     where = {k: v for k, v in (("status", wanted), ("customer", customer)) if v is not None}
-    invoices = _listing(client, "invoice", lambda: _paged(client.v1.invoices, "invoices", {
-        "status": wanted, "customer": customer,
-        "subscription": subscription, "created": _created(created_since)}),
+    invoices = _listing(client, "invoice", lambda: map(stripe_mirror.project_lines, _paged(
+        client.v1.invoices, "invoices", {"status": wanted, "customer": customer, "subscription": subscription,
+                                         "created": _created(created_since)})),
         gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription))
     for invoice in invoices:
         if threshold is None or (invoice["status_transitions"]["paid_at"] or 0) >= threshold:

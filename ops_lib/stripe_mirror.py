@@ -164,6 +164,11 @@ ITEM_PROJECTION = ("id", "object", "price", "quantity")
 PRICE_PROJECTION = ("id", "object", "active", "billing_scheme", "currency", "lookup_key", "metadata",
                     "nickname", "product", "recurring", "tiers_mode", "type", "unit_amount",
                     "unit_amount_decimal")
+# ... and of each invoice line: what revenue_report's MRR reads (type, proration, amount, quantity,
+# period, price), with the references that name it.
+LINE_PROJECTION = ("id", "object", "type", "proration", "amount", "currency", "quantity", "period",
+                   "price", "subscription", "subscription_item", "invoice_item", "discount_amounts",
+                   "discountable")
 LIST_PATHS = {
     "customer": "/v1/customers", "subscription": "/v1/subscriptions", "invoice": "/v1/invoices",
     "charge": "/v1/charges", "refund": "/v1/refunds", "dispute": "/v1/disputes",
@@ -200,6 +205,8 @@ def signature(object_type: str) -> str:
     kept: list = [FORMAT, PROJECTIONS[object_type]]
     if object_type == "subscription":
         kept += [ITEM_PROJECTION, PRICE_PROJECTION]
+    elif object_type == "invoice":
+        kept += [LINE_PROJECTION, PRICE_PROJECTION]
     return hashlib.sha256(json.dumps(kept).encode()).hexdigest()[:16]
 
 
@@ -261,7 +268,9 @@ def _cursor(events: list[Mapping[str, Any]]) -> dict[str, Any]:
 def _project(obj: Mapping[str, Any], object_type: str) -> dict[str, Any]:
     keep = PROJECTIONS[object_type]
     kept = dict(obj) if not keep else {k: obj[k] for k in keep if k in obj}
-    return project_items(kept) if object_type == "subscription" else kept
+    if object_type == "subscription":
+        return project_items(kept)
+    return project_lines(kept) if object_type == "invoice" else kept
 
 
 def project_items(subscription: dict) -> dict:
@@ -273,10 +282,19 @@ def project_items(subscription: dict) -> dict:
     return subscription
 
 
-def _project_item(item: Any) -> Any:
+def project_lines(invoice: dict) -> dict:
+    """The invoice (changed in place) with its lines' ``LINE_PROJECTION`` and their prices'
+    ``PRICE_PROJECTION``: what an invoice listing serves, from Stripe or from the mirror."""
+    lines = invoice.get("lines")
+    if isinstance(lines, Mapping) and isinstance(lines.get("data"), list):
+        invoice["lines"] = {**lines, "data": [_project_item(line, LINE_PROJECTION) for line in lines["data"]]}
+    return invoice
+
+
+def _project_item(item: Any, fields: tuple[str, ...] = ITEM_PROJECTION) -> Any:
     if not isinstance(item, Mapping):
         return item
-    kept = {k: item[k] for k in ITEM_PROJECTION if k in item}
+    kept = {k: item[k] for k in fields if k in item}
     price = kept.get("price")
     if isinstance(price, Mapping):
         kept["price"] = {k: price[k] for k in PRICE_PROJECTION if k in price}

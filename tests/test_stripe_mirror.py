@@ -688,3 +688,18 @@ def test_customers_read_by_id_are_the_same_from_the_mirror_and_from_stripe(strip
     many = list(customers_by_id(make_client(SECRET_KEY, stripe_account.base_url, mirror=False), ids, fields=fields))
     assert sorted(many, key=key) == sorted(want, key=key)
     assert stripe_account.requests() == {"/v1/customers": math.ceil(N_CUSTOMERS / 100)}, "more than a few: one listing"
+
+
+def test_invoice_lines_keep_what_the_runbooks_read_from_stripe_and_the_mirror_alike(stripe_account):
+    sub = stripe_account.state["objects"]["subscription"][0]
+    stripe_account.change(o.make_invoice(customer=sub["customer"], subscription=sub, created=NOW - 5))
+    mirrored = list(list_invoices(make_client(SECRET_KEY, stripe_account.base_url)))
+    direct_ = list(list_invoices(make_client(SECRET_KEY, stripe_account.base_url, mirror=False)))
+    assert any(i["lines"]["data"] for i in direct_)
+    assert [i["lines"] for i in mirrored] == [i["lines"] for i in direct_]
+    whole = {i["id"]: i for i in stripe_account.state["objects"]["invoice"]}
+    for invoice in direct_:
+        for line, before in zip(invoice["lines"]["data"], whole[invoice["id"]]["lines"]["data"], strict=True):
+            assert set(line) == set(stripe_mirror.LINE_PROJECTION) & set(before)
+            assert {"type", "amount", "quantity", "period", "price"} <= set(line)
+            assert line["price"] == {k: v for k, v in before["price"].items() if k in stripe_mirror.PRICE_PROJECTION}
