@@ -6,6 +6,7 @@ reconciled with the app's own payment records.
     data.py       everything read from Stripe, once per kind, filters pushed to the API; kept as slotted records
     money.py      minor units, zero- and three-decimal currencies, display
     mrr.py        a subscription's MRR at any moment (current state, invoices, documented fallback)
+    snapshots.py  every subscription's MRR at one moment at once, as arrays (the history's snapshots)
     movements.py  new / expansion / reactivation / contraction / churn per month and per customer
     revenue.py    revenue by plan and currency, fees and net, payment success rate
     payments.py   the app's payments (through the schema mapping) against Stripe's charges

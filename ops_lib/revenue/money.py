@@ -80,17 +80,3 @@ class ExactSum:
             total += Fraction(n, d)
         return total
 
-
-def exact_total(values) -> Fraction:
-    """``sum(values, Fraction(0))``, fast when many values are the same objects (a snapshot's
-    amounts are shared by the subscriptions of one price): each distinct object is added once,
-    times how often it occurs."""
-    from collections import Counter
-
-    values = list(values)
-    times = Counter(map(id, values))
-    distinct = dict(zip(map(id, values), values))
-    total = ExactSum()
-    for key, value in distinct.items():
-        total.add(value * times[key])
-    return total.value()

@@ -19,11 +19,15 @@ opens; a customer who churns and returns within one month shows only the net cha
 """
 from __future__ import annotations
 
+from collections.abc import Mapping as AbcMapping
 from fractions import Fraction
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from ..findings import Metrics
 from . import money
+from .data import record_columns
 from .mrr import ZERO, MRRBook
 from .period import Period, history_buckets
 
@@ -49,47 +53,48 @@ def classify(before: Fraction, after: Fraction, *, other_before: bool, other_aft
     return "expansion" if after > before else "contraction"
 
 
+def _classified(book: MRRBook, start: int, end: int) -> tuple[dict, list, np.ndarray, np.ndarray, np.ndarray]:
+    """``book.moves_closing(start, end)``, the distinct cases among them (before, after, the three
+    flags, currency) each with its movement (``classify``), which case each pair is and how many
+    pairs each case has: a month's hundred thousand moves are a few thousand cases."""
+    moves = book.moves_closing(start, end)
+    cases = np.stack([moves[k].astype(np.int64) for k in ("before", "after", "other_before", "other_after",
+                                                          "had_mrr_before", "currency")], axis=1)
+    distinct, which, times = np.unique(cases, axis=0, return_inverse=True, return_counts=True)
+    values = moves["values"]
+    kinds = [classify(values[before] if before >= 0 else ZERO, values[after] if after >= 0 else ZERO,
+                      other_before=bool(ob), other_after=bool(oa), had_mrr_before=bool(had))
+             for before, after, ob, oa, had, _ in distinct.tolist()]
+    return moves, kinds, distinct, which.reshape(-1), times
+
+
 def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
     """Each customer whose MRR moved in [start, end), per currency (exact, minor units): MRR as of
     the last second before ``start`` against the last second before ``end``."""
-    before, after = book.snapshot_closing(start), book.snapshot_closing(end)
-    # A customer's other currencies are looked up among the few currencies present (a handful of
-    # dict probes per customer that moved), not indexed for every customer.
-    currencies_before = {cur for _, cur in before}
-    currencies_after = {cur for _, cur in after}
-
-    def pays(snapshot, currencies, customer, but=None) -> bool:
-        return any((customer, cur) in snapshot for cur in currencies if cur != but)
-
+    moves, kinds, _, which, _ = _classified(book, start, end)
+    customers, currencies, values = moves["customer_ids"], moves["currencies"], moves["values"]
     rows = []
-    moved = [key for key, s in before.items() if (e := after.get(key, ZERO)) is not s and e != s]
-    moved += [key for key in after if key not in before]  # (their MRR before was nothing: it moved)
-    for customer, currency in sorted(moved):
-        s, e = before.get((customer, currency), ZERO), after.get((customer, currency), ZERO)
-        first = book.first_positive(customer)
-        movement = classify(
-            s, e,
-            other_before=pays(before, currencies_before, customer, currency),
-            other_after=pays(after, currencies_after, customer, currency),
-            had_mrr_before=first is not None and first < start,
-        )
-        if movement is None:
-            continue
-        rows.append({"customer": customer, "currency": currency, "movement": movement,
-                     "start": s, "end": e, "change": e - s,
-                     "paying_before": pays(before, currencies_before, customer),
-                     "paying_after": pays(after, currencies_after, customer)})
+    for customer, currency, before, after, case, paying_before, paying_after in zip(
+            moves["customer"].tolist(), moves["currency"].tolist(), moves["before"].tolist(), moves["after"].tolist(),
+            which.tolist(), moves["paying_before"].tolist(), moves["paying_after"].tolist()):
+        s, e = (values[before] if before >= 0 else ZERO), (values[after] if after >= 0 else ZERO)
+        rows.append({"customer": customers[customer], "currency": currencies[currency], "movement": kinds[case],
+                     "start": s, "end": e, "change": e - s, "paying_before": paying_before, "paying_after": paying_after})
+    rows.sort(key=lambda r: (r["customer"], r["currency"]))
     return rows
 
 
 def summarise(book: MRRBook, label: str, start: int, end: int, currencies: Iterable[str] = ()) -> list[dict]:
     """One row per currency for [start, end): start, each movement, end (exact, minor units)."""
-    moves = customer_movements(book, start, end)
+    moves, kinds, distinct, _, times = _classified(book, start, end)
     start_totals, end_totals = book.totals_closing(start), book.totals_closing(end)  # (per currency: MRR, customers)
-    seen = set(start_totals) | set(end_totals) | {m["currency"] for m in moves} | set(currencies)
+    moved = {moves["currencies"][cur] for cur in distinct[:, 5].tolist()}
+    seen = set(start_totals) | set(end_totals) | moved | set(currencies)
     sums = {cur: {key: money.ExactSum() for key in MOVEMENTS} for cur in seen}
-    for m in moves:
-        sums[m["currency"]][m["movement"]].add(abs(m["change"]))
+    values = moves["values"]
+    for (before, after, *_, cur), kind, n in zip(distinct.tolist(), kinds, times.tolist()):
+        change = (values[after] if after >= 0 else ZERO) - (values[before] if before >= 0 else ZERO)
+        sums[moves["currencies"][cur]][kind].add(abs(change) * n)
     rows = []
     for currency in sorted(seen):
         t = sums[currency]
@@ -178,9 +183,9 @@ def history_table(rows: Sequence[dict]) -> list[dict]:
 def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[dict]:
     names = {}
     if book is not None:
-        for sub in book.subscriptions:
-            customer = sub.get("customer")
-            if isinstance(customer, Mapping):
+        wanted = {row["customer"] for row in rows}  # (the customers that moved: a few of them all)
+        for customer in record_columns(book.subscriptions, "customer")[0]:
+            if type(customer) is not str and isinstance(customer, AbcMapping) and customer["id"] in wanted:
                 names[customer["id"]] = customer.get("name")
     order = {m: i for i, m in enumerate(MOVEMENTS)}
     out = []

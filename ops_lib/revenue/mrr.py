@@ -38,9 +38,10 @@ durable objects instead:
 
 **Cost.** What a subscription's items and coupon are worth (its ``Profile``) is worked out once per
 distinct set of prices, quantities and coupon, and each invoice's billed period once per distinct
-set of lines; a snapshot (MRR per customer at one moment, the history's unit) reads a tuple of each
-subscription's facts and builds no per-subscription result. Totals add Fractions exactly, per
-denominator (``money.ExactSum``).
+set of lines; a snapshot (MRR per customer at one moment, the history's unit) and each customer's
+first MRR are array operations over every subscription's facts, read once (``snapshots.Facts``),
+and build no per-subscription result. Totals add Fractions exactly, per denominator
+(``money.ExactSum``).
 """
 from __future__ import annotations
 
@@ -53,7 +54,8 @@ from typing import Iterable, Mapping, Sequence
 
 from . import money
 from ..bulk import collector_paused
-from .data import at, id_of
+from .data import at, id_of, record_columns
+from .snapshots import Facts
 
 DAY = 86_400
 ZERO = Fraction(0)
@@ -69,7 +71,6 @@ EXCLUDED_STATUSES = {
 }
 INVOICE_STATUSES_WITH_MRR = ("paid", "open", "uncollectible")
 SNAPSHOTS_KEPT = 2  # MRRBook's cache of per-customer snapshots (see MRRBook.snapshot)
-_ALWAYS, _GRACE, _NEVER = "always", "grace", "never"  # whether a live subscription's status counts
 
 
 # --------------------------------------------------------------------------- prices
@@ -111,7 +112,7 @@ def plan_label(price: Mapping | None) -> str:
         return "(no price)"
     metadata = price.get("metadata") or {}
     product = price.get("product")
-    product_name = product.get("name") if isinstance(product, Mapping) else product
+    product_name = product.get("name") if isinstance(product, AbcMapping) else product
     return str(metadata.get("plan") or price.get("nickname") or price.get("lookup_key") or product_name or price.get("id"))
 
 
@@ -173,7 +174,7 @@ def subscription_discount(sub: Mapping) -> Mapping | None:
     if sub.get("discount"):
         return sub["discount"]
     customer = sub.get("customer")
-    if isinstance(customer, Mapping):
+    if isinstance(customer, AbcMapping):
         return customer.get("discount")
     return None
 
@@ -240,7 +241,7 @@ class Profile:
     applies and whether the status counts."""
 
     __slots__ = ("currency", "gross", "plan", "interval", "quantity", "unpriced", "coupon_text", "_coupon", "_factor",
-                 "_discounted", "positive")
+                 "_discounted")
 
     def __init__(self, sub: Mapping):
         currency = sub["currency"].lower()
@@ -267,7 +268,6 @@ class Profile:
         self.currency = currency
         self.gross = gross
         self._coupon, self._factor, self._discounted = coupon, factor, None
-        self.positive = (gross, currency) if gross > 0 else None  # (what a snapshot adds without a discount)
         self.coupon_text = describe_discount(discount) if coupon else None
         self.plan = " + ".join(dict.fromkeys(plans)) or "(no items)"
         first_recurring = next((i["price"]["recurring"] for i in items if (i.get("price") or {}).get("recurring")), None)
@@ -375,11 +375,11 @@ def invoice_segments(invoices: Iterable[Mapping]) -> dict[str, list[Segment]]:
     segments: dict[str, list[Segment]] = {}
     lowered: dict[str, str] = {}  # one copy of each currency code
     worked_out: dict[tuple, tuple] = {}  # by identity of prices and coupon: each value holds them
-    for invoice in invoices:
-        sub_id = id_of(invoice.get("subscription"))
-        if not sub_id or invoice.get("status") not in INVOICE_STATUSES_WITH_MRR:
+    invoices = invoices if isinstance(invoices, list) else list(invoices)
+    for invoice, sub_ref, status, currency in zip(invoices, *record_columns(invoices, "subscription", "status", "currency")):
+        sub_id = id_of(sub_ref)
+        if not sub_id or status not in INVOICE_STATUSES_WITH_MRR:
             continue
-        currency = invoice["currency"]
         currency = lowered.get(currency) or lowered.setdefault(currency, currency.lower())
         by_period: dict[tuple[int, int], list[Mapping]] = {}
         for line in (invoice.get("lines") or {}).get("data") or []:
@@ -401,7 +401,7 @@ def invoice_segments(invoices: Iterable[Mapping]) -> dict[str, list[Segment]]:
             gross, net, plan, quantity, applied = found[:5]
             segments.setdefault(sub_id, []).append(Segment(
                 subscription=sub_id, customer=id_of(invoice.get("customer")), currency=currency,
-                start=start, end=end, gross=gross, amount=net, paid=invoice["status"] == "paid",
+                start=start, end=end, gross=gross, amount=net, paid=status == "paid",
                 invoice=invoice["id"], created=invoice.get("created") or 0,
                 plan=plan, quantity=quantity, discount=applied,
             ))
@@ -449,11 +449,9 @@ class MRRBook:
         # the next one's start) and the period's movements come last, at the last month's two
         # boundaries when the period is a month; at 1M customers each is ~50 MB.
         self._snapshots: OrderedDict[int, dict[tuple[str, str], Fraction]] = OrderedDict()
-        self._first_positive: dict[str, int] | None = None
         self._shared_profiles: dict = {}
         self._profiles: list[Profile] | None = None  # parallel to self.subscriptions, made on first use
-        self._facts: list[tuple] | None = None  # likewise
-        self._totals: OrderedDict[int, dict[str, tuple[Fraction, int]]] = OrderedDict()
+        self._facts: Facts | None = None  # likewise
 
     # -- one subscription
 
@@ -473,51 +471,12 @@ class MRRBook:
                 self._profiles = [self.profile(sub) for sub in self.subscriptions]
         return self._profiles
 
-    def _all_facts(self) -> list[tuple]:
-        """Per subscription, what ``at`` reads of it, read once (``_amount``)."""
+    def _all_facts(self) -> Facts:
+        """Every subscription's facts as arrays, read once (``snapshots.Facts``)."""
         if self._facts is None:
             with collector_paused():
-                self._facts = [self._facts_of(sub, p) for sub, p in zip(self.subscriptions, self._all_profiles())]
+                self._facts = Facts(self)
         return self._facts
-
-    def _facts_of(self, sub: Mapping, p: Profile) -> tuple:
-        status = sub.get("status", "")
-        live_from = None if status in ("canceled", "incomplete_expired") else (sub.get("current_period_start") or 0)
-        if sub.get("pause_collection"):
-            rule = _NEVER
-        elif status == "active":
-            rule = _ALWAYS
-        elif status == "past_due":
-            rule = _GRACE
-        else:
-            rule = _NEVER
-        discount = subscription_discount(sub) if p._coupon else None
-        return (sub.get("start_date") or sub.get("created") or 0, sub.get("ended_at"), live_from,
-                status in ("incomplete", "incomplete_expired"), sub.get("trial_end"), (_customer(sub)[0], p.currency),
-                self.segments.get(sub["id"]), p, sub.get("current_period_start") or sub.get("created") or 0,
-                discount, rule)
-
-    def _amount(self, facts: tuple, moment: int) -> tuple[Fraction, str] | None:
-        """``amount_at`` from the subscription's facts (the same rules, in the same order), None
-        when the amount is not above zero (what a snapshot leaves out)."""
-        start, ended, live_from, incomplete, trial_end, _, segments, p, period_start, discount, rule = facts
-        if moment < start or (ended is not None and moment >= ended):
-            return None
-        if live_from is not None and moment >= live_from:
-            if rule is _NEVER or (rule is _GRACE and (moment - period_start) / DAY > self.grace_days):
-                return None
-        elif segments:
-            seg = _covering(segments, moment)
-            if seg is not None:
-                counted = seg.paid or (moment - seg.start) / DAY <= self.grace_days
-                return (seg.amount, seg.currency) if counted and seg.amount > 0 else None
-            if moment >= segments[0].start or incomplete or (trial_end and moment < trial_end):
-                return None
-        elif incomplete or (trial_end and moment < trial_end):
-            return None
-        if discount is not None and discount_active(discount, moment, period_start):
-            return (p.discounted, p.currency) if p.discounted > 0 else None
-        return p.positive
 
     def at(self, sub: Mapping, moment: int, profile: Profile | None = None) -> SubscriptionMRR:
         p = profile or self.profile(sub)
@@ -609,68 +568,23 @@ class MRRBook:
         if moment in self._snapshots:
             self._snapshots.move_to_end(moment)
             return self._snapshots[moment]
-        totals: dict[tuple[str, str], Fraction] = {}
-        amount_of = self._amount
-        for facts in self._all_facts():
-            found = amount_of(facts, moment)
-            if found is not None:
-                amount, currency = found
-                key = facts[5] if facts[5][1] == currency else (facts[5][0], currency)  # (one tuple for all snapshots)
-                before = totals.get(key)
-                totals[key] = amount if before is None else before + amount
-        self._snapshots[moment] = totals
+        with collector_paused():
+            snapshot = self._snapshots[moment] = self._all_facts().snapshot(moment)
         while len(self._snapshots) > SNAPSHOTS_KEPT:
             self._snapshots.popitem(last=False)
-        return totals
+        return snapshot
 
     def totals_closing(self, boundary: int) -> dict[str, tuple[Fraction, int]]:
-        """Per currency, the snapshot's MRR and its paying customers (kept like the snapshots)."""
-        moment = boundary - 1
-        if moment in self._totals:
-            return self._totals[moment]
-        by_currency: dict[str, list[Fraction]] = {}
-        for (_, cur), v in self.snapshot(moment).items():
-            found = by_currency.get(cur)
-            if found is None:
-                found = by_currency[cur] = []
-            found.append(v)
-        totals = self._totals[moment] = {cur: (money.exact_total(values), len(values))
-                                         for cur, values in by_currency.items()}
-        while len(self._totals) > SNAPSHOTS_KEPT:
-            self._totals.popitem(last=False)
-        return totals
+        """Per currency, the MRR as the month closed and its paying customers."""
+        return self._all_facts().totals(boundary - 1)
+
+    def moves_closing(self, start: int, end: int) -> dict:
+        """Whose MRR moved between the closings before ``start`` and ``end`` (``snapshots.Facts.moves``)."""
+        return self._all_facts().moves(start - 1, end - 1, start)
 
     def first_positive(self, customer: str) -> int | None:
         """The first moment the customer had MRR (in any currency), as far as the data reaches."""
-        if self._first_positive is None:
-            firsts: dict[str, int] = {}
-            for sub, p in zip(self.subscriptions, self._all_profiles()):
-                moment = self._sub_first_positive(sub, p)
-                if moment is not None:
-                    cust = _customer(sub)[0]
-                    firsts[cust] = min(firsts.get(cust, moment), moment)
-            self._first_positive = firsts
-        return self._first_positive.get(customer)
-
-    def _sub_first_positive(self, sub: Mapping, p: Profile | None = None) -> int | None:
-        p = p or self.profile(sub)
-        candidates = []
-        segments = self.segments.get(sub["id"], [])
-        start = sub.get("start_date") or sub.get("created") or 0
-        first_seg = segments[0].start if segments else None
-        candidates += [max(s.start, start) for s in segments if s.amount > 0 and (s.paid or self.grace_days > 0)]
-        if sub.get("status") not in ("incomplete", "incomplete_expired"):
-            region_start = max(start, sub.get("trial_end") or 0)
-            bounds = [x for x in (first_seg, sub.get("current_period_start"), sub.get("ended_at")) if x is not None]
-            region_end = min(bounds) if bounds else None
-            if (region_end is None or region_start < region_end) and \
-                    _state_amount(sub, p, region_start, self.grace_days, True)[0] > 0:
-                candidates.append(region_start)
-        cps = sub.get("current_period_start")
-        if sub.get("status") in ("active", "past_due") and cps is not None and \
-                _state_amount(sub, p, cps, self.grace_days, False)[0] > 0:
-            candidates.append(max(cps, start))
-        return min(candidates) if candidates else None
+        return self._all_facts().first_positive(customer)
 
 
 def _covering(segments: Sequence[Segment], moment: int) -> Segment | None:

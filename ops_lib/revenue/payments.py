@@ -15,6 +15,7 @@ refunded charge keeps its amount and may say ``refunded``).
 """
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
@@ -74,11 +75,15 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
             "problem": problem, "_ts": when or 0,
         })
 
+    allowed: dict[str, Fraction] = {}  # the tolerance in each currency's minor units
+
     def compare(charge: Mapping, app: Mapping) -> None:
         currency = charge["currency"].lower()
+        if currency not in allowed:
+            allowed[currency] = money.minor(tolerance, currency)
         if (app.get("currency") or "").lower() != currency:
             report(charge["id"], charge, app, f"currency differs: the app says {app.get('currency')}")
-        elif abs(int(app["amount"]) - charge["amount"]) > money.minor(tolerance, currency):
+        elif abs(int(app["amount"]) - charge["amount"]) > allowed[currency]:
             report(charge["id"], charge, app, "amount differs")
         elif app.get("status") is not None and str(app["status"]).lower() not in PAID_STATUSES:
             report(charge["id"], charge, app, f"the app says {app['status']}")

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
+from functools import cached_property
 
 from ..errors import ParameterError
 from ..errors import quote
@@ -35,11 +36,11 @@ class Period:
         """The end of what has happened: the period's end, or now when it is still running."""
         return min(self.end, self.now)
 
-    @property
+    @cached_property  # (read for every object of the period: ``contains``)
     def start_ts(self) -> int:
         return int(self.start.timestamp())
 
-    @property
+    @cached_property
     def until_ts(self) -> int:
         return int(self.until.timestamp())
 

@@ -22,7 +22,7 @@ from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
 from . import money
-from .data import StripeData, at, id_of
+from .data import StripeData, at, id_of, record_columns
 from .mrr import plan_label
 from .period import Period
 
@@ -32,6 +32,10 @@ EXCLUDED_BALANCE_CATEGORIES = {"payout", "payout_reversal", "transfer", "transfe
                                "topup_reversal", "connect_collection_transfer", "connect_reserved_funds",
                                "advance", "advance_funding", "anticipation_repayment"}
 REFUND_STATUSES_COUNTED = {"succeeded", "pending", "requires_action"}
+# The shares of what has no invoice, one list each (``_Splits`` knows a list by its identity)
+_ALL_UNKNOWN = [(UNKNOWN, Fraction(1))]
+_ALL_ONE_OFF = [(ONE_OFF, Fraction(1))]
+_ALL_FEES = [("(Stripe fees and adjustments)", Fraction(1))]
 
 
 def invoice_plan_shares(invoice: Mapping) -> list[tuple[str, Fraction]]:
@@ -79,20 +83,36 @@ class _Shares:
         return found[0]
 
 
+class _Splits:
+    """``allocate``, worked out once per amount and list of shares (amounts repeat with the prices;
+    the lists of shares are ``_Shares``' and the constants above, known by identity)."""
+
+    def __init__(self):
+        self._found: dict[tuple[int, int], tuple[list, list]] = {}
+
+    def __call__(self, amount: int, shares: list[tuple[str, Fraction]]) -> list[tuple[str, int]]:
+        key = (amount, id(shares))
+        found = self._found.get(key)
+        if found is None:  # (the value holds the shares: the id in the key stays theirs)
+            found = self._found[key] = (allocate(amount, shares), shares)
+        return found[0]
+
+
 class _Attribution:
     """Which plan a charge, refund or dispute belongs to, through its invoice."""
 
     def __init__(self, data: StripeData):
         self.shares = _Shares()
-        self.invoice_by_id = {i["id"]: i for i in data.invoices}
-        self.invoice_by_charge = {id_of(i.get("charge")): i for i in data.invoices if i.get("charge")}
-        self.charges = {c["id"]: c for c in data.charges}
-        self.refunds = {r["id"]: r for r in data.refunds}
-        self.disputes = {d["id"]: d for d in data.disputes}
+        invoice_ids, charge_ids = record_columns(data.invoices, "id", "charge")
+        self.invoice_by_id = dict(zip(invoice_ids, data.invoices))
+        self.invoice_by_charge = {id_of(charge): i for i, charge in zip(data.invoices, charge_ids) if charge}
+        self.charges = dict(zip(record_columns(data.charges, "id")[0], data.charges))
+        self.refunds = dict(zip(record_columns(data.refunds, "id")[0], data.refunds))
+        self.disputes = dict(zip(record_columns(data.disputes, "id")[0], data.disputes))
 
     def shares_of_charge(self, charge_id: str | None) -> list[tuple[str, Fraction]]:
         if not charge_id:
-            return [(UNKNOWN, Fraction(1))]
+            return _ALL_UNKNOWN
         invoice = self.invoice_by_charge.get(charge_id)
         charge = self.charges.get(charge_id)
         if invoice is None and charge is not None and charge.get("invoice"):
@@ -100,8 +120,8 @@ class _Attribution:
         if invoice is not None:
             return self.shares(invoice)
         if charge is not None and not charge.get("invoice"):
-            return [(ONE_OFF, Fraction(1))]  # (an invoice naming it was handled above)
-        return [(UNKNOWN, Fraction(1))]
+            return _ALL_ONE_OFF  # (an invoice naming it was handled above)
+        return _ALL_UNKNOWN
 
     def shares_of_balance(self, txn: Mapping) -> list[tuple[str, Fraction]]:
         source = id_of(txn.get("source")) or ""
@@ -111,27 +131,31 @@ class _Attribution:
             return self.shares_of_charge(id_of(self.disputes[source].get("charge")))
         if source.startswith(("ch_", "py_")):
             return self.shares_of_charge(source)
-        return [(UNKNOWN if source else "(Stripe fees and adjustments)", Fraction(1))]
+        return _ALL_UNKNOWN if source else _ALL_FEES
 
 
 def revenue_by_plan(data: StripeData) -> list[dict]:
     """Per currency and plan: paid invoices, gross, refunds, disputes, fees, net (minor units)."""
     period = data.period
     who = _Attribution(data)
+    split = _Splits()
     table: dict[tuple[str, str], dict] = {}
 
     def row(currency: str, plan: str) -> dict:
-        return table.setdefault((currency.lower(), plan), {
-            "currency": currency.lower(), "plan": plan, "invoices_paid": 0, "gross": 0, "refunded": 0,
-            "disputed": 0, "fees": 0, "net": 0})
+        key = (currency.lower(), plan)
+        found = table.get(key)
+        if found is None:
+            found = table[key] = {"currency": key[0], "plan": plan, "invoices_paid": 0, "gross": 0, "refunded": 0,
+                                  "disputed": 0, "fees": 0, "net": 0}
+        return found
 
-    for invoice in data.invoices:
-        paid_at = (invoice.get("status_transitions") or {}).get("paid_at")
-        if invoice.get("status") != "paid" or not period.contains(paid_at):
+    for invoice, status, transitions, amount_paid, currency in zip(data.invoices, *record_columns(
+            data.invoices, "status", "status_transitions", "amount_paid", "currency")):
+        if status != "paid" or not period.contains((transitions or {}).get("paid_at")):
             continue
-        split = allocate(int(invoice.get("amount_paid") or 0), who.shares(invoice))  # (invoice_plan_split)
-        for n, (plan, amount) in enumerate(split):
-            r = row(invoice["currency"], plan)
+        split_by_plan = split(int(amount_paid or 0), who.shares(invoice))  # (invoice_plan_split)
+        for n, (plan, amount) in enumerate(split_by_plan):
+            r = row(currency, plan)
             r["gross"] += amount
             r["invoices_paid"] += 1 if n == 0 else 0
     for charge in data.charges_in_period:
@@ -139,20 +163,20 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
             row(charge["currency"], ONE_OFF)["gross"] += charge["amount"]
     for refund in data.refunds:
         if period.contains(refund.get("created")) and refund.get("status") in REFUND_STATUSES_COUNTED:
-            for plan, amount in allocate(refund["amount"], who.shares_of_charge(id_of(refund.get("charge")))):
+            for plan, amount in split(refund["amount"], who.shares_of_charge(id_of(refund.get("charge")))):
                 row(refund["currency"], plan)["refunded"] += amount
     for dispute in data.disputes:
         if period.contains(dispute.get("created")):
-            for plan, amount in allocate(dispute["amount"], who.shares_of_charge(id_of(dispute.get("charge")))):
+            for plan, amount in split(dispute["amount"], who.shares_of_charge(id_of(dispute.get("charge")))):
                 row(dispute["currency"], plan)["disputed"] += amount
     for txn in data.balance_transactions:
         if not period.contains(txn.get("created")) or txn.get("reporting_category") in EXCLUDED_BALANCE_CATEGORIES \
                 or txn.get("type") in EXCLUDED_BALANCE_CATEGORIES:
             continue
         shares = who.shares_of_balance(txn)
-        for plan, fee in allocate(txn.get("fee") or 0, shares):
+        for plan, fee in split(txn.get("fee") or 0, shares):
             row(txn["currency"], plan)["fees"] += fee
-        for plan, net in allocate(txn.get("net") or 0, shares):
+        for plan, net in split(txn.get("net") or 0, shares):
             row(txn["currency"], plan)["net"] += net
     return sorted(table.values(), key=lambda r: (r["currency"], -r["gross"], r["plan"]))
 
