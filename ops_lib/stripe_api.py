@@ -808,8 +808,9 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,
                   status: str | None = None, customer: str | None = None,
                   subscription: str | None = None,
-                  created_since: datetime | int | None = None) -> Iterator[dict[str, Any]]:
-    """Invoices, optionally only those paid at or after `paid_since`.
+                  created_since: datetime | int | None = None,
+                  fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Invoices, optionally only those paid at or after `paid_since`; `fields`: see `_paged`.
 
     Stripe cannot filter on the payment time, so `paid_since` asks for `status=paid` and keeps
     invoices whose `status_transitions.paid_at` is late enough. Lines keep what the runbooks read
@@ -818,12 +819,14 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
     if paid_since is not None and status not in (None, "paid"):
         raise ValueError(f"paid_since lists paid invoices: it cannot go with status={status!r}")
     threshold = _ts(paid_since)
+    if threshold is not None and fields is not None:
+        fields = (*fields, "status_transitions")  # (read here, whether asked for or not)
     wanted = "paid" if threshold is not None else status
     where = {k: v for k, v in (("status", wanted), ("customer", customer)) if v is not None}
     invoices = _listing(client, "invoice", lambda: map(stripe_mirror.project_lines, _paged(
         client.v1.invoices, "invoices", {"status": wanted, "customer": customer, "subscription": subscription,
-                                         "created": _created(created_since)})),
-        gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription))
+                                         "created": _created(created_since)}, fields)),
+        gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription), fields=fields)
     for invoice in invoices:
         if threshold is None or (invoice["status_transitions"]["paid_at"] or 0) >= threshold:
             yield invoice
@@ -831,45 +834,48 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
 
 def list_charges(client: stripe.StripeClient, since: datetime | int | None = None,
                  until: datetime | int | None = None, customer: str | None = None,
-                 payment_intent: str | None = None) -> Iterator[dict[str, Any]]:
-    """Charges (succeeded, failed and pending) created in [since, until)."""
+                 payment_intent: str | None = None,
+                 fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Charges (succeeded, failed and pending) created in [since, until); `fields`: see `_paged`."""
     return _listing(client, "charge", lambda: _paged(client.v1.charges, "charges", {
         "created": _created(since, until), "customer": customer,
-        "payment_intent": payment_intent}),
+        "payment_intent": payment_intent}, fields),
         gte=_ts(since), lt=_ts(until), where={"customer": customer} if customer else {},
-        keep=_ref_is("payment_intent", payment_intent))
+        keep=_ref_is("payment_intent", payment_intent), fields=fields)
 
 
 def list_refunds(client: stripe.StripeClient, since: datetime | int | None = None,
                  until: datetime | int | None = None,
-                 charge: str | None = None) -> Iterator[dict[str, Any]]:
+                 charge: str | None = None, fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     return _listing(client, "refund", lambda: _paged(client.v1.refunds, "refunds", {
-        "created": _created(since, until), "charge": charge}),
-        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {})
+        "created": _created(since, until), "charge": charge}, fields),
+        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {}, fields=fields)
 
 
 def list_disputes(client: stripe.StripeClient, since: datetime | int | None = None,
                   until: datetime | int | None = None,
-                  charge: str | None = None) -> Iterator[dict[str, Any]]:
+                  charge: str | None = None, fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     return _listing(client, "dispute", lambda: _paged(client.v1.disputes, "disputes", {
-        "created": _created(since, until), "charge": charge}),
-        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {})
+        "created": _created(since, until), "charge": charge}, fields),
+        gte=_ts(since), lt=_ts(until), where={"ref": charge} if charge else {}, fields=fields)
 
 
 def list_balance_transactions(client: stripe.StripeClient, since: datetime | int | None = None,
                               until: datetime | int | None = None, type: str | None = None,
                               source: str | None = None, currency: str | None = None,
-                              expand_source: bool = False) -> Iterator[dict[str, Any]]:
-    """Balance transactions (amount, fee, net per movement); `type` e.g. "charge", "refund"."""
+                              expand_source: bool = False,
+                              fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+    """Balance transactions (amount, fee, net per movement); `type` e.g. "charge", "refund";
+    `fields`: see `_paged`."""
     direct = lambda: _paged(client.v1.balance_transactions, "balance transactions", {  # noqa: E731
         "created": _created(since, until), "type": type, "source": source,
-        "currency": currency, "expand": ["data.source"] if expand_source else None})
+        "currency": currency, "expand": ["data.source"] if expand_source else None}, fields)
     if expand_source:  # sources of every kind: not mirrored
         return direct()
     where = {k: v for k, v in (("kind", type), ("ref", source)) if v is not None}
     in_currency = (lambda bt: bt.get("currency") == currency) if currency else None
     return _listing(client, "balance_transaction", direct, gte=_ts(since), lt=_ts(until),
-                    where=where, keep=in_currency)
+                    where=where, keep=in_currency, fields=fields)
 
 
 def list_webhook_endpoints(client: stripe.StripeClient) -> Iterator[dict[str, Any]]:

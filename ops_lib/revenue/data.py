@@ -91,15 +91,24 @@ def fetch_stripe(client, period: Period, *, history_months: int = 12,
     with only the fields the computations read (``Compactor``), as it streams in (``compact=False``:
     whole, as Stripe sent them; the tests compare the two)."""
     def listing(kind: str, since: datetime, until: datetime | None) -> Iterable[dict]:
+        # (compact: only the fields the records keep are listed; the mirror drops the rest in SQLite)
+        fields = _LISTED_FIELDS[kind] if compact else None
         if kind == "subscriptions":
-            return list_subscriptions(client, status="all", expand_customer=True)
+            return list_subscriptions(client, status="all", expand_customer=True, fields=fields)
         if kind == "invoices":
-            return list_invoices(client, created_since=since)
+            return list_invoices(client, created_since=since, fields=fields)
         lister = {"charges": list_charges, "refunds": list_refunds, "disputes": list_disputes,
                   "balance_transactions": list_balance_transactions}[kind]
-        return lister(client, since=since, until=until)
+        return lister(client, since=since, until=until, fields=fields)
 
     return gather(listing, period, history_months=history_months, currencies=currencies, compact=compact)
+
+
+def _listed(cls: type[StripeRecord]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(("id", "object", *cls.KEYS, *getattr(cls, "LISTINGS", ()))))
+
+
+_LISTED_FIELDS: dict[str, tuple[str, ...]] = {}  # filled below, once the record classes exist
 
 
 def gather(listing: Callable[[str, datetime | None, datetime | None], Iterable[dict]], period: Period, *,
@@ -554,3 +563,9 @@ class Compactor:
         if isinstance(source, str):
             source = self._ids["charge"].get(source) or self._ids["source"].get(source) or source
         return self._with_refs(BalanceTransaction, txn, (), {}, **({} if source is ABSENT else {"source": source}))
+
+
+_LISTED_FIELDS.update({
+    "subscriptions": _listed(Subscription), "invoices": _listed(Invoice), "charges": _listed(Charge),
+    "refunds": _listed(Refund), "disputes": _listed(Dispute), "balance_transactions": _listed(BalanceTransaction),
+})
