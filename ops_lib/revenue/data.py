@@ -415,6 +415,7 @@ class Compactor:
         self._amounts: dict[int, int] = {}  # one copy of each amount (prices repeat)
         self._priced: dict[int, bool] = {}  # id of a shared price -> whether it has a monthly amount
         self._same: dict[int, int] = {}  # one copy of each timestamp within the object at hand
+        self._prices: dict = {}  # price id -> (the last price read under it, its shared trimmed copy)
 
     def _share(self, value):
         key = repr(value)  # small dicts, lists and records of str/int/None: their repr is a faithful key
@@ -458,6 +459,16 @@ class Compactor:
     def price(self, price):
         if not isinstance(price, dict):
             return price
+        # A price sold on many subscriptions and invoices arrives equal each time: the first one's
+        # trimmed copy is returned for any price equal to it (one dict comparison, no repr).
+        seen = self._prices.get(price.get("id"))
+        if seen is not None and seen[0] == price:
+            return seen[1]
+        out = self._trimmed_price(price)
+        self._prices[price.get("id")] = (price, out)
+        return out
+
+    def _trimmed_price(self, price: dict):
         out = _pick(price, ("id", "billing_scheme", "tiers_mode", "unit_amount", "unit_amount_decimal",
                             "nickname", "lookup_key"))
         if "recurring" in price:
