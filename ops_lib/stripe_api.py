@@ -786,11 +786,21 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                        created_since: datetime | int | None = None,
                        customer: str | None = None, price: str | None = None,
                        expand_customer: bool = False,
-                       fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+                       fields: Iterable[str] | None = None,
+                       customer_fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
     """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default).
     `fields`: keep only these top-level properties (see `_paged`). Items keep what the runbooks
-    read of them and of their prices (`stripe_mirror.project_items`), mirrored or not."""
-    direct = lambda: map(stripe_mirror.project_items, _paged(  # noqa: E731
+    read of them and of their prices (`stripe_mirror.project_items`), mirrored or not. An expanded
+    customer keeps `customer_fields` when given."""
+    customer_fields = tuple(customer_fields) if customer_fields is not None else None
+
+    def trimmed(sub: dict) -> dict:
+        sub = stripe_mirror.project_items(sub)
+        if customer_fields is not None and isinstance(sub.get("customer"), dict):
+            sub["customer"] = {k: v for k, v in sub["customer"].items() if k in customer_fields}
+        return sub
+
+    direct = lambda: map(trimmed, _paged(  # noqa: E731
         client.v1.subscriptions, "subscriptions", {
             "status": status, "created": _created(created_since), "customer": customer,
             "price": price, "expand": ["data.customer"] if expand_customer else None}, fields))
@@ -802,7 +812,8 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
     has_price = (lambda sub: any((item.get("price") or {}).get("id") == price
                                  for item in (sub.get("items") or {}).get("data") or [])) if price else None
     return _listing(client, "subscription", direct, gte=_ts(created_since), where=where,
-                    keep=_all(keep, has_price), fields=fields, expand_customer=expand_customer)
+                    keep=_all(keep, has_price), fields=fields, expand_customer=expand_customer,
+                    customer_fields=customer_fields)
 
 
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,

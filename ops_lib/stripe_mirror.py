@@ -752,9 +752,11 @@ class Mirror:
                 where: Mapping[str, Any] | None = None,
                 keep: Callable[[dict], bool] | None = None,
                 fields: Iterable[str] | None = None,
-                expand_customer: bool = False) -> Iterator[dict]:
+                expand_customer: bool = False,
+                customer_fields: Iterable[str] | None = None) -> Iterator[dict]:
         """The kind's objects created in [gte, lt), newest first (ties: id descending), with
-        `where` (SQL columns: customer, status, kind, ref, deleted) and `keep` applied."""
+        `where` (SQL columns: customer, status, kind, ref, deleted) and `keep` applied; an expanded
+        customer keeps `customer_fields` when given."""
         if self.disabled:
             raise Unavailable(self.disabled)
         wanted = tuple(fields) if fields is not None else None
@@ -769,8 +771,10 @@ class Mirror:
                 # read any field); the whole objects' query stays the fallback.
                 drop = _dropped(object_type, wanted) if keep is None else None
                 query = self._query(object_type, gte, lt, where or {}, expand_customer)
+                customer_drop = _dropped("customer", tuple(customer_fields)) \
+                    if expand_customer and customer_fields is not None else None
                 projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop,
-                                         ids_only=wanted == ("id",))
+                                         ids_only=wanted == ("id",), customer_drop=customer_drop)
                              if drop is not None else None)
                 snapshot = self._snapshot(query, projected)
                 break
@@ -784,11 +788,12 @@ class Mirror:
                     raise
                 with self._lock, self._exclusive():
                     self._rebuild(str(exc) or type(exc).__name__)
-        return self._serve(snapshot, keep, wanted, expand_customer)
+        return self._serve(snapshot, keep, wanted, expand_customer,
+                           tuple(customer_fields) if customer_fields is not None else None)
 
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
                expand_customer: bool, drop: tuple[str, ...] | None = None,
-               ids_only: bool = False) -> tuple[str, list]:
+               ids_only: bool = False, customer_drop: tuple[str, ...] | None = None) -> tuple[str, list]:
         """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
         first (one request each: a subscription created since the customers were listed).
         `drop`: the top-level keys SQLite removes from each object before Python decodes it (the
@@ -815,17 +820,21 @@ class Mirror:
                 "AND o.customer IS NOT NULL AND c.id IS NULL", args)]
             if missing:
                 self._fetch_customers(missing)
-        data = "o.data"
+        data, selected = "o.data", []  # (the select list's parameters come before the WHERE's)
         if ids_only:  # (the row's own id column: the object's JSON is not read at all)
             data = "json_object('id', o.id)"
         elif drop:
             data = f"json_remove(o.data, {', '.join('?' * len(drop))})"
-            args = [f'$."{key}"' for key in drop] + args  # the select list's come first
+            selected += [f'$."{key}"' for key in drop]
         if drop is not None and "customer" in drop:
             join = ""
-        sql = (f"SELECT {data}{', c.data' if join else ''} FROM objects o{join} "
+        customer = "c.data"
+        if join and customer_drop:
+            customer = f"json_remove(c.data, {', '.join('?' * len(customer_drop))})"
+            selected += [f'$."{key}"' for key in customer_drop]
+        sql = (f"SELECT {data}{', ' + customer if join else ''} FROM objects o{join} "
                f"WHERE {' AND '.join(conds)} ORDER BY o.created DESC, o.id DESC")
-        return sql, args
+        return sql, selected + args
 
     def _fetch_customers(self, missing: list[str]) -> None:
         with self._lock, self._exclusive(), self._asked_for("subscription"):
@@ -866,7 +875,8 @@ class Mirror:
 
     @staticmethod
     def _serve(snapshot: "_Snapshot", keep: Callable[[dict], bool] | None,
-               wanted: tuple[str, ...] | None, expand_customer: bool) -> Iterator[dict]:
+               wanted: tuple[str, ...] | None, expand_customer: bool,
+               customer_fields: tuple[str, ...] | None = None) -> Iterator[dict]:
         """The snapshot's rows, SERVE_BATCH at a time in memory, decoded and filtered as they go."""
         conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
         expand = expand_customer and (not projected or "customer" in (wanted or ()))
@@ -877,7 +887,12 @@ class Mirror:
                 for obj in _decoded(rows, expand):
                     if keep is not None and not keep(obj):
                         continue
-                    yield obj if wanted is None or projected else {k: obj[k] for k in wanted if k in obj}
+                    if not projected:
+                        if wanted is not None:
+                            obj = {k: obj[k] for k in wanted if k in obj}
+                        if customer_fields is not None and isinstance(obj.get("customer"), dict):
+                            obj["customer"] = {k: v for k, v in obj["customer"].items() if k in customer_fields}
+                    yield obj
                 served += len(rows)
                 try:
                     rows = ahead.next()

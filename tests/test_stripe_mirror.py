@@ -703,3 +703,15 @@ def test_invoice_lines_keep_what_the_runbooks_read_from_stripe_and_the_mirror_al
             assert set(line) == set(stripe_mirror.LINE_PROJECTION) & set(before)
             assert {"type", "amount", "quantity", "period", "price"} <= set(line)
             assert line["price"] == {k: v for k, v in before["price"].items() if k in stripe_mirror.PRICE_PROJECTION}
+
+
+def test_an_expanded_customer_keeps_the_fields_asked_for_from_stripe_and_the_mirror_alike(stripe_account):
+    asked = {"status": "all", "expand_customer": True, "fields": ("id", "customer", "status"),
+             "customer_fields": ("id", "object", "name")}
+    mirrored = list(list_subscriptions(make_client(SECRET_KEY, stripe_account.base_url), **asked))
+    direct_ = list(list_subscriptions(make_client(SECRET_KEY, stripe_account.base_url, mirror=False), **asked))
+    assert mirrored == direct_ and len(direct_) == len(stripe_account.state["objects"]["subscription"])
+    names = {c["id"]: c["name"] for c in stripe_account.state["objects"]["customer"]}
+    for sub in direct_:
+        assert sub["customer"] == {"id": sub["customer"]["id"], "object": "customer",
+                                   "name": names[sub["customer"]["id"]]}

@@ -94,7 +94,8 @@ def fetch_stripe(client, period: Period, *, history_months: int = 12,
         # (compact: only the fields the records keep are listed; the mirror drops the rest in SQLite)
         fields = _LISTED_FIELDS[kind] if compact else None
         if kind == "subscriptions":
-            return list_subscriptions(client, status="all", expand_customer=True, fields=fields)
+            return list_subscriptions(client, status="all", expand_customer=True, fields=fields,
+                                      customer_fields=_listed(Customer) + ("deleted",) if compact else None)
         if kind == "invoices":
             return list_invoices(client, created_since=since, fields=fields)
         lister = {"charges": list_charges, "refunds": list_refunds, "disputes": list_disputes,
