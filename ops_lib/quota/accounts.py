@@ -180,19 +180,13 @@ def _customer_of(subscription: Mapping[str, Any]) -> str | None:
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _live_stripe(subs: list[StripeSubscription]) -> list[StripeSubscription] | tuple:
-    """The live ones of a customer's Stripe subscriptions, the one whose period started last first
-    (most customers have one subscription: it is its own list when live)."""
+def _live(subs: list, statuses: tuple[str, ...]) -> list | tuple:
+    """Those of one organisation's subscriptions (Stripe's or the app's) whose status is in
+    ``statuses``, the one whose period started last first (most organisations have one
+    subscription: it is its own list when live)."""
     if len(subs) == 1:
-        return subs if subs[0].status in STRIPE_LIVE else _NONE
-    return _newest_first([s for s in subs if s.status in STRIPE_LIVE], "current_period_start")
-
-
-def _live_app(subs: list) -> list | tuple:
-    """The app's subscriptions that grant access, the one whose period started last first."""
-    if len(subs) == 1:
-        return subs if subs[0].get("status") in APP_ACCESS else _NONE
-    return _newest_first([s for s in subs if s.get("status") in APP_ACCESS], "current_period_start")
+        return subs if subs[0].get("status") in statuses else _NONE
+    return _newest_first([s for s in subs if s.get("status") in statuses], "current_period_start")
 
 
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
@@ -333,9 +327,9 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     for org_id, name, app_plan, customer_id, blocked in org_fields:
         customer_id = customer_id or None
         s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
-        s_live = _live_stripe(s_subs) if s_subs else _NONE
+        s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
         a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE
-        a_live = _live_app(a_subs) if a_subs else _NONE
+        a_live = _live(a_subs, APP_ACCESS) if a_subs else _NONE
         primary = s_live[0] if s_live else None
         if primary is not None and primary.current_period_start and primary.current_period_end:
             start, end, source = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
