@@ -91,22 +91,70 @@ class Record(Mapping):
                                       "__module__": module or sys._getframe(1).f_globals.get("__name__", __name__)})
 
 
+class Rows(Sequence):
+    """Rows kept as the tuples they were read as, each seen as a ``record`` when asked for: a
+    million organisations read from the database cost no object of their own until one is read
+    alone, and ``columns`` reads them straight from the tuples. Read-only, like the records."""
+
+    __slots__ = ("record", "tuples")
+
+    def __init__(self, record: type[Record], tuples: list[tuple]):
+        self.record, self.tuples = record, tuples
+
+    def __len__(self) -> int:
+        return len(self.tuples)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Rows(self.record, self.tuples[index])
+        return self.record(*self.tuples[index])
+
+    def __iter__(self) -> Iterator[Record]:
+        record = self.record
+        return (record(*row) for row in self.tuples)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # (mutable-looking, like a list)
+
+    def __repr__(self) -> str:
+        return f"Rows({self.record.__name__}, {len(self)} rows)"
+
+    def getters(self, keys: tuple[str, ...]) -> itemgetter:
+        """What reads ``keys`` from each of the tuples (a KeyError for a key the record lacks)."""
+        unknown = [k for k in keys if k not in self.record.__slots__]
+        if unknown:
+            raise KeyError(unknown[0])
+        return itemgetter(*(self.record.__slots__.index(k) for k in keys))
+
+
 def column(rows: Sequence[Mapping], key: str) -> list:
     """``[row[key] for row in rows]``, read by C from ``Record``s of one kind."""
-    first = type(rows[0]) if rows else None
-    if first is not None and issubclass(first, Record) and all(type(r) is first for r in rows):
+    if isinstance(rows, Rows):
+        return list(map(rows.getters((key,)), rows.tuples))
+    if _records_of_one_kind(rows):
         return list(map(attrgetter(key), rows))
     return [row[key] for row in rows]
 
 
 def columns(rows: Sequence[Mapping], *keys: str) -> Iterator[tuple]:
     """``(row[k1], row[k2], …)`` for each row, read by C: attributes of ``Record``s of one kind
-    (5× quicker than their ``row[key]``), items of anything else."""
-    first = type(rows[0]) if rows else None
-    if first is not None and issubclass(first, Record) and all(type(r) is first for r in rows):
+    (5× quicker than their ``row[key]``) or of ``Rows``' tuples, items of anything else."""
+    if isinstance(rows, Rows):
+        if keys == rows.record.__slots__:
+            return iter(rows.tuples)
+        get, rows = rows.getters(keys), rows.tuples
+        return ((value,) for value in map(get, rows)) if len(keys) == 1 else map(get, rows)
+    if _records_of_one_kind(rows):
         get = attrgetter(*keys)
     else:
         get = itemgetter(*keys)
     if len(keys) == 1:
         return ((value,) for value in map(get, rows))
     return map(get, rows)
+
+
+def _records_of_one_kind(rows: Sequence[Mapping]) -> bool:
+    kinds = set(map(type, rows))  # (by C: a million rows in ~20 ms, where a generator took ~150 ms)
+    return len(kinds) == 1 and issubclass(kinds.pop(), Record)

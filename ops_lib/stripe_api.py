@@ -816,6 +816,51 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                     customer_fields=customer_fields)
 
 
+SUBSCRIPTION_ROW = tuple(stripe_mirror.SUBSCRIPTION_ROW)  # (id, customer, status, current_period_start, ...)
+
+
+def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> Iterator[tuple]:
+    """Subscriptions in `status` as ``SUBSCRIPTION_ROW`` tuples: id, customer id, status, current
+    period start and end (as Stripe sends them: epoch seconds), and the items' prices in order
+    (each projected as a listing serves it), one tuple shared by every subscription whose prices
+    are equal. For a caller that reads these of every subscription (quota_audit's join): the
+    mirror serves them with SQL, without decoding the objects; from Stripe, as listed. Lazy,
+    like a listing."""
+    where, keep = _subscription_status(status)
+    shared: dict[str, tuple] = {}
+
+    def prices_of(text: str) -> tuple:
+        prices = shared.get(text)
+        if prices is None:
+            prices = shared[text] = tuple(json.loads(text))
+        return prices
+
+    rows = None
+    mirror = stripe_mirror.of(client)
+    if mirror is not None and keep is None and status in SUBSCRIPTION_STATUSES:
+        try:
+            rows = mirror.rows("subscription", stripe_mirror.SUBSCRIPTION_ROW, _subscription_row, where=where)
+        except stripe_mirror.Unavailable:
+            rows = None
+    if rows is None:
+        fields = ("id", "customer", "status", "current_period_start", "current_period_end", "items")
+        rows = map(_subscription_row, list_subscriptions(client, status=status, fields=fields))
+    for row in rows:
+        yield (*row[:5], prices_of(row[5]))
+
+
+def _subscription_row(sub: Mapping[str, Any]) -> tuple:
+    """A listed subscription as the mirror's ``SUBSCRIPTION_ROW`` SQL gives it (its prices as JSON)."""
+    items = sub.get("items")
+    items = items.get("data") if isinstance(items, Mapping) else None
+    prices = [item.get("price") if isinstance(item, Mapping) else None
+              for item in items] if isinstance(items, list) else []
+    customer = sub.get("customer")
+    return (sub.get("id"), customer.get("id") if isinstance(customer, Mapping) else customer, sub.get("status"),
+            sub.get("current_period_start"), sub.get("current_period_end"),
+            json.dumps(prices, separators=(",", ":")))
+
+
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,
                   status: str | None = None, customer: str | None = None,
                   subscription: str | None = None,

@@ -169,6 +169,18 @@ PRICE_PROJECTION = ("id", "object", "active", "billing_scheme", "currency", "loo
 LINE_PROJECTION = ("id", "object", "type", "proration", "amount", "currency", "quantity", "period",
                    "price", "subscription", "subscription_item", "invoice_item", "discount_amounts",
                    "discountable")
+# A subscription as a tuple of what quota's join reads (``Mirror.rows``): SQL over the stored row,
+# the items' prices as one JSON array (equal on every subscription that sells the same prices).
+# (``->`` needs SQLite 3.38; an older one refuses the query and the objects are decoded instead.)
+SUBSCRIPTION_ROW = {
+    "id": "o.id",
+    "customer": "o.customer",
+    "status": "o.status",
+    "current_period_start": "json_extract(o.data, '$.current_period_start')",
+    "current_period_end": "json_extract(o.data, '$.current_period_end')",
+    "prices": "CASE json_type(o.data, '$.items.data') WHEN 'array' THEN (SELECT json_group_array(json(value -> "
+              "'$.price')) FROM json_each(o.data, '$.items.data')) ELSE '[]' END",
+}
 LIST_PATHS = {
     "customer": "/v1/customers", "subscription": "/v1/subscriptions", "invoice": "/v1/invoices",
     "charge": "/v1/charges", "refund": "/v1/refunds", "dispute": "/v1/disputes",
@@ -762,22 +774,32 @@ class Mirror:
         wanted = tuple(fields) if fields is not None else None
         if wanted is not None and PROJECTIONS[object_type] and not set(wanted) <= set(PROJECTIONS[object_type]):
             raise Unavailable("fields not kept")
+
+        def queries() -> tuple[tuple[str, list], tuple[str, list] | None]:
+            # Projected by SQLite when nothing in Python needs the whole object (`keep` may read
+            # any field); the whole objects' query stays the fallback.
+            if object_type == "event":
+                self._refresh_delivery(gte or 0, lt)
+            drop = _dropped(object_type, wanted) if keep is None else None
+            query = self._query(object_type, gte, lt, where or {}, expand_customer)
+            customer_drop = _dropped("customer", tuple(customer_fields)) \
+                if expand_customer and customer_fields is not None else None
+            projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop,
+                                     ids_only=wanted == ("id",), customer_drop=customer_drop)
+                         if drop is not None else None)
+            return query, projected
+
+        snapshot = self._prepared(object_type, gte, queries)
+        return self._serve(snapshot, keep, wanted, expand_customer,
+                           tuple(customer_fields) if customer_fields is not None else None)
+
+    def _prepared(self, object_type: str, gte: int | None,
+                  queries: Callable[[], tuple[tuple[str, list], tuple[str, list] | None]]) -> "_Snapshot":
+        """The kind covered from `gte` and synced, then the snapshot of `queries()` (whole, projected)."""
         for attempt in (1, 2):
             try:
                 self.ensure(object_type, gte or 0)
-                if object_type == "event":
-                    self._refresh_delivery(gte or 0, lt)
-                # Projected by SQLite when nothing in Python needs the whole object (`keep` may
-                # read any field); the whole objects' query stays the fallback.
-                drop = _dropped(object_type, wanted) if keep is None else None
-                query = self._query(object_type, gte, lt, where or {}, expand_customer)
-                customer_drop = _dropped("customer", tuple(customer_fields)) \
-                    if expand_customer and customer_fields is not None else None
-                projected = (self._query(object_type, gte, lt, where or {}, expand_customer, drop=drop,
-                                         ids_only=wanted == ("id",), customer_drop=customer_drop)
-                             if drop is not None else None)
-                snapshot = self._snapshot(query, projected)
-                break
+                return self._snapshot(*queries())
             except _NoEventAccess:
                 self.disabled = "the key may not read events, which keep the mirror current"
                 print(f"Stripe: mirror off: {self.disabled}; reading Stripe directly", file=sys.stderr,
@@ -788,17 +810,62 @@ class Mirror:
                     raise
                 with self._lock, self._exclusive():
                     self._rebuild(str(exc) or type(exc).__name__)
-        return self._serve(snapshot, keep, wanted, expand_customer,
-                           tuple(customer_fields) if customer_fields is not None else None)
+        raise AssertionError("unreachable")
+
+    def rows(self, object_type: str, selected: Mapping[str, str], whole_to_row: Callable[[dict], tuple], *,
+             where: Mapping[str, Any] | None = None) -> Iterator[tuple]:
+        """The kind's objects as tuples of `selected` SQL expressions over ``o`` (its row; ``o.data``
+        its JSON), newest first as `listing` orders them, never decoded in Python: for a caller
+        that reads a few values of every object (half a million subscriptions: ~2 s in SQLite
+        instead of ~7 s decoding them). A row SQLite's JSON functions refuse turns the rest of the
+        listing to whole objects, made rows by `whole_to_row`, from the same snapshot."""
+        if self.disabled:
+            raise Unavailable(self.disabled)
+        columns = ", ".join(selected.values())
+        snapshot = self._prepared(object_type, None, lambda: (
+            self._query(object_type, None, None, where or {}, False),
+            self._query(object_type, None, None, where or {}, False, select=columns)))
+        return self._serve_rows(snapshot, whole_to_row)
+
+    @staticmethod
+    def _serve_rows(snapshot: "_Snapshot", whole_to_row: Callable[[dict], tuple]) -> Iterator[tuple]:
+        conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
+        served = 0
+        ahead = _ReadAhead(snapshot.cursor) if rows else None
+        try:
+            while rows:
+                if projected:
+                    yield from rows
+                else:
+                    for obj in _decoded(rows, False):
+                        yield whole_to_row(obj)
+                served += len(rows)
+                try:
+                    rows = ahead.next()
+                except sqlite3.OperationalError as exc:
+                    if not projected or not _json_refused(exc):
+                        raise
+                    ahead.close()
+                    sql, args = snapshot.whole
+                    cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
+                    projected = False
+                    rows = cursor.fetchmany(SERVE_BATCH)
+                    ahead = _ReadAhead(cursor) if rows else ahead
+        finally:
+            if ahead is not None:
+                ahead.close()
+            conn.close()
 
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
                expand_customer: bool, drop: tuple[str, ...] | None = None,
-               ids_only: bool = False, customer_drop: tuple[str, ...] | None = None) -> tuple[str, list]:
+               ids_only: bool = False, customer_drop: tuple[str, ...] | None = None,
+               select: str | None = None) -> tuple[str, list]:
         """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
         first (one request each: a subscription created since the customers were listed).
         `drop`: the top-level keys SQLite removes from each object before Python decodes it (the
         customer's expansion is selected only when ``customer`` is not dropped); `ids_only`: only
-        the ``id`` asked for, served from the row's id column."""
+        the ``id`` asked for, served from the row's id column; `select`: the select list instead
+        of the objects (`rows`)."""
         conds, args = ["o.type = ?"], [object_type]
         if gte is not None:
             conds.append("o.created >= ?")
@@ -828,6 +895,8 @@ class Mirror:
             selected += [f'$."{key}"' for key in drop]
         if drop is not None and "customer" in drop:
             join = ""
+        if select is not None:
+            data, selected, join = select, [], ""
         customer = "c.data"
         if join and customer_drop:
             customer = f"json_remove(c.data, {', '.join('?' * len(customer_drop))})"

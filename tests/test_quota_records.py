@@ -124,3 +124,27 @@ def test_a_record_gets_only_its_own_keys():
     assert pair.get("left") == 1 and pair.get("right", 5) is None
     assert pair.get("middle") is None and pair.get("middle", 7) == 7
     assert pair.get("get") is None and pair.get("keys", "no") == "no", "its methods are not keys"
+
+
+def test_rows_kept_as_tuples_read_as_their_records_and_by_column():
+    from ops_lib.bulk import Rows, column, columns
+    rows = Rows(Pair, [(1, "a"), (2, None), (3, "c")])
+    assert len(rows) == 3 and rows[1] == {"left": 2, "right": None} and type(rows[1]) is Pair
+    assert list(rows) == [Pair(1, "a"), Pair(2, None), Pair(3, "c")] == rows
+    assert rows[1:] == [Pair(2, None), Pair(3, "c")] and isinstance(rows[1:], Rows)
+    assert column(rows, "right") == ["a", None, "c"]
+    assert list(columns(rows, "right", "left")) == [("a", 1), (None, 2), ("c", 3)]
+    assert list(columns(rows, "left")) == [(1,), (2,), (3,)]
+    assert list(columns(rows, "left", "right")) == [(1, "a"), (2, None), (3, "c")]
+    assert rows != [Pair(1, "a")] and rows != [Pair(1, "a"), Pair(2, None), Pair(3, "x")]
+    with pytest.raises(KeyError):
+        column(rows, "nowhere")
+
+
+def test_columns_of_records_of_mixed_kinds_read_them_as_mappings():
+    from ops_lib.bulk import column, columns
+    Other = Record.of("Other", ("left", "right", "more"))
+    rows = [Pair(1, 2), Other(3, 4, 5), {"left": 6, "right": 7}]
+    assert column(rows, "left") == [1, 3, 6]
+    assert list(columns(rows, "right", "left")) == [(2, 1), (4, 3), (7, 6)]
+    assert column([], "left") == [] and list(columns([], "left", "right")) == []

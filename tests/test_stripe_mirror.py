@@ -18,8 +18,9 @@ import pytest
 from ops_lib import stripe_mirror
 from ops_lib.errors import StripeAccessError
 from ops_lib.quota.accounts import CUSTOMER_FIELDS, SUBSCRIPTION_FIELDS
-from ops_lib.stripe_api import (customers_by_id, list_balance_transactions, list_charges, list_customers, list_events,
-                                list_invoices, list_refunds, list_subscriptions, make_client)
+from ops_lib.stripe_api import (SUBSCRIPTION_ROW, customers_by_id, list_balance_transactions, list_charges,
+                                list_customers, list_events, list_invoices, list_refunds, list_subscription_rows,
+                                list_subscriptions, make_client)
 from ops_lib.stripe_emulator import add_objects, new_state, write_state
 from ops_lib.stripe_emulator import objects as o
 
@@ -624,6 +625,52 @@ def test_a_listing_left_half_read_closes_its_snapshot(odd_mirror, monkeypatch):
     with sqlite3.connect(mirror.path, timeout=1) as conn:  # no snapshot left open: the WAL can be emptied
         assert conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
     assert list(mirror.listing("customer", fields=CUSTOMER_FIELDS)) == want
+
+
+def _row_of(sub: dict) -> tuple:
+    """What a SUBSCRIPTION_ROW says of a listed subscription, written out from its fields."""
+    customer = sub.get("customer")
+    items = sub.get("items", {}).get("data", [])
+    return (sub.get("id"), customer.get("id") if isinstance(customer, dict) else customer, sub.get("status"),
+            sub.get("current_period_start"), sub.get("current_period_end"), tuple(i.get("price") for i in items))
+
+
+def test_subscription_rows_from_the_mirror_are_what_stripe_lists(odd_mirror, stripe_account):
+    mirrored = make_client(SECRET_KEY, stripe_account.base_url)
+    direct_client = make_client(SECRET_KEY, stripe_account.base_url, mirror=False)
+    listed = list(list_subscriptions(direct_client, status="all"))
+    odd_mirror.projected.clear()
+    rows = list(list_subscription_rows(mirrored, status="all"))
+    assert odd_mirror.projected == [True], "served by the mirror's SQL, not decoded"
+    assert rows == [_row_of(s) for s in listed] == list(list_subscription_rows(direct_client, status="all"))
+    assert len(SUBSCRIPTION_ROW) == len(rows[0]) == 6
+    assert len({id(row[5]) for row in rows}) == 1, "equal prices: one shared tuple"
+    by_id = {row[0]: row for row in rows}
+    no_status, no_customer = odd_mirror.odd[4], odd_mirror.odd[7]
+    assert by_id[no_status["id"]][2] is None and by_id[no_customer["id"]][1] is None
+    assert isinstance(by_id[no_status["id"]][3], int) and by_id[no_status["id"]][5][0]["unit_amount"] == 4900
+    # Stripe's status filters, as the mirror applies them ("ended": canceled or incomplete_expired;
+    # none: everything but canceled)
+    for status, wanted in (("active", {"active"}), ("canceled", {"canceled"}),
+                           ("ended", {"canceled", "incomplete_expired"})):
+        assert list(list_subscription_rows(mirrored, status=status)) == [r for r in rows if r[2] in wanted]
+    assert list(list_subscription_rows(mirrored, status=None)) == [r for r in rows if r[2] != "canceled"]
+
+
+@pytest.mark.parametrize("position", ["first batch", "later batch"])
+def test_a_subscription_row_sqlite_cannot_parse_is_served_as_python_reads_it(odd_mirror, stripe_account, monkeypatch,
+                                                                            position):
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 40)
+    client = make_client(SECRET_KEY, stripe_account.base_url)
+    subs = list(list_subscriptions(client, status="all"))
+    at = 2 if position == "first batch" else 120
+    _poison(odd_mirror, "subscription", subs[at]["id"], "current_period_end", float("nan"))
+    odd_mirror.projected.clear()
+    rows = list(list_subscription_rows(client))
+    assert odd_mirror.projected == [position == "later batch"]
+    whole = list(list_subscriptions(client, status="all"))
+    assert _canonical(rows) == _canonical([_row_of(s) for s in whole]) and len(rows) == len(subs)
+    assert rows[at][4] != rows[at][4], "NaN, as Python reads it"
 
 
 def test_subscription_items_keep_what_the_runbooks_read_from_stripe_and_the_mirror_alike(stripe_account):

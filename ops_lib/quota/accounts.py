@@ -32,8 +32,8 @@ from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
-from ..stripe_api import customers_by_id, list_customers, list_subscriptions
-from ..bulk import Record, collector_paused, columns
+from ..stripe_api import customers_by_id, list_customers, list_subscription_rows, list_subscriptions
+from ..bulk import Record, Rows, collector_paused, columns
 from .plans import PlanBook
 
 # Stripe subscription statuses (API 2023-08-16).
@@ -67,13 +67,12 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisat
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
     # Plans, statuses and prices repeat on every row: one string object each, not one per row (a
-    # million organisations: ~140 MB of copies).
+    # million organisations: ~140 MB of copies). The organisations stay the tuples read (the join
+    # reads them by column; the plan is made one string there).
     one = {}.setdefault
     with collector_paused():
-        organisations = [
-            AppOrganisation(id_, name, one(plan, plan), customer, bool(blocked) if blocked is not None else None)
-            for id_, name, plan, customer, blocked in select_tuples(
-                conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")]
+        organisations = Rows(AppOrganisation, list(select_tuples(
+            conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")))
         subscriptions = [
             AppSubscription(org, sub, one(price, price), one(plan, plan), one(status, status), _utc(start), _utc(end))
             for org, sub, price, plan, status, start, end in select_tuples(
@@ -106,20 +105,16 @@ def fetch_stripe(client) -> dict[str, list[dict]]:
                                   list_subscriptions(client, status="all", fields=SUBSCRIPTION_FIELDS)]}
 
 
-# What the join itself reads of a subscription: what its ``StripeSubscription`` holds.
-JOIN_SUBSCRIPTION_FIELDS = ("id", "object", "customer", "status", "items", "current_period_start",
-                            "current_period_end")
-
-
 def stream_stripe(client) -> dict[str, Iterator[dict]]:
     """Stripe's customers and subscriptions as they stream in, read once by ``join_accounts``: it
     keeps of each what the checks use, so a million customers are never held at once (the
-    runbook's way). Of subscriptions, only the fields the join reads (``fetch_stripe`` keeps more)."""
+    runbook's way). Of subscriptions, only what the join reads, as rows (``fetch_stripe`` keeps more)."""
     return {
         # every customer's id, then the few no organisation points to read whole (by id)
         "customers": list_customers(client, fields=("id",)),
         "customers_by_id": lambda ids: customers_by_id(client, ids, fields=CUSTOMER_FIELDS),
-        "subscriptions": list_subscriptions(client, status="all", fields=JOIN_SUBSCRIPTION_FIELDS),
+        # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``)
+        "subscription_rows": list_subscription_rows(client, status="all"),
     }
 
 
@@ -268,13 +263,31 @@ def _stripe_view(sub: Mapping[str, Any], plans: PlanBook, price_ids_seen: dict[t
         from_epoch(end) if type(end) is int else _utc(end), _customer_of(sub))
 
 
+def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscription]:
+    """``stripe_api.list_subscription_rows``' tuples as the join's subscriptions: the plan is looked
+    up once per distinct prices tuple (the rows share one per distinct prices)."""
+    seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
+    subs = []
+    for sub_id, customer, status, start, end, prices in rows:
+        known = seen.get(id(prices))
+        if known is None:
+            plan, price_ids = plans.plan_for_prices(prices)
+            known = seen[id(prices)] = (prices, plan, tuple(price_ids))
+        subs.append(StripeSubscription(
+            sub_id, status, known[1], known[2],
+            from_epoch(start) if type(start) is int else _utc(start),
+            from_epoch(end) if type(end) is int else _utc(end), customer))
+    return subs
+
+
 def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
                   now: datetime) -> Accounts:
     """The app's organisations joined with Stripe by customer id, each with its billing period.
 
-    ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators, as ``fetch_stripe`` or
-    ``stream_stripe`` give them); with ``customers_by_id`` (``stream_stripe``'s), customers may be
-    listed by id only, those no organisation points to being read whole through it.
+    ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators of dicts, as
+    ``fetch_stripe`` gives them) or ``subscription_rows`` (``stream_stripe``'s tuples); with
+    ``customers_by_id`` (``stream_stripe``'s), customers may be listed by id only, those no
+    organisation points to being read whole through it.
 
     Per organisation: its Stripe subscriptions (any status) and live ones, the app's
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
@@ -305,7 +318,8 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         found = {customer["id"]: customer for customer in whole(list(unlinked))}
         unlinked = {cid: found[cid] for cid in unlinked if cid in found}  # (one deleted meanwhile is gone)
     price_ids: dict[tuple, tuple] = {}
-    stripe_subs = [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())]
+    stripe_subs = (_stripe_rows(stripe["subscription_rows"], plans) if "subscription_rows" in stripe
+                   else [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())])
     subs_by_customer: dict[str, list[dict]] = {}
     for sub in stripe_subs:
         subs_by_customer.setdefault(sub.customer, []).append(sub)
@@ -324,8 +338,12 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     calendar = calendar_month(now)
     is_paid: dict[Any, bool | None] = {}
     limit: dict[Any, int | None] = {}
+    one = {}.setdefault
     for org_id, name, app_plan, customer_id, blocked in org_fields:
         customer_id = customer_id or None
+        app_plan = one(app_plan, app_plan)
+        if blocked is not None and type(blocked) is not bool:  # (a mapped integer or text flag)
+            blocked = bool(blocked)
         s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
         s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
         a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE

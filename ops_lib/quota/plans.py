@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from sqlalchemy.engine import Connection
 
@@ -80,8 +80,12 @@ class PlanBook:
 
     def plan_for_subscription(self, subscription: Mapping[str, Any]) -> tuple[str | None, list[str]]:
         """(plan of the first item whose price maps to a plan, the price ids of the items)."""
-        prices = [item.get("price") or {} for item in (subscription.get("items") or {}).get("data", [])]
-        price_ids = [p.get("id") for p in prices if p.get("id")]
+        return self.plan_for_prices([item.get("price") for item in (subscription.get("items") or {}).get("data", [])])
+
+    def plan_for_prices(self, prices: Iterable[Mapping[str, Any] | None]) -> tuple[str | None, list[str]]:
+        """(plan of the first of a subscription's item prices that maps to a plan, their ids)."""
+        prices = [price if isinstance(price, (Mapping, str)) else {} for price in prices]
+        price_ids = [p for p in (p if isinstance(p, str) else p.get("id") for p in prices) if p]
         for price in prices:
             plan = self.plan_for_price(price)
             if plan is not None:
