@@ -816,7 +816,7 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                     customer_fields=customer_fields)
 
 
-SUBSCRIPTION_ROW = tuple(stripe_mirror.SUBSCRIPTION_ROW)  # (id, customer, status, current_period_start, ...)
+SUBSCRIPTION_ROW = ("id", "customer", "status", "current_period_start", "current_period_end", "prices")
 
 
 def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> Iterator[tuple]:
@@ -827,12 +827,14 @@ def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> 
     mirror serves them with SQL, without decoding the objects; from Stripe, as listed. Lazy,
     like a listing."""
     where, keep = _subscription_status(status)
-    shared: dict[str, tuple] = {}
+    shared: dict[str | None, tuple] = {}
 
-    def prices_of(text: str) -> tuple:
-        prices = shared.get(text)
+    def prices_of(items_text: str | None) -> tuple:
+        prices = shared.get(items_text)
         if prices is None:
-            prices = shared[text] = tuple(json.loads(text))
+            items = json.loads(items_text) if items_text is not None else []
+            prices = shared[items_text] = tuple(item.get("price") if isinstance(item, Mapping) else None
+                                                for item in (items if isinstance(items, list) else ()))
         return prices
 
     rows = None
@@ -850,15 +852,16 @@ def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> 
 
 
 def _subscription_row(sub: Mapping[str, Any]) -> tuple:
-    """A listed subscription as the mirror's ``SUBSCRIPTION_ROW`` SQL gives it (its prices as JSON)."""
+    """A listed subscription as the mirror's ``SUBSCRIPTION_ROW`` SQL gives it (its items as JSON,
+    each reduced to its price)."""
     items = sub.get("items")
     items = items.get("data") if isinstance(items, Mapping) else None
-    prices = [item.get("price") if isinstance(item, Mapping) else None
-              for item in items] if isinstance(items, list) else []
     customer = sub.get("customer")
     return (sub.get("id"), customer.get("id") if isinstance(customer, Mapping) else customer, sub.get("status"),
             sub.get("current_period_start"), sub.get("current_period_end"),
-            json.dumps(prices, separators=(",", ":")))
+            json.dumps([{"price": item["price"]} if isinstance(item, Mapping) and "price" in item
+                        else {} if isinstance(item, Mapping) else item for item in items], separators=(",", ":"))
+            if isinstance(items, list) else None)
 
 
 def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None = None,
@@ -946,6 +949,23 @@ def list_customers(client: stripe.StripeClient, created_since: datetime | int | 
         "created": _created(created_since), "email": email}, fields),
         gte=_ts(created_since), where={"deleted": 0},
         keep=(lambda c: c.get("email") == email) if email is not None else None, fields=fields)
+
+
+def list_customer_ids(client: stripe.StripeClient) -> Iterator[str]:
+    """Every customer's id (deleted ones are not listed), newest first: from the mirror's id column
+    without any JSON (a million ids: ~0.3 s instead of ~2 s as objects), else listed."""
+    rows = None
+    mirror = stripe_mirror.of(client)
+    if mirror is not None:
+        try:
+            rows = mirror.rows("customer", {"id": "o.id"}, lambda customer: (customer.get("id"),),
+                               where={"deleted": 0})
+        except stripe_mirror.Unavailable:
+            rows = None
+    if rows is None:
+        rows = ((customer.get("id"),) for customer in list_customers(client, fields=("id",)))
+    for (customer_id,) in rows:
+        yield customer_id
 
 
 # Past this many customers asked for by id, Stripe is listed whole instead (⌈N/100⌉ requests).

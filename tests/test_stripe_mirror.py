@@ -19,7 +19,8 @@ from ops_lib import stripe_mirror
 from ops_lib.errors import StripeAccessError
 from ops_lib.quota.accounts import CUSTOMER_FIELDS, SUBSCRIPTION_FIELDS
 from ops_lib.stripe_api import (SUBSCRIPTION_ROW, customers_by_id, list_balance_transactions, list_charges,
-                                list_customers, list_events, list_invoices, list_refunds, list_subscription_rows,
+                                list_customer_ids, list_customers, list_events, list_invoices, list_refunds,
+                                list_subscription_rows,
                                 list_subscriptions, make_client)
 from ops_lib.stripe_emulator import add_objects, new_state, write_state
 from ops_lib.stripe_emulator import objects as o
@@ -636,6 +637,16 @@ def _row_of(sub: dict) -> tuple:
 
 
 def test_subscription_rows_from_the_mirror_are_what_stripe_lists(odd_mirror, stripe_account):
+    # two subscriptions of ten items on two prices, the same prices in the same order (more items
+    # than the SQL strips to the price: their text is their own, decoded alone)
+    price = stripe_account.state["objects"]["price"][0]
+    other = o.make_price(product=price["product"], unit_amount=100, interval="year", lookup_key="other",
+                         created=NOW - 30)
+    customer = stripe_account.state["objects"]["customer"][1]
+    many = [o.make_subscription(customer=customer, items=[(other if i % 3 else price, i + 1) for i in range(10)],
+                                created=NOW - 5 + n) for n in range(2)]
+    stripe_account.change(other, *many, *(o.make_event("customer.subscription.created", sub, created=NOW - 5 + n)
+                                         for n, sub in enumerate(many)))
     mirrored = make_client(SECRET_KEY, stripe_account.base_url)
     direct_client = make_client(SECRET_KEY, stripe_account.base_url, mirror=False)
     listed = list(list_subscriptions(direct_client, status="all"))
@@ -644,7 +655,12 @@ def test_subscription_rows_from_the_mirror_are_what_stripe_lists(odd_mirror, str
     assert odd_mirror.projected == [True], "served by the mirror's SQL, not decoded"
     assert rows == [_row_of(s) for s in listed] == list(list_subscription_rows(direct_client, status="all"))
     assert len(SUBSCRIPTION_ROW) == len(rows[0]) == 6
-    assert len({id(row[5]) for row in rows}) == 1, "equal prices: one shared tuple"
+    by_prices = {}
+    for row in rows:
+        by_prices.setdefault(len(row[5]), set()).add(id(row[5]))
+    assert len(by_prices[1]) == 1, "equal prices: one shared tuple"
+    assert len(by_prices[10]) == 2 and [p["id"] for p in rows[0][5]] == [
+        price["id"] if i % 3 == 0 else other["id"] for i in range(10)]
     by_id = {row[0]: row for row in rows}
     no_status, no_customer = odd_mirror.odd[4], odd_mirror.odd[7]
     assert by_id[no_status["id"]][2] is None and by_id[no_customer["id"]][1] is None
@@ -655,6 +671,17 @@ def test_subscription_rows_from_the_mirror_are_what_stripe_lists(odd_mirror, str
                            ("ended", {"canceled", "incomplete_expired"})):
         assert list(list_subscription_rows(mirrored, status=status)) == [r for r in rows if r[2] in wanted]
     assert list(list_subscription_rows(mirrored, status=None)) == [r for r in rows if r[2] != "canceled"]
+
+
+def test_customer_ids_from_the_mirror_are_those_stripe_lists_without_the_deleted(odd_mirror, stripe_account):
+    direct_client = make_client(SECRET_KEY, stripe_account.base_url, mirror=False)
+    listed = [c["id"] for c in list_customers(direct_client)]
+    odd_mirror.projected.clear()
+    ids = list(list_customer_ids(make_client(SECRET_KEY, stripe_account.base_url)))
+    assert odd_mirror.projected == [True], "the id column, no JSON"
+    assert ids == listed == list(list_customer_ids(direct_client))
+    assert odd_mirror.odd[-2]["id"] not in ids, "deleted (a tombstone in the mirror): not listed"
+    assert len(ids) == N_CUSTOMERS + 4
 
 
 @pytest.mark.parametrize("position", ["first batch", "later batch"])

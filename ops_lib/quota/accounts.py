@@ -32,7 +32,8 @@ from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
-from ..stripe_api import customers_by_id, list_customers, list_subscription_rows, list_subscriptions
+from ..stripe_api import (customers_by_id, list_customer_ids, list_customers, list_subscription_rows,
+                          list_subscriptions)
 from ..bulk import Record, Rows, collector_paused, columns
 from .plans import PlanBook
 
@@ -111,7 +112,7 @@ def stream_stripe(client) -> dict[str, Iterator[dict]]:
     runbook's way). Of subscriptions, only what the join reads, as rows (``fetch_stripe`` keeps more)."""
     return {
         # every customer's id, then the few no organisation points to read whole (by id)
-        "customers": list_customers(client, fields=("id",)),
+        "customer_ids": list_customer_ids(client),
         "customers_by_id": lambda ids: customers_by_id(client, ids, fields=CUSTOMER_FIELDS),
         # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``)
         "subscription_rows": list_subscription_rows(client, status="all"),
@@ -182,6 +183,13 @@ def _live(subs: list, statuses: tuple[str, ...]) -> list | tuple:
     if len(subs) == 1:
         return subs if subs[0].get("status") in statuses else _NONE
     return _newest_first([s for s in subs if s.get("status") in statuses], "current_period_start")
+
+
+def _app_period(app_live: list | tuple) -> tuple | None:
+    """The period of the app's primary live subscription, when it records one."""
+    first = app_live[0]
+    start, end = first.get("current_period_start"), first.get("current_period_end")
+    return (start, end, PERIOD_APP) if start and end else None
 
 
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
@@ -285,9 +293,9 @@ def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]
     """The app's organisations joined with Stripe by customer id, each with its billing period.
 
     ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators of dicts, as
-    ``fetch_stripe`` gives them) or ``subscription_rows`` (``stream_stripe``'s tuples); with
-    ``customers_by_id`` (``stream_stripe``'s), customers may be listed by id only, those no
-    organisation points to being read whole through it.
+    ``fetch_stripe`` gives them), or ``stream_stripe``'s ``customer_ids`` and
+    ``subscription_rows`` (tuples); with ``customers_by_id`` (``stream_stripe``'s), customers may
+    be listed by id only, those no organisation points to being read whole through it.
 
     Per organisation: its Stripe subscriptions (any status) and live ones, the app's
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
@@ -308,6 +316,12 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         if customer_id:
             linked[customer_id] = False
     unlinked: dict[str, dict] = {}
+    if "customer_ids" in stripe:
+        for customer_id in stripe["customer_ids"]:
+            if customer_id in linked:
+                linked[customer_id] = True
+            else:
+                unlinked[customer_id] = {"id": customer_id}
     for customer in stripe.get("customers", ()):
         if customer["id"] in linked:
             linked[customer["id"]] = True
@@ -327,50 +341,50 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     # are when both sides are integers (a million str() calls fewer).
     app_subscriptions = app.get("subscriptions", [])
     sub_orgs = [org_id for (org_id,) in _read(app_subscriptions, ("organisation_id",))]
-    as_key = (lambda value: value) if all(type(v) is int for v in sub_orgs) and all(
-        type(f[0]) is int for f in org_fields) else str
+    same_keys = all(type(v) is int for v in sub_orgs) and all(type(f[0]) is int for f in org_fields)
     app_subs_by_org: dict[Any, list[dict]] = {}
     for org_id, sub in zip(sub_orgs, app_subscriptions):
-        app_subs_by_org.setdefault(as_key(org_id), []).append(sub)
+        app_subs_by_org.setdefault(org_id if same_keys else str(org_id), []).append(sub)
 
     rows = []
     unmapped = []
-    calendar = calendar_month(now)
-    is_paid: dict[Any, bool | None] = {}
-    limit: dict[Any, int | None] = {}
-    one = {}.setdefault
+    calendar_start, calendar_end = calendar_month(now)
+    # per app plan: (the plan as one string object, whether it is paid, its limit)
+    plan_facts: dict[Any, tuple] = {}
+    row = OrganisationAccount
     for org_id, name, app_plan, customer_id, blocked in org_fields:
-        customer_id = customer_id or None
-        app_plan = one(app_plan, app_plan)
+        facts = plan_facts.get(app_plan)
+        if facts is None:
+            facts = plan_facts[app_plan] = (app_plan, plans.is_paid(app_plan), plans.limit(app_plan))
         if blocked is not None and type(blocked) is not bool:  # (a mapped integer or text flag)
             blocked = bool(blocked)
-        s_subs = subs_by_customer.get(customer_id, _NONE) if customer_id else _NONE
-        s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
-        a_subs = app_subs_by_org.get(as_key(org_id), _NONE) if app_subs_by_org else _NONE
-        a_live = _live(a_subs, APP_ACCESS) if a_subs else _NONE
-        primary = s_live[0] if s_live else None
-        if primary is not None and primary.current_period_start and primary.current_period_end:
-            start, end, source = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
-        elif a_live and a_live[0].get("current_period_start") and a_live[0].get("current_period_end"):
-            start, end, source = a_live[0]["current_period_start"], a_live[0]["current_period_end"], PERIOD_APP
+        if customer_id:
+            exists = linked[customer_id]
+            s_subs = subs_by_customer.get(customer_id, _NONE)
+            s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
         else:
-            (start, end), source = calendar, PERIOD_CALENDAR
-        for sub in s_live:
-            if sub.plan is None:
-                unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
-                                 "subscription": sub["id"], "status": sub["status"],
-                                 "price_ids": ", ".join(sub["price_ids"])})
-        if app_plan not in is_paid:
-            is_paid[app_plan], limit[app_plan] = plans.is_paid(app_plan), plans.limit(app_plan)
-        rows.append(OrganisationAccount(
-            org_id, name, app_plan, is_paid[app_plan], blocked, customer_id,
-            linked[customer_id] if customer_id else None,
-            s_subs, s_live, a_subs, a_live,
-            primary.plan if primary else None,
-            primary.status if primary else None,
-            primary.id if primary else (a_live[0]["stripe_subscription_id"] if a_live else None),
-            start, end, source, limit[app_plan],
-        ))
+            customer_id = exists = None
+            s_subs = s_live = _NONE
+        a_subs = app_subs_by_org.get(org_id if same_keys else str(org_id), _NONE) if app_subs_by_org else _NONE
+        a_live = _live(a_subs, APP_ACCESS) if a_subs else _NONE
+        if s_live:
+            primary = s_live[0]
+            for sub in s_live:
+                if sub.plan is None:
+                    unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
+                                     "subscription": sub.id, "status": sub.status,
+                                     "price_ids": ", ".join(sub.price_ids)})
+            if primary.current_period_start and primary.current_period_end:
+                period = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
+            else:
+                period = _app_period(a_live) or (calendar_start, calendar_end, PERIOD_CALENDAR)
+            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
+                            a_subs, a_live, primary.plan, primary.status, primary.id, *period, facts[2]))
+        else:
+            period = (_app_period(a_live) if a_live else None) or (calendar_start, calendar_end, PERIOD_CALENDAR)
+            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
+                            a_subs, a_live, None, None, a_live[0]["stripe_subscription_id"] if a_live else None,
+                            *period, facts[2]))
     orphan_subs = [s for s in stripe_subs if s.customer not in linked]
     return Accounts(
         organisations=rows,
