@@ -26,6 +26,7 @@ import io
 import itertools
 import json
 import os
+import queue
 import random
 import re
 import socket
@@ -849,6 +850,67 @@ def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> 
         rows = map(_subscription_row, list_subscriptions(client, status=status, fields=fields))
     for row in rows:
         yield (*row[:5], prices_of(row[5]))
+
+
+# How long a caller of ``in_background`` waits between two items before it looks whether the
+# reading thread is still alive (the thread's own waits are bounded: HTTP deadlines, the mirror's).
+_BACKGROUND_POLL_S = 1.0
+_BACKGROUND_CHUNK = 1000
+
+
+def in_background(listing: Iterable[Any], name: str = "opsbook-listing") -> Iterator[Any]:
+    """`listing` read to its end at once by a thread of its own, its items handed over in order as
+    they come: what the caller does meanwhile (quota_audit reads the app's rows from PostgreSQL)
+    overlaps the listing (SQLite's JSON work or Stripe's pages, which wait outside the GIL). An
+    error reading is raised where the caller reaches it; a caller that stops early, or is
+    interrupted, stops the thread. Items are buffered without bound: for a caller that keeps them
+    all anyway."""
+    handed: queue.SimpleQueue = queue.SimpleQueue()
+    stop = threading.Event()
+    done = object()
+
+    def read() -> None:
+        source = iter(listing)
+        chunk: list = []
+        try:
+            for item in source:
+                chunk.append(item)
+                if len(chunk) >= _BACKGROUND_CHUNK:
+                    handed.put(chunk)
+                    chunk = []
+                    if stop.is_set():
+                        return
+            handed.put(chunk)
+            handed.put(done)
+        except BaseException as exc:  # (raised in the caller's thread)
+            handed.put(chunk)
+            handed.put(exc)
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()  # (a listing left early releases its snapshot)
+
+    thread = threading.Thread(target=read, name=name, daemon=True)
+    thread.start()
+
+    def handed_over() -> Iterator[Any]:
+        try:
+            while True:
+                try:
+                    item = handed.get(timeout=_BACKGROUND_POLL_S)
+                except queue.Empty:
+                    if not thread.is_alive() and handed.empty():
+                        raise StripeAccessError(f"{name} stopped without a word: re-run") from None
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield from item
+        finally:
+            stop.set()
+
+    return handed_over()
 
 
 def _subscription_row(sub: Mapping[str, Any]) -> tuple:

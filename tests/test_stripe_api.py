@@ -392,3 +392,51 @@ def test_a_forked_child_bounds_its_requests_even_if_the_fork_caught_the_deadline
         os.waitpid(pid, 0)
     assert done != (0, 0), "the child hung on the parent's lock"
     assert os.waitstatus_to_exitcode(done[1]) == 0, "the child's watchdog did not fire"
+
+
+# --------------------------------------------------------------------------- in_background
+
+
+def test_a_listing_read_in_background_hands_over_every_item_in_order():
+    from ops_lib.stripe_api import in_background
+    assert list(in_background(iter(range(2500)))) == list(range(2500))
+    assert list(in_background([])) == []
+
+
+def test_an_error_while_reading_in_background_is_raised_after_the_items_before_it():
+    from ops_lib.stripe_api import in_background
+
+    def failing():
+        yield from range(1500)
+        raise StripeAccessError("Stripe failed to answer while reading subscriptions")
+
+    seen = []
+    with pytest.raises(StripeAccessError, match="while reading subscriptions"):
+        for item in in_background(failing()):
+            seen.append(item)
+    assert seen == list(range(1500))
+
+
+def test_a_caller_that_stops_early_stops_the_reading_thread_and_closes_the_listing():
+    import threading
+    import time as _time
+    from ops_lib.stripe_api import in_background
+    closed = threading.Event()
+
+    def endless():
+        try:
+            n = 0
+            while True:
+                yield n
+                n += 1
+        finally:
+            closed.set()
+
+    handed = in_background(endless(), "opsbook-test-reader")
+    assert [next(handed) for _ in range(5)] == [0, 1, 2, 3, 4]
+    handed.close()
+    assert closed.wait(5), "the listing is closed (its snapshot released)"
+    deadline = _time.monotonic() + 5
+    while any(t.name == "opsbook-test-reader" for t in threading.enumerate()) and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert not any(t.name == "opsbook-test-reader" for t in threading.enumerate())

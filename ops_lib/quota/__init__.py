@@ -2,8 +2,8 @@
 app and Stripe disagree.
 
     plans    = load_plans(conn, ctx.schema, plans_file)          # limits + Stripe price -> plan
-    app      = read_app(conn, ctx.schema)                         # organisations, subscriptions
-    stripe   = stream_stripe(ctx.stripe)                          # customers, subscriptions: once, as they stream
+    stripe   = stream_stripe(ctx.stripe)                          # customers, subscriptions: once, read by a thread
+    app      = read_app(conn, ctx.schema)                         # organisations, subscriptions (meanwhile)
     accounts = join_accounts(app, stripe, plans, now=...)         # joined by customer id, with periods
     scan     = scan_usage(conn, ctx.schema, accounts, duplicates_since=..., now=...)  # ONE pass over the events:
     usage, weekly = scan.usage, scan.weekly                       #   usage per period, weekly series, repeated keys

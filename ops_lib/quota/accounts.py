@@ -32,8 +32,8 @@ from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
-from ..stripe_api import (customers_by_id, list_customer_ids, list_customers, list_subscription_rows,
-                          list_subscriptions)
+from ..stripe_api import (customers_by_id, in_background, list_customer_ids, list_customers,
+                          list_subscription_rows, list_subscriptions)
 from ..bulk import Record, Rows, collector_paused, columns
 from .plans import PlanBook
 
@@ -75,7 +75,9 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisat
         organisations = Rows(AppOrganisation, list(select_tuples(
             conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")))
         subscriptions = [
-            AppSubscription(org, sub, one(price, price), one(plan, plan), one(status, status), _utc(start), _utc(end))
+            AppSubscription(org, sub, one(price, price), one(plan, plan), one(status, status),
+                            start if type(start) is datetime and start.tzinfo is timezone.utc else _utc(start),
+                            end if type(end) is datetime and end.tzinfo is timezone.utc else _utc(end))
             for org, sub, price, plan, status, start, end in select_tuples(
                 conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")]
     return {"organisations": organisations, "subscriptions": subscriptions}
@@ -109,13 +111,17 @@ def fetch_stripe(client) -> dict[str, list[dict]]:
 def stream_stripe(client) -> dict[str, Iterator[dict]]:
     """Stripe's customers and subscriptions as they stream in, read once by ``join_accounts``: it
     keeps of each what the checks use, so a million customers are never held at once (the
-    runbook's way). Of subscriptions, only what the join reads, as rows (``fetch_stripe`` keeps more)."""
+    runbook's way). Of subscriptions, only what the join reads, as rows (``fetch_stripe`` keeps
+    more), read from the call on by a thread of their own (``stripe_api.in_background``): call it
+    before reading the app's rows."""
     return {
         # every customer's id, then the few no organisation points to read whole (by id)
         "customer_ids": list_customer_ids(client),
         "customers_by_id": lambda ids: customers_by_id(client, ids, fields=CUSTOMER_FIELDS),
-        # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``)
-        "subscription_rows": list_subscription_rows(client, status="all"),
+        # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``),
+        # read from now on by a thread: the app's rows are read meanwhile
+        "subscription_rows": in_background(list_subscription_rows(client, status="all"),
+                                           "opsbook-stripe-subscriptions"),
     }
 
 
@@ -311,21 +317,18 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
     # customers are read once, as they stream: only the unlinked ones are kept whole.
     organisations = app.get("organisations", [])
     org_fields = list(_read(organisations, ("id", "name", "plan", "stripe_customer_id", "is_blocked")))
-    linked: dict[str, bool] = {}
-    for _id, _name, _plan, customer_id, _blocked in org_fields:
-        if customer_id:
-            linked[customer_id] = False
+    # (sets and comprehensions: a million customers on each side are C loops, not Python ones)
+    linked = {customer_id for _id, _name, _plan, customer_id, _blocked in org_fields if customer_id}
+    listed: set = set()  # every customer Stripe listed
     unlinked: dict[str, dict] = {}
     if "customer_ids" in stripe:
-        for customer_id in stripe["customer_ids"]:
-            if customer_id in linked:
-                linked[customer_id] = True
-            else:
-                unlinked[customer_id] = {"id": customer_id}
+        ids = list(stripe["customer_ids"])
+        listed.update(ids)
+        unlinked = {customer_id: {"id": customer_id} for customer_id in ids if customer_id not in linked}
+        del ids
     for customer in stripe.get("customers", ()):
-        if customer["id"] in linked:
-            linked[customer["id"]] = True
-        else:
+        listed.add(customer["id"])
+        if customer["id"] not in linked:
             unlinked[customer["id"]] = customer
     whole = stripe.get("customers_by_id")
     if whole is not None and unlinked:
@@ -359,7 +362,7 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         if blocked is not None and type(blocked) is not bool:  # (a mapped integer or text flag)
             blocked = bool(blocked)
         if customer_id:
-            exists = linked[customer_id]
+            exists = customer_id in listed
             s_subs = subs_by_customer.get(customer_id, _NONE)
             s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
         else:
@@ -395,5 +398,5 @@ def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], p
         unmapped=unmapped,
         plans=plans,
         now=now,
-        stripe_customers=sum(linked.values()) + len(unlinked),
+        stripe_customers=len(listed & linked) + len(unlinked),
     )

@@ -530,7 +530,7 @@ def _sum_by(index: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
 
 
 def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | None, edges: list[datetime],
-                 lo: datetime, hi: datetime | None, hashes_from: datetime | None) -> tuple["_Sums", _Repeated | None]:
+                 lo: datetime, hi: datetime | None, hashes_from: datetime | None, own_transaction: bool = False) -> tuple["_Sums", _Repeated | None]:
     """The pass as one scan whose rows the database packs into a few binary strings (organisation
     id, moment, quantity and, with ``hashes_from``, the key's 8-byte hash: 24–32 bytes an event,
     no row and no text per event on the wire), summed here with numpy: inside each organisation's
@@ -555,6 +555,11 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
     plan = select_value(conn, f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {c['table']} e WHERE {where}", **params)
     events = float((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
     params["mask"] = (1 << min(12, max(0, math.ceil(math.log2(max(events, 1) / STREAM_CHUNK_EVENTS))))) - 1
+    # The planner counts the groups as the organisations (~1M), not the few hashes, and sorts every
+    # event by its group (5M events: 3.5 s in memory, against 2.0 s hashed into the few groups).
+    # Only in the scan's own transaction (a caller's would keep the setting).
+    if own_transaction:
+        conn.exec_driver_sql("SET LOCAL enable_sort = off")
     # A cursor of our own (the runbook's connection is in autocommit mode, with our BEGIN sent as
     # SQL: psycopg2's named cursors refuse it), read a chunk at a time.
     conn.execute(sa.text(f"""
@@ -739,8 +744,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
         found: list[dict] = []
         if (integer_ids or not orgs) and streams_as_arrays(conn, schema):
             accounts_us = _Accounts(where.index, starts_us, _us_array(ends)) if orgs else None
-            sums, repeated = _stream_sums(conn, schema, accounts=accounts_us,
-                                          edges=edges, lo=lo, hi=hi, hashes_from=repeated_from)
+            sums, repeated = _stream_sums(conn, schema, accounts=accounts_us, edges=edges, lo=lo, hi=hi,
+                                          hashes_from=repeated_from, own_transaction=scan_conn.own)
             if repeated:
                 found = _rows_by_hash(conn, schema, repeated)
         else:
