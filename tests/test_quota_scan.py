@@ -294,3 +294,32 @@ def test_organisation_ids_match_as_text_unless_every_one_is_an_integer():
     assert index_of([2**70, 1], [1, 2**70]).tolist() == [1, 0]
     assert index_of([5, 5], [5, 5]).tolist() == [0, 0], "the first of equal ids"
     assert index_of([1], []).tolist() == [-1] and index_of([], [1]).tolist() == []
+
+
+def add_counter(db, org: int, used: int, start: datetime = MONTH) -> None:
+    db.execute("INSERT INTO usage_counters (organization_id, period_start, period_end, used) "
+               "VALUES (:org, :start, :end, :used)", org=org, start=start, end=start.replace(month=12), used=used)
+
+
+def test_counters_under_a_primary_key_are_read_without_grouping_and_as_the_app_stored_them(events):
+    add_counter(events, 1, 40)
+    add_counter(events, 2, 7)
+    add_counter(events, 2, 9, MONTH - timedelta(days=31))  # another period: not this one's counter
+    statements: list = []
+    usage = {r["organisation_id"]: r for r in audit(events, statements=statements).usage}
+    assert (usage[1]["stored"], usage[1]["counter_rows"]) == (40, 1)
+    assert (usage[2]["stored"], usage[2]["counter_rows"]) == (7, 1)
+    counters_sql = [s for s in statements if "usage_counters" in s and "string_agg" in s]
+    assert counters_sql and "GROUP BY" not in counters_sql[0], "one counter per key: nothing to group"
+
+
+def test_counters_without_a_unique_key_are_grouped_the_largest_counting(events):
+    events.execute("ALTER TABLE usage_counters DROP CONSTRAINT usage_counters_pkey")
+    add_counter(events, 1, 40)
+    add_counter(events, 1, 55)  # the app wrote the period's counter twice
+    add_counter(events, 2, 7)
+    statements: list = []
+    usage = {r["organisation_id"]: r for r in audit(events, statements=statements).usage}
+    assert (usage[1]["stored"], usage[1]["counter_rows"]) == (55, 2)
+    assert (usage[2]["stored"], usage[2]["counter_rows"]) == (7, 1)
+    assert any("usage_counters" in s and "GROUP BY" in s for s in statements)
