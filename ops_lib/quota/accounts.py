@@ -281,17 +281,27 @@ def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscript
     """``stripe_api.list_subscription_rows``' tuples as the join's subscriptions: the plan is looked
     up once per distinct prices tuple (the rows share one per distinct prices)."""
     seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
+    # Periods start and end on the same few seconds (a billing anchor repeats): one datetime and
+    # one status string each, not one per subscription.
+    moments: dict[Any, datetime | None] = {}
+    one = {}.setdefault
     subs = []
     for sub_id, customer, status, start, end, prices in rows:
         known = seen.get(id(prices))
         if known is None:
             plan, price_ids = plans.plan_for_prices(prices)
             known = seen[id(prices)] = (prices, plan, tuple(price_ids))
-        subs.append(StripeSubscription(
-            sub_id, status, known[1], known[2],
-            from_epoch(start) if type(start) is int else _utc(start),
-            from_epoch(end) if type(end) is int else _utc(end), customer))
+        start_at = moments.get(start, _UNSEEN)
+        if start_at is _UNSEEN:
+            start_at = moments[start] = from_epoch(start) if type(start) is int else _utc(start)
+        end_at = moments.get(end, _UNSEEN)
+        if end_at is _UNSEEN:
+            end_at = moments[end] = from_epoch(end) if type(end) is int else _utc(end)
+        subs.append(StripeSubscription(sub_id, one(status, status), known[1], known[2], start_at, end_at, customer))
     return subs
+
+
+_UNSEEN = object()
 
 
 def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
