@@ -41,7 +41,8 @@ def over_limit(usage: list[dict]) -> Finding:
     rows = [
         {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
          "used": r["used"], "pct": r["pct"], "stored_counter": r["stored"], "is_blocked": r["is_blocked"], **_period(r)}
-        for r in usage if r["usage_limit"] is not None and r["used"] > r["usage_limit"]
+        for r, (limit, used) in zip(usage, columns(usage, "usage_limit", "used"))  # (by column: a million rows)
+        if limit is not None and used > limit
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
     return Finding.from_rows(
@@ -60,8 +61,8 @@ def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT)
     rows = [
         {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
          "used": r["used"], "pct": r["pct"], **_period(r)}
-        for r in usage
-        if r["usage_limit"] and r["used"] <= r["usage_limit"] and r["used"] * 100.0 >= threshold_pct * r["usage_limit"]
+        for r, (limit, used) in zip(usage, columns(usage, "usage_limit", "used"))
+        if limit and used <= limit and used * 100.0 >= threshold_pct * limit
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
     return Finding.from_rows(
@@ -76,8 +77,7 @@ def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT)
 def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
     """The app's stored counter differs from the usage recomputed from the events (both shown)."""
     rows = []
-    for r in usage:
-        stored, used = r["stored"], r["used"]
+    for r, (stored, used) in zip(usage, columns(usage, "stored", "used")):
         if stored is None:
             if used <= tolerance:
                 continue
@@ -114,7 +114,11 @@ def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
               in zip(orgs, columns(orgs, "stripe_status", "stripe_plan", "is_blocked", "app_plan_paid"))
               if status in STRIPE_PAYING and (blocked or app_plan_paid is False) and plans.is_paid(plan)]
     ids = {str(org["organisation_id"]) for org in paying}
-    used = {key: r for r in usage if (key := str(r["organisation_id"])) in ids} if ids else {}
+    # (usage rows carry the accounts' ids: matched as they are, by column; as text when their type differs)
+    same = {org["organisation_id"] for org in paying}
+    used = {str(org_id): r for r, (org_id,) in zip(usage, columns(usage, "organisation_id")) if org_id in same}
+    if len(used) < len(ids):
+        used = {key: r for r in usage if (key := str(r["organisation_id"])) in ids}
     rows = []
     for org in paying:
         u = used.get(str(org["organisation_id"]), {})

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..audit import AuditLog
+from ..bulk import columns
 from ..errors import UnsafeAction
 from ..findings import Action, ActionLog, _plain
 from ..schema_map import SchemaMap
@@ -35,8 +36,7 @@ DEFAULT_REASON = "stored usage counter differs from the usage recomputed from th
 def drifted(usage: list[dict], tolerance: int = 0) -> list[dict]:
     """The usage rows whose counter needs resetting (as ``usage_counter_drift`` reports them)."""
     out = []
-    for row in usage:
-        stored, used = row["stored"], row["used"]
+    for row, (stored, used) in zip(usage, columns(usage, "stored", "used")):  # (by column: a million rows)
         if (stored is None and used > tolerance) or (stored is not None and abs(stored - used) > tolerance):
             out.append(row)
     return out
