@@ -818,6 +818,7 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
 
 
 SUBSCRIPTION_ROW = ("id", "customer", "status", "current_period_start", "current_period_end", "prices")
+SHARED_PRICES_AT_MOST = 10_000  # distinct sets of prices kept to be shared
 
 
 def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> Iterator[tuple]:
@@ -834,8 +835,10 @@ def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> 
         prices = shared.get(items_text)
         if prices is None:
             items = json.loads(items_text) if items_text is not None else []
-            prices = shared[items_text] = tuple(item.get("price") if isinstance(item, Mapping) else None
-                                                for item in (items if isinstance(items, list) else ()))
+            prices = tuple(item.get("price") if isinstance(item, Mapping) else None
+                           for item in (items if isinstance(items, list) else ()))
+            if len(shared) < SHARED_PRICES_AT_MOST:  # (an account whose every subscription differs keeps none)
+                shared[items_text] = prices
         return prices
 
     rows = None

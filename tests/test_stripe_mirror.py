@@ -673,6 +673,16 @@ def test_subscription_rows_from_the_mirror_are_what_stripe_lists(odd_mirror, str
     assert list(list_subscription_rows(mirrored, status=None)) == [r for r in rows if r[2] != "canceled"]
 
 
+def test_subscription_rows_past_the_shared_prices_bound_are_the_same_rows_unshared(odd_mirror, stripe_account,
+                                                                                    monkeypatch):
+    from ops_lib import stripe_api
+    mirrored = make_client(SECRET_KEY, stripe_account.base_url)
+    shared = list(list_subscription_rows(mirrored))
+    monkeypatch.setattr(stripe_api, "SHARED_PRICES_AT_MOST", 0)
+    unshared = list(list_subscription_rows(mirrored))
+    assert unshared == shared and len({id(row[5]) for row in unshared}) == len(unshared)
+
+
 def test_customer_ids_from_the_mirror_are_those_stripe_lists_without_the_deleted(odd_mirror, stripe_account):
     direct_client = make_client(SECRET_KEY, stripe_account.base_url, mirror=False)
     listed = [c["id"] for c in list_customers(direct_client)]

@@ -32,7 +32,7 @@ from ..db import select_tuples
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
-from ..stripe_api import (customers_by_id, in_background, list_customer_ids, list_customers,
+from ..stripe_api import (SHARED_PRICES_AT_MOST, customers_by_id, in_background, list_customer_ids, list_customers,
                           list_subscription_rows, list_subscriptions)
 from ..bulk import Record, Rows, collector_paused, columns
 from .plans import PlanBook
@@ -290,7 +290,9 @@ def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscript
         known = seen.get(id(prices))
         if known is None:
             plan, price_ids = plans.plan_for_prices(prices)
-            known = seen[id(prices)] = (prices, plan, tuple(price_ids))
+            known = (prices, plan, tuple(price_ids))
+            if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
+                seen[id(prices)] = known
         start_at = moments.get(start, _UNSEEN)
         if start_at is _UNSEEN:
             start_at = moments[start] = from_epoch(start) if type(start) is int else _utc(start)
