@@ -399,6 +399,28 @@ def test_revenue_mismatch():
     assert payments.reconcile(healthy, good) == [] and checks.revenue_mismatch([]).severity == "ok"
 
 
+def test_a_tolerance_between_whole_minor_units_and_a_payment_compared_once():
+    charge = o.make_charge(amount=2_900, customer="cus_A", created=ts(2026, 11, 2))
+    odd = {**o.make_charge(amount=2_900, customer="cus_B", created=ts(2026, 11, 3)), "amount": 2_900.5}
+
+    def paid(c, amount):
+        return {"organisation_id": 1, "stripe_charge_id": c["id"], "stripe_invoice_id": None, "amount": amount,
+                "currency": "usd", "status": "succeeded", "paid_at": datetime.fromtimestamp(c["created"], timezone.utc)}
+
+    def problems(app, tolerance):
+        return [r["problem"] for r in payments.reconcile(stripe_data(charges=[charge]), app, tolerance=tolerance)]
+
+    assert problems([paid(charge, 2_901)], 0.015) == []  # 1¢ ≤ 1.5¢
+    assert problems([paid(charge, 2_902)], 0.015) == ["amount differs"]  # 2¢ > 1.5¢
+    assert problems([paid(charge, 2_898)], 0.02) == [] and problems([paid(charge, 2_897)], 0.02) == ["amount differs"]
+    # a charge amount that is not whole minor units: compared with the exact tolerance
+    assert payments.reconcile(stripe_data(charges=[odd]), [paid(odd, 2_902)], tolerance=0.014)[0]["problem"] == "amount differs"
+    assert payments.reconcile(stripe_data(charges=[odd]), [paid(odd, 2_902)], tolerance=0.015) == []  # 1.5¢ ≤ 1.5¢
+    # two app rows for one charge: each compared (the first alike, the second not)
+    assert problems([paid(charge, 2_900), paid(charge, 2_950)], 0.0) == ["amount differs"]
+    assert problems([paid(charge, 2_900), paid(charge, 2_900)], 0.0) == []
+
+
 # --------------------------------------------------------------------------- period and plots
 
 

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from operator import attrgetter
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Callable, Iterable, Mapping, Sequence
 
 from ..bulk import collector_paused
@@ -60,8 +61,8 @@ class StripeData:
     def metrics(self) -> Metrics:
         """What was read; embedded lists Stripe cut short (over 10 invoice lines or subscription items
         in a listing) are counted, as the history and MRR see only what was served."""
-        truncated_lines = sum(1 for i in self.invoices if (i.get("lines") or {}).get("has_more"))
-        truncated_items = sum(1 for s in self.subscriptions if (s.get("items") or {}).get("has_more"))
+        truncated_lines = sum(1 for more in embedded_has_more(self.invoices, "lines") if more)
+        truncated_items = sum(1 for more in embedded_has_more(self.subscriptions, "items") if more)
         return Metrics({
             "period_start": self.period.start,
             "period_until": self.period.until,
@@ -125,6 +126,8 @@ def gather(listing: Callable[[str, datetime | None, datetime | None], Iterable[d
 
     def keep(objs, project):
         with collector_paused():
+            if not wanted:  # (every currency: no test per object)
+                return list(map(project, objs)) if compact else list(objs)
             return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
 
     data.subscriptions = keep(listing("subscriptions", None, None), c.subscription)
@@ -265,6 +268,24 @@ class _Raw:
         self.value = value
 
 
+def _listing_reader(key: str) -> Callable:
+    """``StripeRecord._listing(key)`` for one key, its two slots read by attrgetter (``get("lines")``
+    is read once per invoice by several tables)."""
+    more_of, data_of = attrgetter(f"_{key}_has_more"), attrgetter(f"_{key}_data")
+
+    def read(record):
+        more, data = more_of(record), data_of(record)
+        if more is ABSENT and data is ABSENT:
+            return ABSENT
+        if isinstance(more, _Raw):
+            return more.value
+        out = {} if more is ABSENT else {"has_more": more}
+        if data is not ABSENT:
+            out["data"] = list(data) if data is not None else None
+        return out
+    return read
+
+
 _INT_KEYS = frozenset({"created", "start_date", "current_period_start", "ended_at", "canceled_at", "trial_start",
                        "trial_end", "amount", "amount_paid", "quantity", "fee", "net", "start", "end", "paid_at"})
 
@@ -276,6 +297,7 @@ def record_class(name: str, keys: Sequence[str], listings: Sequence[str] = ()) -
                                  "__module__": __name__})
     cls._slot = {k: cls.__dict__[f"_{k}"] for k in keys}
     cls._read = {k: attrgetter(f"_{k}") for k in keys}
+    cls._read.update({k: _listing_reader(k) for k in listings})
     # ``of`` as straight-line code (a loop over the slots' descriptors is ~3× slower): one
     # assignment per key, each key a Stripe field name (an identifier).
     assert all(k.isidentifier() for k in keys + tuple(listings))
@@ -357,13 +379,85 @@ def record_columns(objs: Sequence[Mapping], *keys: str) -> list[list]:
     (a record's ``get`` is a Python call: 0.4 µs, ten times a slot's read)."""
     kind = type(objs[0]) if objs else None
     if kind is not None and issubclass(kind, StripeRecord) and all(key in kind._slot for key in keys) \
-            and all(type(obj) is kind for obj in objs):
+            and _all_of(objs, kind):
         out = []
         for key in keys:
             values = list(map(attrgetter(f"_{key}"), objs))
-            out.append([None if value is ABSENT else value for value in values])
+            if any(map(is_, values, repeat(ABSENT))):  # (looked for by C: most columns have no absent key)
+                values = [None if value is ABSENT else value for value in values]
+            out.append(values)
         return out
     return [[obj.get(key) for obj in objs] for key in keys]
+
+
+def embedded_has_more(objs: Sequence[Mapping], key: str) -> list:
+    """Per object, ``(obj.get(key) or {}).get("has_more")``: whether Stripe cut its embedded list short."""
+    kind = type(objs[0]) if objs else None
+    if kind is None or not issubclass(kind, StripeRecord) or key not in kind.LISTINGS or not _all_of(objs, kind):
+        return [(obj.get(key) or {}).get("has_more") for obj in objs]
+    out = list(map(attrgetter(f"_{key}_has_more"), objs))
+    for i, more in enumerate(out):
+        if more is ABSENT or type(more) is _Raw:  # (absent, or not a dict: read as a dict would)
+            out[i] = (objs[i].get(key) or {}).get("has_more")
+    return out
+
+
+def _all_of(objs: Sequence, kind: type) -> bool:
+    return set(map(type, objs)) <= {kind}
+
+
+def embedded_items(objs: Sequence[Mapping], key: str) -> list[Sequence]:
+    """Per object, the items of its embedded list ``key``: ``(obj.get(key) or {}).get("data") or []``,
+    read by C from the slots of records of one kind (a tuple each, not a rebuilt dict and list)."""
+    kind = type(objs[0]) if objs else None
+    if kind is None or not issubclass(kind, StripeRecord) or key not in kind.LISTINGS or not _all_of(objs, kind):
+        return [(obj.get(key) or {}).get("data") or [] for obj in objs]
+    out = list(map(attrgetter(f"_{key}_data"), objs))
+    for i, data in enumerate(out):
+        if data is ABSENT or data is None:  # (no list, or one that was not a dict: read as a dict would)
+            out[i] = (objs[i].get(key) or {}).get("data") or []
+    return out
+
+
+def nested_column(values: Sequence[Mapping | None], key: str) -> list:
+    """Per value (a mapping, or None), ``(value or {}).get(key)``: ``record_columns`` of the values
+    that are there (an invoice's ``status_transitions``' ``paid_at``)."""
+    present = [i for i, value in enumerate(values) if value is not None]
+    if len(present) == len(values):
+        return record_columns(values, key)[0]
+    out = [None] * len(values)
+    for i, value in zip(present, record_columns([values[i] for i in present], key)[0]):
+        out[i] = value
+    return out
+
+
+def line_periods(lines: Sequence[Mapping]) -> list[tuple]:
+    """Per invoice line, its period's ``(start, end)`` as ``(line.get("period") or {}).get(...)``
+    reads them; a ``Line`` record's from its two slots, by C."""
+    if not _all_of(lines, Line):
+        return [_period_of(line) for line in lines]
+    out = list(zip(map(_PERIOD_START, lines), map(_PERIOD_END, lines)))
+    for i, (start, end) in enumerate(out):
+        if start is ABSENT or end is ABSENT or type(start) is _Raw:
+            out[i] = _period_of(lines[i])
+    return out
+
+
+def _period_of(line: Mapping) -> tuple:
+    period = line.get("period") or {}
+    return period.get("start"), period.get("end")
+
+
+_PERIOD_START, _PERIOD_END = attrgetter("_period_start"), attrgetter("_period_end")
+_LINE_PRICE, _LINE_AMOUNT = attrgetter("_price"), attrgetter("_amount")
+
+
+def lines_key(lines: Sequence[Mapping]) -> tuple:
+    """What an invoice's lines bill, as a key: each line's price by identity (the compact objects
+    share their prices) and amount. Equal keys, equal lines as far as prices and amounts go."""
+    if type(lines) is tuple and _all_of(lines, Line):  # (records: read by C)
+        return tuple(zip(map(id, map(_LINE_PRICE, lines)), map(_LINE_AMOUNT, lines)))
+    return tuple((id(line.get("price")), line.get("amount")) for line in lines)
 
 
 def _pick(obj: dict, keys: Sequence[str]) -> dict:
@@ -438,11 +532,7 @@ class Compactor:
         currencies…) and of the ids under ``ids`` (key -> the kind it names), of each amount, and
         of each timestamp repeated within the object (``_projector``: a function of its own for
         each kind of record)."""
-        key = (cls, shared, tuple(ids.items()) if ids else ())
-        project = _PROJECTORS.get(key)
-        if project is None:
-            project = _PROJECTORS[key] = _projector(cls, shared, ids or {})
-        return project(self, obj, extra)
+        return _projection(cls, shared, ids)(self, obj, extra)
 
     @staticmethod
     def _embed(record: StripeRecord, key: str, listing, item) -> None:
@@ -455,7 +545,7 @@ class Compactor:
         setattr(record, f"_{key}_has_more", listing.get("has_more", ABSENT))
         if "data" in listing:
             data = listing["data"]
-            setattr(record, f"_{key}_data", tuple(item(x) for x in data or ()) if data is not None else None)
+            setattr(record, f"_{key}_data", tuple(map(item, data or ())) if data is not None else None)
 
     def price(self, price):
         if not isinstance(price, dict):
@@ -498,19 +588,24 @@ class Compactor:
         if "customer" in sub:
             customer = sub["customer"]
             if isinstance(customer, dict):
-                customer = self._record(Customer, customer, ids={"id": "customer"},
-                                        discount=self.discount(customer.get("discount", ABSENT)))
+                discount = customer.get("discount", ABSENT)
+                customer = _CUSTOMER(self, customer,
+                                     {"discount": self.discount(discount)} if isinstance(discount, dict) else {})
             extra["customer"] = customer
         if "discount" in sub:
             extra["discount"] = self.discount(sub["discount"])
-        out = self._record(Subscription, sub, ("currency", "status"), {"id": "subscription", "customer": "customer"},
-                           **extra)
-        self._embed(out, "items", sub.get("items", ABSENT), self._item)
+        out = _SUBSCRIPTION(self, sub, extra)
+        items = sub.get("items", ABSENT)
+        if type(items) is dict and type(items.get("data")) is list:  # (as Stripe sends it)
+            out._items_has_more = items.get("has_more", ABSENT)
+            out._items_data = tuple(map(self._item, items["data"]))
+        else:
+            self._embed(out, "items", items, self._item)
         return out
 
     def _item(self, item):
         if "price" not in item:
-            return self._record(Item, item)
+            return _ITEM(self, item, {})
         price = self.price(item["price"])
         # An item's id is read only when its price cannot be priced (the unpriced_items check names it)
         priced = self._priced.get(id(price)) if isinstance(price, dict) else None
@@ -519,7 +614,7 @@ class Compactor:
             priced = isinstance(price, dict) and unpriced_reason(price) is None
             if isinstance(price, dict):
                 self._priced[id(price)] = priced  # (prices are shared: held by self._shared)
-        return self._record(Item, item, price=price, **({"id": ABSENT} if priced else {}))
+        return _ITEM(self, item, {"price": price, "id": ABSENT} if priced else {"price": price})
 
     def invoice(self, invoice: dict) -> Invoice:
         self._same = {}
@@ -528,17 +623,22 @@ class Compactor:
             extra["discount"] = self.discount(invoice["discount"])
         if "total_discount_amounts" in invoice:
             amounts = invoice["total_discount_amounts"]
-            extra["total_discount_amounts"] = [self._record(Amount, a) for a in amounts] if amounts else \
+            extra["total_discount_amounts"] = [_AMOUNT(self, a, {}) for a in amounts] if amounts else \
                 self._share(amounts)  # (the empty list: one for all)
         if "status_transitions" in invoice:
             transitions = invoice["status_transitions"]
             if isinstance(transitions, dict):
-                transitions = self._record(Transitions, transitions)
-                transitions = self._share(transitions) if transitions.get("paid_at") is None else transitions
+                transitions = _TRANSITIONS(self, transitions, {})
+                unpaid = transitions._paid_at is None or transitions._paid_at is ABSENT
+                transitions = self._share(transitions) if unpaid else transitions
             extra["status_transitions"] = transitions
-        out = self._record(Invoice, invoice, ("currency", "status"), {
-            "id": "invoice", "subscription": "subscription", "customer": "customer", "charge": "charge"}, **extra)
-        self._embed(out, "lines", invoice.get("lines", ABSENT), self._line)
+        out = _INVOICE(self, invoice, extra)
+        lines = invoice.get("lines", ABSENT)
+        if type(lines) is dict and type(lines.get("data")) is list:  # (as Stripe sends it)
+            out._lines_has_more = lines.get("has_more", ABSENT)
+            out._lines_data = tuple(map(self._line, lines["data"]))
+        else:
+            self._embed(out, "lines", lines, self._line)
         return out
 
     def _line(self, line):
@@ -548,21 +648,23 @@ class Compactor:
         if "period" in line:
             period = line["period"]
             if isinstance(period, dict):  # (its timestamps: one copy with the invoice's)
-                period = {k: self._same.setdefault(v, v) if type(v) is int else v
+                same = self._same
+                period = {k: same.setdefault(v, v) if type(v) is int else v
                           for k, v in period.items() if k in ("start", "end")}
             extra["period"] = period
         if "price" in line:
             extra["price"] = self.price(line["price"])
-        return self._record(Line, line, **extra)
+        return _LINE(self, line, extra)
 
     def _with_refs(self, cls: type[StripeRecord], obj: dict, refs: Sequence[str], ids: Mapping[str, str], **extra) -> StripeRecord:
         self._same = {}
         extra.update({ref: id_of(obj[ref]) for ref in refs if ref in obj})
-        return self._record(cls, obj, ("currency", "status", "type", "reporting_category"), ids, **extra)
+        return self._record(cls, obj, _REFERRING_SHARED, ids, **extra)
 
     def charge(self, charge: dict) -> Charge:
-        return self._with_refs(Charge, charge, ("customer", "invoice"),
-                               {"id": "charge", "customer": "customer", "invoice": "invoice"})
+        self._same = {}
+        extra = {ref: id_of(charge[ref]) for ref in ("customer", "invoice") if ref in charge}
+        return _CHARGE(self, charge, extra)
 
     def refund(self, refund: dict) -> Refund:
         return self._with_refs(Refund, refund, ("charge",), {"id": "source", "charge": "charge"})
@@ -571,10 +673,38 @@ class Compactor:
         return self._with_refs(Dispute, dispute, ("charge",), {"id": "source", "charge": "charge"})
 
     def balance_transaction(self, txn: dict) -> BalanceTransaction:
-        source = id_of(txn["source"]) if "source" in txn else ABSENT
+        self._same = {}
+        if "source" not in txn:
+            return _BALANCE_TRANSACTION(self, txn, {})
+        source = id_of(txn["source"])
         if isinstance(source, str):
             source = self._ids["charge"].get(source) or self._ids["source"].get(source) or source
-        return self._with_refs(BalanceTransaction, txn, (), {}, **({} if source is ABSENT else {"source": source}))
+        return _BALANCE_TRANSACTION(self, txn, {"source": source})
+
+
+_REFERRING_SHARED = ("currency", "status", "type", "reporting_category")
+
+
+def _projection(cls: type[StripeRecord], shared: Sequence[str] = (), ids: Mapping[str, str] | None = None) -> Callable:
+    """``_projector(cls, shared, ids)``, made once."""
+    key = (cls, tuple(shared), tuple(ids.items()) if ids else ())
+    project = _PROJECTORS.get(key)
+    if project is None:
+        project = _PROJECTORS[key] = _projector(cls, tuple(shared), ids or {})
+    return project
+
+
+# Each kind's projection, called directly per object (no lookup of it, no keyword arguments)
+_SUBSCRIPTION = _projection(Subscription, ("currency", "status"), {"id": "subscription", "customer": "customer"})
+_CUSTOMER = _projection(Customer, (), {"id": "customer"})
+_ITEM = _projection(Item)
+_INVOICE = _projection(Invoice, ("currency", "status"), {"id": "invoice", "subscription": "subscription",
+                                                         "customer": "customer", "charge": "charge"})
+_LINE = _projection(Line)
+_AMOUNT = _projection(Amount)
+_TRANSITIONS = _projection(Transitions)
+_CHARGE = _projection(Charge, _REFERRING_SHARED, {"id": "charge", "customer": "customer", "invoice": "invoice"})
+_BALANCE_TRANSACTION = _projection(BalanceTransaction, _REFERRING_SHARED, {})
 
 
 _LISTED_FIELDS.update({

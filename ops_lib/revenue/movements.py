@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as AbcMapping
 from fractions import Fraction
+from operator import itemgetter
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -188,8 +189,12 @@ def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[di
             if type(customer) is not str and isinstance(customer, AbcMapping) and customer["id"] in wanted:
                 names[customer["id"]] = customer.get("name")
     order = {m: i for i, m in enumerate(MOVEMENTS)}
+    # Largest change first: each distinct size's rank, so that the sort compares ints, not Fractions
+    sizes = [abs(row["change"]) for row in rows]
+    rank = {size: i for i, size in enumerate(sorted(set(sizes), reverse=True))}
+    keys = [(row["currency"], order[row["movement"]], rank[size], row["customer"]) for row, size in zip(rows, sizes)]
     out = []
-    for row in sorted(rows, key=lambda r: (r["currency"], order[r["movement"]], -abs(r["change"]), r["customer"])):
+    for _, row in sorted(zip(keys, rows), key=itemgetter(0)):
         cur = row["currency"]
         out.append({
             "customer": row["customer"], "name": names.get(row["customer"]), "currency": cur,

@@ -49,12 +49,13 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
+from itertools import islice
 from collections.abc import Mapping as AbcMapping
 from typing import Iterable, Mapping, Sequence
 
 from . import money
 from ..bulk import collector_paused
-from .data import at, id_of, record_columns
+from .data import at, embedded_items, id_of, line_periods, record_columns
 from .snapshots import Facts
 
 DAY = 86_400
@@ -228,7 +229,11 @@ class _Row:
 
 
 def _customer(sub: Mapping) -> tuple[str, str | None]:
-    customer = sub.get("customer")
+    return _customer_of(sub.get("customer"))
+
+
+def _customer_of(customer) -> tuple[str, str | None]:
+    """The customer's id and name (None unless expanded) from a subscription's ``customer``."""
     if type(customer) is not str and isinstance(customer, AbcMapping):
         return customer["id"], customer.get("name")
     return customer, None
@@ -320,18 +325,25 @@ def state_mrr(sub: Mapping, moment: int, grace_days: int, *, assume_active: bool
 def _state_amount(sub: Mapping, p: Profile, moment: int, grace_days: int, assume_active: bool):
     """(amount, counted, why, discount applied) of ``state_mrr``: why is None for "active" when
     ``assume_active`` (the caller's ``basis`` or "active")."""
-    period_start = sub.get("current_period_start") or sub.get("created") or 0
+    return _status_amount(sub, p, moment, grace_days, assume_active,
+                          sub.get("current_period_start") or sub.get("created") or 0, sub.get("status", ""),
+                          sub.get("pause_collection"), sub.get("cancel_at_period_end"))
+
+
+def _status_amount(sub: Mapping, p: Profile, moment: int, grace_days: int, assume_active: bool, period_start: int,
+                   status: str, paused, cancels_at_period_end):
+    """``_state_amount`` from the subscription's fields already read (``MRRBook.subscriptions_at``
+    reads them as columns); ``sub`` is read for its discount only."""
     net, discounted = p.gross, False
     if p._coupon:
         if discount_active(subscription_discount(sub), moment, period_start):
             net, discounted = p.discounted, True
-    status = sub.get("status", "")
     counted, why = True, "active"
     if not assume_active:
-        if sub.get("pause_collection"):
+        if paused:
             counted, why = False, "collection paused"
         elif status == "active":
-            why = "active, cancels at period end" if sub.get("cancel_at_period_end") else "active"
+            why = "active, cancels at period end" if cancels_at_period_end else "active"
         elif status == "past_due":
             days = (moment - period_start) / DAY
             counted = days <= grace_days
@@ -371,43 +383,61 @@ def invoice_segments(invoices: Iterable[Mapping]) -> dict[str, list[Segment]]:
     """Per subscription, the periods its invoices billed (draft and void invoices left out).
 
     Segments billing the same prices, amounts and quantities with the same coupon share their
-    amounts, plan and discount text (worked out once: the compact invoices share their prices)."""
+    amounts, plan and discount text (worked out once: the compact invoices share their prices).
+    Every field is read as a column (``record_columns``), the lines' too."""
     segments: dict[str, list[Segment]] = {}
     lowered: dict[str, str] = {}  # one copy of each currency code
     worked_out: dict[tuple, tuple] = {}  # by identity of prices and coupon: each value holds them
     invoices = invoices if isinstance(invoices, list) else list(invoices)
-    for invoice, sub_ref, status, currency in zip(invoices, *record_columns(invoices, "subscription", "status", "currency")):
+    kept = [k for k, (sub_ref, status) in enumerate(zip(*record_columns(invoices, "subscription", "status")))
+            if id_of(sub_ref) and status in INVOICE_STATUSES_WITH_MRR]
+    for first in range(0, len(kept), _CHUNK):  # (the columns of a chunk at a time: a bounded transient)
+        _add_segments([invoices[k] for k in kept[first:first + _CHUNK]], segments, lowered, worked_out)
+    for items in segments.values():
+        items.sort(key=_segment_order)
+    return segments
+
+
+_CHUNK = 65_536
+
+
+def _add_segments(invoices: list[Mapping], segments: dict, lowered: dict, worked_out: dict) -> None:
+    """``invoice_segments``' work for some of the invoices (each with a subscription and a status with MRR)."""
+    lines_of = embedded_items(invoices, "lines")
+    every_line = [line for found in lines_of for line in found]
+    line_columns = zip(*record_columns(every_line, "type", "proration", "price", "amount", "quantity"),
+                       line_periods(every_line), every_line)  # (read in order: each invoice's lines in turn)
+    for invoice, lines, sub_ref, status, currency, discount, amounts, customer, invoice_id, created in zip(
+            invoices, lines_of, *record_columns(invoices, "subscription", "status", "currency", "discount",
+                                                "total_discount_amounts", "customer", "id", "created")):
         sub_id = id_of(sub_ref)
-        if not sub_id or status not in INVOICE_STATUSES_WITH_MRR:
-            continue
         currency = lowered.get(currency) or lowered.setdefault(currency, currency.lower())
-        by_period: dict[tuple[int, int], list[Mapping]] = {}
-        for line in (invoice.get("lines") or {}).get("data") or []:
-            if line.get("type") != "subscription" or line.get("proration"):
+        by_period: dict[tuple[int, int], list[tuple]] = {}
+        for kind, proration, price, amount, quantity, period, line in islice(line_columns, len(lines)):
+            if kind != "subscription" or proration:
                 continue
-            period = line.get("period") or {}
-            by_period.setdefault((period.get("start"), period.get("end")), []).append(line)
-        discount = invoice.get("discount")
-        discounted = sum(d.get("amount", 0) for d in invoice.get("total_discount_amounts") or []) > 0
+            by_period.setdefault(period, []).append((id(price), amount, quantity, line))
+        if invoice_id is None:
+            invoice_id = invoice["id"]  # (a KeyError, as before)
+        discounted = bool(amounts) and sum(d.get("amount", 0) for d in amounts) > 0
         coupon = discount.get("coupon") if discount and discounted else None
-        for (start, end), lines in by_period.items():
+        paid, created = status == "paid", created or 0
+        customer = id_of(customer)
+        for (start, end), billed in by_period.items():
             if start is None or end is None:
                 continue
-            key = (currency, tuple((id(line.get("price")), line.get("amount"), line.get("quantity")) for line in lines),
-                   id(coupon) if coupon else None)
+            key = (currency, tuple(line[:3] for line in billed), id(coupon) if coupon else None)
             found = worked_out.get(key)
             if found is None:
-                found = worked_out[key] = _segment_amounts(lines, discount if coupon else None, currency) + (lines, discount)
+                found = worked_out[key] = _segment_amounts([line[3] for line in billed], discount if coupon else None,
+                                                           currency) + (billed, discount)
             gross, net, plan, quantity, applied = found[:5]
             segments.setdefault(sub_id, []).append(Segment(
-                subscription=sub_id, customer=id_of(invoice.get("customer")), currency=currency,
-                start=start, end=end, gross=gross, amount=net, paid=status == "paid",
-                invoice=invoice["id"], created=invoice.get("created") or 0,
-                plan=plan, quantity=quantity, discount=applied,
-            ))
-    for items in segments.values():
-        items.sort(key=lambda s: (s.start, s.created))
-    return segments
+                sub_id, customer, currency, start, end, gross, net, paid, invoice_id, created, plan, quantity, applied))
+
+
+def _segment_order(segment: Segment) -> tuple[int, int]:
+    return segment.start, segment.created
 
 
 def _segment_amounts(lines: Sequence[Mapping], discount: Mapping | None, currency: str) -> tuple:
@@ -443,8 +473,10 @@ class MRRBook:
     def __init__(self, subscriptions: Sequence[Mapping], invoices: Iterable[Mapping], *, grace_days: int = 30):
         self.subscriptions = list(subscriptions)
         self.grace_days = grace_days
+        # (a list given is kept, to rebuild the segments from once the facts hold what the history reads)
+        self._invoices = invoices if isinstance(invoices, list) else None
         with collector_paused():
-            self.segments = invoice_segments(invoices)
+            self._segments: dict[str, list[Segment]] | None = invoice_segments(invoices)
         # The latest two snapshots only: the history walks the months in order (each month's end is
         # the next one's start) and the period's movements come last, at the last month's two
         # boundaries when the period is a month; at 1M customers each is ~50 MB.
@@ -452,6 +484,14 @@ class MRRBook:
         self._shared_profiles: dict = {}
         self._profiles: list[Profile] | None = None  # parallel to self.subscriptions, made on first use
         self._facts: Facts | None = None  # likewise
+
+    @property
+    def segments(self) -> dict[str, list[Segment]]:
+        """``invoice_segments`` of the book's invoices (rebuilt when asked after ``_all_facts`` let them go)."""
+        if self._segments is None:
+            with collector_paused():
+                self._segments = invoice_segments(self._invoices)
+        return self._segments
 
     # -- one subscription
 
@@ -476,6 +516,10 @@ class MRRBook:
         if self._facts is None:
             with collector_paused():
                 self._facts = Facts(self)
+            if self._invoices is not None:
+                # The facts hold the segments as arrays: the objects (~300 bytes a subscription) go
+                # until a single subscription's MRR is asked again (``at``: rebuilt from the invoices)
+                self._segments = None
         return self._facts
 
     def at(self, sub: Mapping, moment: int, profile: Profile | None = None) -> SubscriptionMRR:
@@ -551,8 +595,33 @@ class MRRBook:
     # -- everyone
 
     def subscriptions_at(self, moment: int) -> list[SubscriptionMRR]:
+        """``[self.at(sub, moment) for sub in self.subscriptions]``: the fields ``at`` reads of a
+        subscription in its current state (most of them, at a closing) read as columns first."""
+        out: list[SubscriptionMRR] = []
         with collector_paused():
-            return [self.at(sub, moment, p) for sub, p in zip(self.subscriptions, self._all_profiles())]
+            profiles = self._all_profiles()
+            for first in range(0, len(self.subscriptions), _CHUNK):  # (the columns of a chunk at a time)
+                self._add_results(out, moment, self.subscriptions[first:first + _CHUNK], profiles[first:first + _CHUNK])
+        return out
+
+    def _add_results(self, out: list, moment: int, subs: list[Mapping], profiles: list[Profile]) -> None:
+        """``subscriptions_at``'s results for some of the subscriptions, added to ``out``."""
+        grace_days = self.grace_days
+        for sub, p, sub_id, start_date, created, ended, status, current, customer, paused, cancels in zip(
+                subs, profiles, *record_columns(
+                    subs, "id", "start_date", "created", "ended_at", "status", "current_period_start", "customer",
+                    "pause_collection", "cancel_at_period_end")):
+            status = sub.get("status", "") if status is None else status
+            if moment < (start_date or created or 0) or (ended is not None and moment >= ended) \
+                    or status in ("canceled", "incomplete_expired") or moment < (current or 0) or sub_id is None:
+                out.append(self.at(sub, moment, p))  # (not in its current state: one at a time)
+                continue
+            amount, counted, why, discounted = _status_amount(
+                sub, p, moment, grace_days, False, current or created or 0, status, paused, cancels)
+            customer, customer_name = _customer_of(customer)
+            out.append(SubscriptionMRR(sub_id, customer, customer_name, p.currency, status, p.plan, p.interval,
+                                       p.quantity, p.gross, amount, counted, why,
+                                       p.coupon_text if discounted else None, p.unpriced))
 
     def closing(self, boundary: int) -> list[SubscriptionMRR]:
         """Every subscription's MRR as a month (or the period) closed: in its last second before
@@ -609,13 +678,27 @@ def _first_recurring(sub: Mapping) -> Mapping | None:
 def mrr_by_currency(results: Iterable[SubscriptionMRR]) -> list[dict]:
     """MRR and ARR per currency (never summed across currencies), exact in ``mrr_minor``."""
     totals: dict[str, dict] = {}
+    # Each amount's sign and how many times it counts, by identity (results share their profiles'
+    # and invoices' amounts: a Fraction's hash and comparison cost more than the rest); added up
+    # once each, times how many (the value holds the amount: the id in the key stays its own)
+    positive: dict[int, tuple[bool, Fraction]] = {}
+    times: dict[tuple[int, str], list] = {}
     for r in results:
-        row = totals.setdefault(r.currency, {"currency": r.currency, "mrr_minor": money.ExactSum(), "subscriptions": 0,
-                                             "customers": set()})
-        if r.counted and r.amount > 0:
-            row["mrr_minor"].add(r.amount)
+        row = totals.get(r.currency)
+        if row is None:
+            row = totals[r.currency] = {"currency": r.currency, "mrr_minor": money.ExactSum(), "subscriptions": 0,
+                                        "customers": set()}
+        if not r.counted:
+            continue
+        found = positive.get(id(r.amount))
+        if found is None:
+            found = positive[id(r.amount)] = (r.amount > 0, r.amount)
+        if found[0]:
             row["subscriptions"] += 1
             row["customers"].add(r.customer)
+            times.setdefault((id(r.amount), r.currency), [r.amount, 0])[1] += 1
+    for (_, currency), (amount, n) in times.items():
+        totals[currency]["mrr_minor"].add(amount * n)
     rows = []
     for currency in sorted(totals):
         row = totals[currency]
@@ -639,14 +722,16 @@ def display_totals(rows: Sequence[dict]) -> list[dict]:
 
 
 def subscription_rows(results: Iterable[SubscriptionMRR], *, include_zero: bool = True) -> list[dict]:
-    majors: dict[tuple[Fraction, str], float | None] = {}  # amounts repeat: each converted once
+    # Amounts repeat (the results share their profiles' and invoices' amounts): each converted once,
+    # known by identity (a Fraction's hash costs more than the conversion's lookup)
+    majors: dict[tuple[int, str], tuple] = {}
 
     def major(amount: Fraction, currency: str) -> float | None:
-        key = (amount, currency)
-        found = majors.get(key, majors)
-        if found is majors:
-            found = majors[key] = money.major(amount, currency)
-        return found
+        key = (id(amount), currency)
+        found = majors.get(key)
+        if found is None:  # (the value holds the amount: the id in the key stays its own)
+            found = majors[key] = (money.major(amount, currency), amount)
+        return found[0]
 
     with collector_paused():
         rows = [r.row(major) for r in results if include_zero or r.amount > 0]

@@ -15,6 +15,7 @@ refunded charge keeps its amount and may say ``refunded``).
 """
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Mapping, Sequence
 
@@ -24,7 +25,7 @@ from ..db import select_all
 from ..schema_map import SchemaMap
 from ..utc import to_epoch
 from . import money
-from .data import StripeData, at, id_of
+from .data import StripeData, at, id_of, record_columns
 
 # The app statuses that mean the money came in (the reference app writes "succeeded" and "refunded").
 PAID_STATUSES = frozenset({"succeeded", "paid", "refunded", "partially_refunded", "complete", "completed", "captured"})
@@ -52,6 +53,11 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> list[
 _ts = to_epoch
 
 
+def _exceeds(difference, tolerated: Fraction, whole: int) -> bool:
+    """``difference > tolerated``; for whole minor units, against the tolerance's whole part."""
+    return difference > (whole if type(difference) is int else tolerated)
+
+
 def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float = 0.0) -> list[dict]:
     """Every disagreement between the app's payments and Stripe's charges of the period, oldest first."""
     wanted = data.currencies
@@ -75,27 +81,34 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
             "problem": problem, "_ts": when or 0,
         })
 
-    allowed: dict[str, Fraction] = {}  # the tolerance in each currency's minor units
+    # The tolerance in each currency's minor units, and its whole part: a difference of whole minor
+    # units exceeds the tolerance exactly when it exceeds its whole part (no Fraction to compare)
+    allowed: dict[str, tuple[Fraction, int]] = {}
 
     def compare(charge: Mapping, app: Mapping) -> None:
         currency = charge["currency"].lower()
         if currency not in allowed:
-            allowed[currency] = money.minor(tolerance, currency)
+            tolerated = money.minor(tolerance, currency)
+            allowed[currency] = tolerated, math.floor(tolerated)
         if (app.get("currency") or "").lower() != currency:
             report(charge["id"], charge, app, f"currency differs: the app says {app.get('currency')}")
-        elif abs(int(app["amount"]) - charge["amount"]) > allowed[currency]:
+        elif _exceeds(abs(int(app["amount"]) - charge["amount"]), *allowed[currency]):
             report(charge["id"], charge, app, "amount differs")
         elif app.get("status") is not None and str(app["status"]).lower() not in PAID_STATUSES:
             report(charge["id"], charge, app, f"the app says {app['status']}")
 
-    for charge in data.charges_in_period:
-        if charge.get("status") != "succeeded":
+    compared: dict[str, Mapping] = {}  # charge id -> the app's payment compared with it below
+    charges = data.charges_in_period
+    for charge, charge_id, status, invoice in zip(charges, *record_columns(charges, "id", "status", "invoice")):
+        if status != "succeeded":
             continue
-        app = by_charge.get(charge["id"]) or by_invoice.get(id_of(charge.get("invoice")))
+        charge_id = charge["id"] if charge_id is None else charge_id
+        app = by_charge.get(charge_id) or by_invoice.get(id_of(invoice))
         if app is None:
             report(charge["id"], charge, None, "missing in the app")
         else:
             compare(charge, app)
+            compared[charge_id] = app
 
     for app in payments:
         status = str(app.get("status") or "succeeded").lower()
@@ -112,7 +125,7 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
                 report(f"(payment without a charge id, invoice {invoice})", None, app,
                        "not paid in Stripe: no succeeded charge for its invoice")
             continue
-        if charge_id in problems:
+        if charge_id in problems or compared.get(charge_id) is app:  # (the same comparison: the same outcome)
             continue
         charge = stripe_all.get(charge_id)
         if charge is None:

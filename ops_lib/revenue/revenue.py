@@ -21,8 +21,11 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Iterable, Mapping, Sequence
 
+import numpy as np
+import pandas as pd
+
 from . import money
-from .data import StripeData, at, id_of, record_columns
+from .data import StripeData, at, embedded_items, id_of, lines_key, nested_column, record_columns
 from .mrr import plan_label
 from .period import Period
 
@@ -74,9 +77,11 @@ class _Shares:
     def __init__(self):
         self._found: dict[tuple, tuple[list, object]] = {}
 
-    def __call__(self, invoice: Mapping) -> list[tuple[str, Fraction]]:
-        lines = (invoice.get("lines") or {}).get("data") or []
-        key = tuple((id(line.get("price")), line.get("amount")) for line in lines)
+    def __call__(self, invoice: Mapping, lines: Sequence[Mapping] | None = None) -> list[tuple[str, Fraction]]:
+        """(``lines``: the invoice's, when already read: ``embedded_items``.)"""
+        if lines is None:
+            lines = (invoice.get("lines") or {}).get("data") or []
+        key = lines_key(lines)
         found = self._found.get(key)
         if found is None:  # (the value holds the lines: the ids in the key stay theirs)
             found = self._found[key] = (invoice_plan_shares(invoice), lines)
@@ -99,36 +104,51 @@ class _Splits:
 
 
 class _Attribution:
-    """Which plan a charge, refund or dispute belongs to, through its invoice."""
+    """Which plan a charge, refund or dispute belongs to, through its invoice.
+
+    Invoices are known by their index in ``data.invoices``; each one's shares are worked out once,
+    when first asked (the period's paid invoices, then the charges' invoices again)."""
 
     def __init__(self, data: StripeData):
         self.shares = _Shares()
+        self.invoices = data.invoices
+        self._lines = embedded_items(data.invoices, "lines")
+        self._shares_of: list = [None] * len(data.invoices)  # per invoice, its shares once asked
         invoice_ids, charge_ids = record_columns(data.invoices, "id", "charge")
-        self.invoice_by_id = dict(zip(invoice_ids, data.invoices))
-        self.invoice_by_charge = {id_of(charge): i for i, charge in zip(data.invoices, charge_ids) if charge}
-        self.charges = dict(zip(record_columns(data.charges, "id")[0], data.charges))
-        self.refunds = dict(zip(record_columns(data.refunds, "id")[0], data.refunds))
-        self.disputes = dict(zip(record_columns(data.disputes, "id")[0], data.disputes))
+        self.invoice_by_id = {invoice_id: i for i, invoice_id in enumerate(invoice_ids)}
+        self.invoice_by_charge = {id_of(charge): i for i, charge in enumerate(charge_ids) if charge}
+        charge_ids, charge_invoices = record_columns(data.charges, "id", "invoice")
+        self.charge_invoice = dict(zip(charge_ids, charge_invoices))  # charge id -> its ``invoice``
+        self.refund_charge = dict(zip(*record_columns(data.refunds, "id", "charge")))
+        self.dispute_charge = dict(zip(*record_columns(data.disputes, "id", "charge")))
+
+    def shares_of_invoice(self, index: int) -> list[tuple[str, Fraction]]:
+        found = self._shares_of[index]
+        if found is None:
+            found = self._shares_of[index] = self.shares(self.invoices[index], self._lines[index])
+        return found
 
     def shares_of_charge(self, charge_id: str | None) -> list[tuple[str, Fraction]]:
         if not charge_id:
             return _ALL_UNKNOWN
         invoice = self.invoice_by_charge.get(charge_id)
-        charge = self.charges.get(charge_id)
-        if invoice is None and charge is not None and charge.get("invoice"):
-            invoice = self.invoice_by_id.get(id_of(charge["invoice"]))
+        known = charge_id in self.charge_invoice
+        charge_invoice = self.charge_invoice.get(charge_id)
+        if invoice is None and charge_invoice:
+            invoice = self.invoice_by_id.get(id_of(charge_invoice))
         if invoice is not None:
-            return self.shares(invoice)
-        if charge is not None and not charge.get("invoice"):
+            return self.shares_of_invoice(invoice)
+        if known and not charge_invoice:
             return _ALL_ONE_OFF  # (an invoice naming it was handled above)
         return _ALL_UNKNOWN
 
-    def shares_of_balance(self, txn: Mapping) -> list[tuple[str, Fraction]]:
-        source = id_of(txn.get("source")) or ""
-        if source in self.refunds:
-            return self.shares_of_charge(id_of(self.refunds[source].get("charge")))
-        if source in self.disputes:
-            return self.shares_of_charge(id_of(self.disputes[source].get("charge")))
+    def shares_of_balance(self, source) -> list[tuple[str, Fraction]]:
+        """The shares of a balance transaction with this ``source``."""
+        source = id_of(source) or ""
+        if source in self.refund_charge:
+            return self.shares_of_charge(id_of(self.refund_charge[source]))
+        if source in self.dispute_charge:
+            return self.shares_of_charge(id_of(self.dispute_charge[source]))
         if source.startswith(("ch_", "py_")):
             return self.shares_of_charge(source)
         return _ALL_UNKNOWN if source else _ALL_FEES
@@ -137,6 +157,7 @@ class _Attribution:
 def revenue_by_plan(data: StripeData) -> list[dict]:
     """Per currency and plan: paid invoices, gross, refunds, disputes, fees, net (minor units)."""
     period = data.period
+    contains = period.contains
     who = _Attribution(data)
     split = _Splits()
     table: dict[tuple[str, str], dict] = {}
@@ -149,35 +170,40 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
                                   "disputed": 0, "fees": 0, "net": 0}
         return found
 
-    for invoice, status, transitions, amount_paid, currency in zip(data.invoices, *record_columns(
-            data.invoices, "status", "status_transitions", "amount_paid", "currency")):
-        if status != "paid" or not period.contains((transitions or {}).get("paid_at")):
+    status, transitions, amount_paid, currency = record_columns(
+        data.invoices, "status", "status_transitions", "amount_paid", "currency")
+    paid_at = nested_column(transitions, "paid_at")
+    for index, (status, paid_at, amount_paid, currency) in enumerate(zip(status, paid_at, amount_paid, currency)):
+        if status != "paid" or not contains(paid_at):
             continue
-        split_by_plan = split(int(amount_paid or 0), who.shares(invoice))  # (invoice_plan_split)
+        split_by_plan = split(int(amount_paid or 0), who.shares_of_invoice(index))  # (invoice_plan_split)
         for n, (plan, amount) in enumerate(split_by_plan):
             r = row(currency, plan)
             r["gross"] += amount
             r["invoices_paid"] += 1 if n == 0 else 0
-    for charge in data.charges_in_period:
-        if charge.get("status") == "succeeded" and not charge.get("invoice") and charge["id"] not in who.invoice_by_charge:
-            row(charge["currency"], ONE_OFF)["gross"] += charge["amount"]
+    charges = data.charges_in_period
+    for charge_id, status, invoice, currency, amount in zip(*record_columns(
+            charges, "id", "status", "invoice", "currency", "amount")):
+        if status == "succeeded" and not invoice and charge_id not in who.invoice_by_charge:
+            row(currency, ONE_OFF)["gross"] += amount
     for refund in data.refunds:
-        if period.contains(refund.get("created")) and refund.get("status") in REFUND_STATUSES_COUNTED:
+        if contains(refund.get("created")) and refund.get("status") in REFUND_STATUSES_COUNTED:
             for plan, amount in split(refund["amount"], who.shares_of_charge(id_of(refund.get("charge")))):
                 row(refund["currency"], plan)["refunded"] += amount
     for dispute in data.disputes:
-        if period.contains(dispute.get("created")):
+        if contains(dispute.get("created")):
             for plan, amount in split(dispute["amount"], who.shares_of_charge(id_of(dispute.get("charge")))):
                 row(dispute["currency"], plan)["disputed"] += amount
-    for txn in data.balance_transactions:
-        if not period.contains(txn.get("created")) or txn.get("reporting_category") in EXCLUDED_BALANCE_CATEGORIES \
-                or txn.get("type") in EXCLUDED_BALANCE_CATEGORIES:
+    excluded = EXCLUDED_BALANCE_CATEGORIES
+    for created, category, kind, source, fee, net, currency in zip(*record_columns(
+            data.balance_transactions, "created", "reporting_category", "type", "source", "fee", "net", "currency")):
+        if not contains(created) or category in excluded or kind in excluded:
             continue
-        shares = who.shares_of_balance(txn)
-        for plan, fee in split(txn.get("fee") or 0, shares):
-            row(txn["currency"], plan)["fees"] += fee
-        for plan, net in split(txn.get("net") or 0, shares):
-            row(txn["currency"], plan)["net"] += net
+        shares = who.shares_of_balance(source)
+        for plan, part in split(fee or 0, shares):
+            row(currency, plan)["fees"] += part
+        for plan, part in split(net or 0, shares):
+            row(currency, plan)["net"] += part
     return sorted(table.values(), key=lambda r: (r["currency"], -r["gross"], r["plan"]))
 
 
@@ -207,7 +233,8 @@ def revenue_table(rows: Sequence[dict], *, with_totals: bool = True) -> list[dic
 
 def success_rate(charges: Iterable[Mapping]) -> dict:
     """Counts by status and ``succeeded ÷ (succeeded + failed)`` in percent (None without attempts)."""
-    counts = Counter(c.get("status") for c in charges)
+    charges = charges if isinstance(charges, list) else list(charges)
+    counts = Counter(record_columns(charges, "status")[0])
     decided = counts["succeeded"] + counts["failed"]
     return {
         "succeeded": counts["succeeded"], "failed": counts["failed"], "pending": counts["pending"],
@@ -237,18 +264,38 @@ def success_over_time(charges: Iterable[Mapping], period: Period) -> list[dict]:
     while moment < period.until:
         buckets[moment] = Counter()
         moment += step
-    for charge in charges:
-        created = at(charge["created"])
-        index = int((created - start) / step)
-        key = start + index * step
-        if key in buckets:
-            buckets[key][charge.get("status")] += 1
+    charges = charges if isinstance(charges, list) else list(charges)
+    created, status = record_columns(charges, "created", "status")
+    if all(type(c) is int for c in created):
+        _count_by_bucket(buckets, start, step, created, status)
+    else:  # (a timestamp that is not whole seconds, or none: one charge at a time)
+        for charge in charges:
+            created = at(charge["created"])
+            index = int((created - start) / step)
+            key = start + index * step
+            if key in buckets:
+                buckets[key][charge.get("status")] += 1
     rows = []
     for key, counts in buckets.items():
         decided = counts["succeeded"] + counts["failed"]
         rows.append({"day": key, "succeeded": counts["succeeded"], "failed": counts["failed"], "pending": counts["pending"],
                      "success_rate_pct": round(100 * counts["succeeded"] / decided, 2) if decided else None})
     return rows
+
+
+def _count_by_bucket(buckets: dict[datetime, Counter], start: datetime, step: timedelta, created: list[int],
+                     status: list) -> None:
+    """``success_over_time``'s count of each status per bucket, for whole-second timestamps, as
+    arrays: a charge's bucket is ``int((at(created) - start) / step)`` (truncated, as ``int`` does)."""
+    seconds = np.array(created, dtype=np.int64) - int(start.timestamp())
+    index = np.trunc(seconds / step.total_seconds()).astype(np.int64)
+    codes, statuses = pd.factorize(np.array(status, dtype=object), use_na_sentinel=True)
+    kept = (index >= 0) & (index < len(buckets)) & (codes >= 0)  # (a status None is counted nowhere shown)
+    counts = np.bincount(index[kept] * len(statuses) + codes[kept], minlength=len(buckets) * len(statuses))
+    for key, per_status in zip(buckets, counts.reshape(len(buckets), len(statuses)).tolist()):
+        for name, n in zip(statuses.tolist(), per_status):
+            if n:
+                buckets[key][name] += n
 
 
 def failed_charge_rows(charges: Iterable[Mapping]) -> list[dict]:

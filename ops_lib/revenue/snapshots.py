@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping as AbcMapping
 from fractions import Fraction
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -114,7 +115,7 @@ class Facts:
         self._customers: dict[object, int] | None = None
 
         # The invoices' billed periods, by subscription then start and creation (``MRRBook.segments``)
-        rows, group, first_invoiced = [], -1, []
+        every, owner, groups, group, first_invoiced = [], [], [], -1, []
         segments_of = book.segments.get
         for i, sub_id in enumerate(ids):
             found = segments_of(sub_id)
@@ -124,11 +125,17 @@ class Facts:
                 if (seg.start, seg.created) != previous:
                     group += 1  # (segments of the same start and creation: the first covering one counts)
                     previous = (seg.start, seg.created)
-                rows.append((i, seg.start, seg.end, seg.paid, amount_id(seg.amount, seg.currency), group))
+                every.append(seg)
+                owner.append(i)
+                groups.append(group)
         self.first_invoiced = np.array(first_invoiced, dtype=np.int64)
-        seg = np.array(rows, dtype=np.int64).reshape(-1, 6)
-        self.seg = {"sub": seg[:, 0].astype(np.int32), "start": seg[:, 1].copy(), "end": seg[:, 2].copy(),
-                    "paid": seg[:, 3].astype(bool), "amount": seg[:, 4].astype(np.int32), "group": seg[:, 5].astype(np.int32)}
+
+        def column(name: str, dtype) -> np.ndarray:  # (each field a column of its own: no row tuples)
+            return np.fromiter(map(attrgetter(name), every), dtype=dtype, count=len(every))
+        self.seg = {"sub": np.array(owner, dtype=np.int32), "start": column("start", np.int64),
+                    "end": column("end", np.int64), "paid": column("paid", bool),
+                    "amount": np.array([amount_id(seg.amount, seg.currency) for seg in every], dtype=np.int32),
+                    "group": np.array(groups, dtype=np.int32)}
         self.currencies = list(currency_ids)
         self.amount_currency = np.array([currency_ids[cur] for _, cur in self.amounts], dtype=np.int64)
         # Each distinct amount value once (``values``): equal amounts are one value, so that a
