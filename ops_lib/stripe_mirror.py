@@ -841,32 +841,13 @@ class Mirror:
 
     @staticmethod
     def _serve_rows(snapshot: "_Snapshot", whole_to_row: Callable[[dict], tuple]) -> Iterator[tuple]:
-        conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
-        served = 0
-        ahead = _ReadAhead(snapshot.cursor) if rows else None
-        try:
-            while rows:
+        with contextlib.closing(_batches(snapshot)) as batches:
+            for rows, projected in batches:
                 if projected:
                     yield from rows
                 else:
                     for obj in _decoded(rows, False):
                         yield whole_to_row(obj)
-                served += len(rows)
-                try:
-                    rows = ahead.next()
-                except sqlite3.OperationalError as exc:
-                    if not projected or not _json_refused(exc):
-                        raise
-                    ahead.close()
-                    sql, args = snapshot.whole
-                    cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
-                    projected = False
-                    rows = cursor.fetchmany(SERVE_BATCH)
-                    ahead = _ReadAhead(cursor) if rows else ahead
-        finally:
-            if ahead is not None:
-                ahead.close()
-            conn.close()
 
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
                expand_customer: bool, drop: tuple[str, ...] | None = None,
@@ -959,12 +940,9 @@ class Mirror:
                wanted: tuple[str, ...] | None, expand_customer: bool,
                customer_fields: tuple[str, ...] | None = None) -> Iterator[dict]:
         """The snapshot's rows, SERVE_BATCH at a time in memory, decoded and filtered as they go."""
-        conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
-        expand = expand_customer and (not projected or "customer" in (wanted or ()))
-        served = 0
-        ahead = _ReadAhead(snapshot.cursor) if rows else None
-        try:
-            while rows:
+        with contextlib.closing(_batches(snapshot)) as batches:
+            for rows, projected in batches:
+                expand = expand_customer and (not projected or "customer" in (wanted or ()))
                 for obj in _decoded(rows, expand):
                     if keep is not None and not keep(obj):
                         continue
@@ -974,24 +952,36 @@ class Mirror:
                         if customer_fields is not None and isinstance(obj.get("customer"), dict):
                             obj["customer"] = {k: v for k, v in obj["customer"].items() if k in customer_fields}
                     yield obj
-                served += len(rows)
-                try:
-                    rows = ahead.next()
-                except sqlite3.OperationalError as exc:
-                    if not projected or not _json_refused(exc):
-                        raise
-                    # A row SQLite's JSON parser refuses (NaN, Infinity: Python wrote them): the
-                    # rest whole, projected in Python, from the same read transaction.
-                    ahead.close()
-                    sql, args = snapshot.whole
-                    cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
-                    projected, expand = False, expand_customer
-                    rows = cursor.fetchmany(SERVE_BATCH)
-                    ahead = _ReadAhead(cursor) if rows else ahead
-        finally:
-            if ahead is not None:
+
+
+def _batches(snapshot: "_Snapshot") -> Iterator[tuple[list, bool]]:
+    """The snapshot's rows, SERVE_BATCH at a time (the next ones read ahead by a thread), each batch
+    with whether it is projected; the snapshot's connection closed at the end or when left early.
+
+    A row SQLite's JSON functions refuse (NaN, Infinity: Python wrote them) turns the rest to the
+    whole objects' query, from the same read transaction."""
+    conn, rows, projected = snapshot.conn, snapshot.rows, snapshot.projected
+    served = 0
+    ahead = _ReadAhead(snapshot.cursor) if rows else None
+    try:
+        while rows:
+            yield rows, projected
+            served += len(rows)
+            try:
+                rows = ahead.next()
+            except sqlite3.OperationalError as exc:
+                if not projected or not _json_refused(exc):
+                    raise
                 ahead.close()
-            conn.close()
+                sql, args = snapshot.whole
+                cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
+                projected = False
+                rows = cursor.fetchmany(SERVE_BATCH)
+                ahead = _ReadAhead(cursor) if rows else ahead
+    finally:
+        if ahead is not None:
+            ahead.close()
+        conn.close()
 
 
 class _ReadAhead:
