@@ -220,7 +220,9 @@ def select_value(conn: Connection, sql: str, **params: Any) -> Any:
 
 
 def server_version_num(conn: Connection) -> int:
-    return int(select_value(conn, "SHOW server_version_num"))
+    """The server's version number (e.g. 180001): psycopg2 reads it when it connects, no query."""
+    known = getattr(getattr(conn.connection, "dbapi_connection", None), "server_version", None)
+    return known if isinstance(known, int) and known > 0 else int(select_value(conn, "SHOW server_version_num"))
 
 
 def server_version(conn: Connection) -> str:

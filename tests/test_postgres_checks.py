@@ -151,6 +151,15 @@ def version(database) -> int:
         return server_version_num(conn)
 
 
+def test_the_server_version_is_psycopg2s_without_a_query_and_agrees_with_show(database):
+    with database.admin.connect() as conn:
+        shown = int(conn.exec_driver_sql("SHOW server_version_num").scalar())
+        sent: list = []
+        sa.event.listen(conn, "before_cursor_execute", lambda *args: sent.append(args[2]))
+        assert server_version_num(conn) == shown and shown >= 150000
+        assert sent == [], "read when psycopg2 connected"
+
+
 # ------------------------------------------------------------------------------------------
 # pg_stat_statements
 

@@ -675,7 +675,8 @@ def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, i
     # One counter per (organisation, period start) when a unique index says so (the reference
     # app's primary key): then no grouping (a million groups hashed: ~0.7 s of the database's time).
     # (a period start stored as text may name one moment twice: only moment types are trusted)
-    one_each = _column_types(conn, schema, "usage_counters").get(counters.columns["period_start"]) in MOMENT_TYPES \
+    types = _column_types(conn, schema, "usage_counters")
+    one_each = types.get(counters.columns["period_start"]) in MOMENT_TYPES \
         and trusted_unique_index(unique_indexes(conn, schema, "usage_counters"), [
             counters.columns["organisation_id"], counters.columns["period_start"]]) is not None
     grouped = f"""
@@ -686,7 +687,7 @@ def _counters(conn: Connection, schema: SchemaMap, lo: datetime, hi: datetime, i
         FROM {counters.sql_table} c
         WHERE c.{counters.col('period_start')} >= :lo AND c.{counters.col('period_start')} < :hi
         {"" if one_each else "GROUP BY 1, 2"}"""
-    if integer_ids and _column_types(conn, schema, "usage_counters").get(
+    if integer_ids and types.get(
             counters.columns["organisation_id"]) in INTEGER_TYPES:
         packed = select_value(conn, f"""
             SELECT string_agg(int8send(CAST(organisation_id AS bigint)) || timestamptz_send(period_start)
