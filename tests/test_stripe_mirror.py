@@ -799,3 +799,26 @@ def test_an_expanded_customer_keeps_the_fields_asked_for_from_stripe_and_the_mir
     for sub in direct_:
         assert sub["customer"] == {"id": sub["customer"]["id"], "object": "customer",
                                    "name": names[sub["customer"]["id"]]}
+
+
+def test_quota_reads_a_mirrors_subscriptions_in_background_and_stripes_only_when_the_join_asks(stripe_account,
+                                                                                              monkeypatch):
+    from ops_lib import quota, stripe_api
+    from ops_lib.quota import accounts
+    backgrounded: list = []
+
+    def spy(listing, name="opsbook-listing"):
+        backgrounded.append(name)
+        return stripe_api.in_background(listing, name)
+
+    monkeypatch.setattr(accounts, "in_background", spy)
+    direct_client = make_client(SECRET_KEY, stripe_account.base_url, mirror=False)
+    stripe_account.reset()
+    streamed = quota.stream_stripe(direct_client)
+    assert backgrounded == [] and "/v1/subscriptions" not in stripe_account.requests(), "nothing asked of Stripe yet"
+    want = list(streamed["subscription_rows"])
+    assert stripe_account.requests()["/v1/subscriptions"] == 3
+
+    mirrored = quota.stream_stripe(make_client(SECRET_KEY, stripe_account.base_url))
+    assert backgrounded == ["opsbook-stripe-subscriptions"], "the mirror's rows are read from the call on"
+    assert list(mirrored["subscription_rows"]) == want and len(want) == N_CUSTOMERS

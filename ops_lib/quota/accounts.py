@@ -34,6 +34,7 @@ from ..schema_map import SchemaMap
 from ..utc import as_utc, from_epoch
 from ..stripe_api import (SHARED_PRICES_AT_MOST, customers_by_id, in_background, list_customer_ids, list_customers,
                           list_subscription_rows, list_subscriptions)
+from .. import stripe_mirror
 from ..bulk import Record, Rows, collector_paused, columns
 from .plans import PlanBook
 
@@ -112,16 +113,18 @@ def stream_stripe(client) -> dict[str, Iterator[dict]]:
     """Stripe's customers and subscriptions as they stream in, read once by ``join_accounts``: it
     keeps of each what the checks use, so a million customers are never held at once (the
     runbook's way). Of subscriptions, only what the join reads, as rows (``fetch_stripe`` keeps
-    more), read from the call on by a thread of their own (``stripe_api.in_background``): call it
-    before reading the app's rows."""
+    more), from a mirror read from the call on by a thread of their own
+    (``stripe_api.in_background``): call it before reading the app's rows."""
+    rows = list_subscription_rows(client, status="all")
     return {
         # every customer's id, then the few no organisation points to read whole (by id)
         "customer_ids": list_customer_ids(client),
         "customers_by_id": lambda ids: customers_by_id(client, ids, fields=CUSTOMER_FIELDS),
-        # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``),
-        # read from now on by a thread: the app's rows are read meanwhile
-        "subscription_rows": in_background(list_subscription_rows(client, status="all"),
-                                           "opsbook-stripe-subscriptions"),
+        # what the join reads of every subscription, as tuples (``stripe_api.SUBSCRIPTION_ROW``);
+        # from a mirror, read from now on by a thread while the app's rows are read (not from
+        # Stripe itself: a listing left unread, the app's read having failed, would keep asking it)
+        "subscription_rows": in_background(rows, "opsbook-stripe-subscriptions")
+        if stripe_mirror.of(client) is not None else rows,
     }
 
 
