@@ -409,16 +409,26 @@ def _register() -> None:
             if early is not None and not early.suits(kernel_env, kwargs.get("cwd") or early.cwd):
                 early.discard()
                 early = None
-            client = InterruptibleClient(
-                nb_man, execution, km=early.km if early else None, timeout=execution_timeout,
-                startup_timeout=start_timeout, kernel_name=kernel_name,
-                # the kernel holds nothing worth a graceful goodbye once the last cell ran: saves ~0.4 s
-                shutdown_kernel="immediate",
-                log=logging.getLogger("papermill.opsbook"), log_output=log_output, stdout_file=stdout_file,
-                stderr_file=stderr_file, **kwargs,
-            )
-            # a kernel we started is ours to stop, as nbclient stops the ones it starts
-            return client.execute(env=kernel_env, cleanup_kc=True)
+            def client(km):
+                return InterruptibleClient(
+                    nb_man, execution, km=km, timeout=execution_timeout,
+                    startup_timeout=start_timeout, kernel_name=kernel_name,
+                    # the kernel holds nothing worth a graceful goodbye once the last cell ran: saves ~0.4 s
+                    shutdown_kernel="immediate",
+                    log=logging.getLogger("papermill.opsbook"), log_output=log_output, stdout_file=stdout_file,
+                    stderr_file=stderr_file, **kwargs,
+                )
+
+            try:
+                # a kernel we started is ours to stop, as nbclient stops the ones it starts
+                return client(early.km if early else None).execute(env=kernel_env, cleanup_kc=True)
+            except RuntimeError as exc:
+                if not _died_starting(exc, execution):
+                    raise
+            # Two kernels started at once (two runs, `run --all`) may draw the same free port from
+            # the system: the one that binds second dies before it replies. Once more, with a
+            # kernel of its own (no cell had run).
+            return client(None).execute(env=kernel_env, cleanup_kc=True)
 
     # nbclient logs a timeout or a dead kernel itself; the run's record says it, in one line.
     quiet = logging.getLogger("papermill.opsbook")
@@ -426,6 +436,12 @@ def _register() -> None:
     quiet.propagate = False
     papermill_engines.register(_ENGINE, KernelEnvEngine)
     papermill_io.register(_MASKED_SCHEME, _SAVES)
+
+
+def _died_starting(error: RuntimeError, execution: Execution) -> bool:
+    """The kernel died before it could run a cell (nbclient's words), and no signal asked to stop."""
+    return ("died before replying to kernel_info" in str(error) and execution.kernel_pid is None
+            and not execution.interrupted)
 
 
 def _mark_not_run(cell, signal_name: str) -> None:

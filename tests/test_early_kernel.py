@@ -117,3 +117,36 @@ def test_the_html_export_warm_up_renders_without_error():
     from ops_lib import report
 
     report.warm_html_export()  # raises what the background thread would swallow
+
+
+def test_a_kernel_that_dies_before_it_replies_is_started_once_more_and_the_notebook_runs(tmp_path):
+    # The race two runs at once can lose: the early kernel's port is taken (here, by a socket we
+    # hold), so it dies before it replies; the run starts a kernel of its own and goes on.
+    import socket
+
+    from jupyter_client.manager import AsyncKernelManager
+    from jupyter_core.utils import run_sync
+
+    from ops_lib.secrets import Masker
+
+    source = _notebook(tmp_path / "n.ipynb", "x = 6 * 7", "print(x)")
+    env = dict(os.environ)
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        early = execution_mod.EarlyKernel.__new__(execution_mod.EarlyKernel)
+        early.kernel_env, early.cwd = dict(env), tmp_path
+        early.km = AsyncKernelManager(kernel_name="python3")
+        early.km.cache_ports = False  # (the ports as set, not drawn from its cache)
+        early.km.shell_port = taken.getsockname()[1]
+        run_sync(early.km.start_kernel)(env=env, cwd=str(tmp_path), extra_arguments=list(execution_mod._KERNEL_ARGUMENTS))
+        execution = execution_mod.Execution(nb_path=tmp_path / "out.ipynb", masker=Masker())
+        execution.early_kernel = early
+        outcome = execution_mod.execute(execution, source, {}, kernel_env=env, cwd=tmp_path, timeout=60)
+    finally:
+        taken.close()
+    assert outcome.reason is None, outcome
+    ran = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert ran.cells[-1].outputs[0]["text"] == "42\n"
+    assert not run_sync(early.km.is_alive)(), "the early kernel died; another ran the notebook"
