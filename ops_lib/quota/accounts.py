@@ -286,7 +286,7 @@ def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscript
     seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
     # Periods start and end on the same few seconds (a billing anchor repeats): one datetime and
     # one status string each, not one per subscription.
-    moments: dict[Any, datetime | None] = {}
+    moments: dict[int, datetime] = {}
     one = {}.setdefault
     subs = []
     for sub_id, customer, status, start, end, prices in rows:
@@ -296,17 +296,19 @@ def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscript
             known = (prices, plan, tuple(price_ids))
             if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
                 seen[id(prices)] = known
-        start_at = moments.get(start, _UNSEEN)
-        if start_at is _UNSEEN:
-            start_at = moments[start] = from_epoch(start) if type(start) is int else _utc(start)
-        end_at = moments.get(end, _UNSEEN)
-        if end_at is _UNSEEN:
-            end_at = moments[end] = from_epoch(end) if type(end) is int else _utc(end)
-        subs.append(StripeSubscription(sub_id, one(status, status), known[1], known[2], start_at, end_at, customer))
+        subs.append(StripeSubscription(sub_id, one(status, status), known[1], known[2], _moment(start, moments),
+                                       _moment(end, moments), customer))
     return subs
 
 
-_UNSEEN = object()
+def _moment(value: Any, seen: dict[int, datetime]) -> Any:
+    """Epoch seconds as a UTC datetime, one per distinct second (anything else as ``_utc`` reads it)."""
+    if type(value) is not int:
+        return _utc(value)
+    moment = seen.get(value)
+    if moment is None:
+        moment = seen[value] = from_epoch(value)
+    return moment
 
 
 def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
