@@ -469,8 +469,8 @@ def odd_mirror(stripe_account, monkeypatch):
     projected: list[bool] = []
     snapshot = stripe_mirror.Mirror._snapshot
 
-    def spy(self, query, alternative=None):
-        taken = snapshot(self, query, alternative)
+    def spy(self, query, alternative=None, **how):
+        taken = snapshot(self, query, alternative, **how)
         projected.append(taken.projected)
         return taken
 
@@ -745,6 +745,20 @@ def test_a_listing_read_ahead_in_batches_is_whole_and_in_order_and_leaves_no_thr
     assert len(whole) > 3 * stripe_mirror.SERVE_BATCH, "several batches read ahead"
     assert [c["id"] for c in whole] == [c["id"] for c in odd_mirror.listing("customer", fields=("id",))]
     assert _reading_threads() == 0
+
+
+def test_pages_split_objects_of_one_second_with_none_lost_or_repeated(stripe_account, monkeypatch):
+    tied = [o.make_customer(email=f"tie{i}@example.com", created=NOW - 5000) for i in range(30)]
+    stripe_account.change(*tied)
+    mirror = stripe_mirror.of(make_client(SECRET_KEY, stripe_account.base_url))
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 7)  # page boundaries inside the tied second
+    served = list(mirror.listing("customer"))
+    assert served == _rows_one_by_one(mirror, "customer", expand=False)
+    assert len({c["id"] for c in served}) == len(served)
+    assert sorted(c["id"] for c in served if c["created"] == NOW - 5000) == sorted(c["id"] for c in tied)
+    subscriptions = list(mirror.listing("subscription", expand_customer=True, fields=("id", "customer")))
+    assert subscriptions == [{k: s[k] for k in ("id", "customer") if k in s}
+                             for s in _rows_one_by_one(mirror, "subscription", expand=True)]
 
 
 def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirror):
