@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from ..db import select_all, select_one, select_tuples, select_value, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from ..bulk import Record, collector_paused, column, columns
+from ..bulk import Record, Rows, collector_paused, column, columns
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -184,7 +184,7 @@ class Duplicates:
 
 @dataclass
 class UsageScan:
-    usage: list[dict]                     # one row per organisation: its period, recomputed usage, stored counter
+    usage: Sequence[UsageRow]             # one row per organisation: its period, recomputed usage, stored counter
     weekly: "WeeklyUsage | list[dict]"     # one row per (full week, organisation) with usage (compact: WeeklyUsage)
     duplicates: Duplicates | None         # None: not asked for
     weeks: list[datetime] = field(default_factory=list)   # the full weeks' Mondays
@@ -827,16 +827,15 @@ def _usage_rows(orgs: list[dict], where: _Positions, starts: list[datetime], sta
         for c, a in zip(same_period.tolist(), k[same_period].tolist()):
             counter[a] = stored.used[c]
         counter_rows[k[same_period]] = stored.rows[same_period]
-    fields = columns(orgs, "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end",
-                     "period_source", "is_blocked")
-    return [
-        UsageRow(org_id, name, plan, limit, used, value,
-                 round(100.0 * used / limit, 1) if limit else None,
-                 count, repeat, rows, start, end, source, blocked)
-        for (org_id, name, plan, limit, start, end, source, blocked), used, value, count, repeat, rows in zip(
-            fields, (units - extra_units).tolist(), counter, (events - repeats).tolist(), repeats.tolist(),
-            counter_rows.tolist())
-    ]
+    ids, names, plans, limits, period_starts, period_ends, sources, blocked = zip(*columns(
+        orgs, "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end", "period_source",
+        "is_blocked"))
+    used = (units - extra_units).tolist()
+    pct = [round(100.0 * u / limit, 1) if limit else None for u, limit in zip(used, limits)]
+    # (the rows as the tuples zip makes, each a UsageRow when read: a million records cost ~1.5 s to build)
+    return Rows(UsageRow, list(zip(ids, names, plans, limits, used, counter, pct, (events - repeats).tolist(),
+                                   repeats.tolist(), counter_rows.tolist(), period_starts, period_ends, sources,
+                                   blocked)))
 
 
 class WeeklyUsage(Sequence):
