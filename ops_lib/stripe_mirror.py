@@ -943,6 +943,9 @@ class Mirror:
         with contextlib.closing(_pages(snapshot)) as pages:
             for page, projected in pages:
                 expand = expand_customer and (not projected or "customer" in (wanted or ()))
+                if projected and keep is None:  # (as decoded: no Python step per object here)
+                    yield from page.objects(expand)
+                    continue
                 for obj in page.objects(expand):
                     if keep is not None and not keep(obj):
                         continue
