@@ -29,7 +29,7 @@ import numpy as np
 from ..findings import Metrics
 from . import money
 from .data import record_columns
-from .mrr import ZERO, MRRBook
+from .mrr import ZERO, MRRBook, customer_columns
 from .period import Period, history_buckets
 
 MOVEMENTS = ("new", "expansion", "reactivation", "contraction", "churn")
@@ -61,12 +61,27 @@ def _classified(book: MRRBook, start: int, end: int) -> tuple[dict, list, np.nda
     moves = book.moves_closing(start, end)
     cases = np.stack([moves[k].astype(np.int64) for k in ("before", "after", "other_before", "other_after",
                                                           "had_mrr_before", "currency")], axis=1)
-    distinct, which, times = np.unique(cases, axis=0, return_inverse=True, return_counts=True)
+    distinct, which, times = distinct_rows(cases, len(moves["values"]), len(moves["currencies"]))
     values = moves["values"]
     kinds = [classify(values[before] if before >= 0 else ZERO, values[after] if after >= 0 else ZERO,
                       other_before=bool(ob), other_after=bool(oa), had_mrr_before=bool(had))
              for before, after, ob, oa, had, _ in distinct.tolist()]
     return moves, kinds, distinct, which.reshape(-1), times
+
+
+def distinct_rows(cases: np.ndarray, values: int, currencies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``np.unique(cases, axis=0, return_inverse=True, return_counts=True)`` for ``_classified``'s
+    cases (before and after: an index in ``values`` or -1; three flags; a currency): each row as
+    one number, in the rows' order (a row-wise unique sorts rows as bytes, several times slower)."""
+    span = values + 1
+    if not cases.size or span * span * 8 * max(currencies, 1) >= 2 ** 62:
+        distinct, which, times = np.unique(cases, axis=0, return_inverse=True, return_counts=True)
+        return distinct, which, times
+    before, after, other_before, other_after, had, currency = cases.T
+    code = ((((before + 1) * span + after + 1) * 2 + other_before) * 2 + other_after) * 2 + had
+    code = code * max(currencies, 1) + currency
+    _, first, which, times = np.unique(code, return_index=True, return_inverse=True, return_counts=True)
+    return cases[first], which, times
 
 
 def customer_movements(book: MRRBook, start: int, end: int) -> list[dict]:
@@ -182,24 +197,46 @@ def history_table(rows: Sequence[dict]) -> list[dict]:
 
 
 def customer_table(rows: Sequence[dict], book: MRRBook | None = None) -> list[dict]:
-    names = {}
-    if book is not None:
-        wanted = {row["customer"] for row in rows}  # (the customers that moved: a few of them all)
-        for customer in record_columns(book.subscriptions, "customer")[0]:
-            if type(customer) is not str and isinstance(customer, AbcMapping) and customer["id"] in wanted:
-                names[customer["id"]] = customer.get("name")
+    names = _customer_names({row["customer"] for row in rows}, book) if book is not None else {}
     order = {m: i for i, m in enumerate(MOVEMENTS)}
     # Largest change first: each distinct size's rank, so that the sort compares ints, not Fractions
     sizes = [abs(row["change"]) for row in rows]
     rank = {size: i for i, size in enumerate(sorted(set(sizes), reverse=True))}
     keys = [(row["currency"], order[row["movement"]], rank[size], row["customer"]) for row, size in zip(rows, sizes)]
     out = []
+    major = _majors()
     for _, row in sorted(zip(keys, rows), key=itemgetter(0)):
         cur = row["currency"]
         out.append({
             "customer": row["customer"], "name": names.get(row["customer"]), "currency": cur,
-            "movement": row["movement"], "mrr_before": money.major(row["start"], cur),
-            "mrr_after": money.major(row["end"], cur), "change": money.major(row["change"], cur),
+            "movement": row["movement"], "mrr_before": major(row["start"], cur),
+            "mrr_after": major(row["end"], cur), "change": major(row["change"], cur),
         })
     return out
+
+
+def _customer_names(wanted: set, book: MRRBook) -> dict:
+    """The names of the ``wanted`` customers, from the book's subscriptions whose customer was
+    expanded (the last one read wins), read as columns (``mrr.customer_columns``)."""
+    customers = record_columns(book.subscriptions, "customer")[0]
+    expanded = {kind for kind in set(map(type, customers)) if kind is not str and issubclass(kind, AbcMapping)}
+    names = {}
+    for customer, customer_id, name in zip(customers, *customer_columns(customers)):
+        if type(customer) in expanded and customer_id in wanted:
+            names[customer_id] = name
+    return names
+
+
+def _majors():
+    """``money.major``, once per amount and currency (a month's movements repeat a few amounts;
+    equal amounts show the same, whatever their type)."""
+    found: dict[tuple, float | None] = {}
+
+    def major(amount, currency: str) -> float | None:
+        key = (amount, currency)
+        value = found.get(key)
+        if value is None and key not in found:
+            value = found[key] = money.major(amount, currency)
+        return value
+    return major
 

@@ -50,8 +50,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from fractions import Fraction
 from itertools import islice
+from operator import itemgetter
 from collections.abc import Mapping as AbcMapping
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from . import money
 from ..bulk import collector_paused
@@ -228,6 +229,30 @@ class _Row:
     shared with every other row's (CPython's split tables), for tables of a row per subscription."""
 
 
+def customer_columns(customers: Sequence) -> tuple[list, list]:
+    """``_customer_of`` of each subscription's ``customer``: the ids and the names (None unless
+    expanded), an expanded customer's read as columns."""
+    ids, names = list(customers), [None] * len(customers)
+    mappings = {kind for kind in set(map(type, customers)) if kind is not str and issubclass(kind, AbcMapping)}
+    expanded = [i for i, customer in enumerate(customers) if type(customer) in mappings]
+    for i, customer_id, name in zip(expanded, *record_columns([customers[i] for i in expanded], "id", "name")):
+        if customer_id is None:  # (no id, or a None one: read as ``_customer_of`` reads it, its KeyError too)
+            customer_id, name = _customer_of(customers[i])
+        ids[i], names[i] = customer_id, name
+    return ids, names
+
+
+def _day_text(moment: int, cache: dict[int, str]) -> str:
+    """``f"{at(moment):%Y-%m-%d}"``, once per day (a UTC day is whole epoch days of seconds)."""
+    if type(moment) is not int:
+        return f"{at(moment):%Y-%m-%d}"
+    day = moment // DAY
+    found = cache.get(day)
+    if found is None:
+        found = cache[day] = f"{at(moment):%Y-%m-%d}"
+    return found
+
+
 def _customer(sub: Mapping) -> tuple[str, str | None]:
     return _customer_of(sub.get("customer"))
 
@@ -302,6 +327,55 @@ class Profile:
         discount = subscription_discount(sub)
         coupon = discount.get("coupon") if discount else None
         return sub["currency"], tuple(parts), id(coupon) if coupon else None
+
+
+ASK_EACH = object()  # ``profile_keys``: this subscription's key is ``Profile.key``'s to read
+
+
+def profile_keys(subs: Sequence[Mapping]) -> Iterator:
+    """Per subscription, ``Profile.key(sub)``, its fields read as columns (a subscription's ``get``
+    is a Python call; its items' and discount's too), one key at a time (all of them held at once:
+    a few hundred bytes a subscription). ``ASK_EACH`` for a subscription whose currency is not text
+    (``Profile`` raises on it: left to ``MRRBook.profile``, in the subscriptions' order)."""
+    currencies, discounts, customers = record_columns(subs, "currency", "discount", "customer")
+    items_of = embedded_items(subs, "items")
+    every_item = [item for items in items_of for item in items]
+    prices, quantities = record_columns(every_item, "price", "quantity")
+    # Whether each price has a monthly amount, once per price (the records share them): the
+    # price object is held by its items while the keys are made, so its id stays its own
+    priced = {id(price): price for price in prices}
+    priced = {key: unpriced_reason(price or {}) is None for key, price in priced.items()}
+    price_ids = list(map(id, prices))
+    parts = zip(price_ids, quantities)
+    item_priced = map(priced.__getitem__, price_ids)
+    coupons = _coupons(discounts, customers)
+    for currency, items, coupon in zip(currencies, items_of, coupons):
+        n = len(items)
+        billed = tuple(islice(parts, n))
+        if not all(islice(item_priced, n)):
+            yield None  # (an unpriced item names the item: a profile of its own)
+        elif type(currency) is not str:
+            yield ASK_EACH
+        else:
+            yield currency, billed, id(coupon) if coupon else None
+
+
+def _coupons(discounts: Sequence, customers: Sequence) -> list:
+    """Per subscription, the coupon of ``subscription_discount(sub)`` (None: no discount applies)
+    from the subscriptions' ``discount`` and ``customer`` columns."""
+    chosen = list(discounts)
+    # the customer's discount when the subscription has none and the customer was expanded (a
+    # mapping: known by its type, once per type — an ABC's isinstance is slow a million times)
+    mappings = {kind for kind in set(map(type, customers)) if issubclass(kind, AbcMapping)}
+    expanded = [i for i, (discount, customer) in enumerate(zip(discounts, customers))
+                if not discount and type(customer) in mappings]
+    for i, discount in zip(expanded, record_columns([customers[i] for i in expanded], "discount")[0]):
+        chosen[i] = discount
+    applied = [i for i, discount in enumerate(chosen) if discount]
+    coupons = [None] * len(chosen)
+    for i, coupon in zip(applied, record_columns([chosen[i] for i in applied], "coupon")[0]):
+        coupons[i] = coupon
+    return coupons
 
 
 def state_mrr(sub: Mapping, moment: int, grace_days: int, *, assume_active: bool = False,
@@ -390,11 +464,12 @@ def invoice_segments(invoices: Iterable[Mapping]) -> dict[str, list[Segment]]:
     worked_out: dict[tuple, tuple] = {}  # by identity of prices and coupon: each value holds them
     invoices = invoices if isinstance(invoices, list) else list(invoices)
     kept = [k for k, (sub_ref, status) in enumerate(zip(*record_columns(invoices, "subscription", "status")))
-            if id_of(sub_ref) and status in INVOICE_STATUSES_WITH_MRR]
+            if (sub_ref if type(sub_ref) is str else id_of(sub_ref)) and status in INVOICE_STATUSES_WITH_MRR]
     for first in range(0, len(kept), _CHUNK):  # (the columns of a chunk at a time: a bounded transient)
         _add_segments([invoices[k] for k in kept[first:first + _CHUNK]], segments, lowered, worked_out)
     for items in segments.values():
-        items.sort(key=_segment_order)
+        if len(items) > 1:  # (most subscriptions have one invoice in the lookback: nothing to order)
+            items.sort(key=_segment_order)
     return segments
 
 
@@ -405,35 +480,60 @@ def _add_segments(invoices: list[Mapping], segments: dict, lowered: dict, worked
     """``invoice_segments``' work for some of the invoices (each with a subscription and a status with MRR)."""
     lines_of = embedded_items(invoices, "lines")
     every_line = [line for found in lines_of for line in found]
-    line_columns = zip(*record_columns(every_line, "type", "proration", "price", "amount", "quantity"),
-                       line_periods(every_line), every_line)  # (read in order: each invoice's lines in turn)
-    for invoice, lines, sub_ref, status, currency, discount, amounts, customer, invoice_id, created in zip(
+    kinds, prorations, prices, amounts, quantities = record_columns(
+        every_line, "type", "proration", "price", "amount", "quantity")
+    # Per line (read in order: each invoice's lines in turn): whether it bills the subscription (a
+    # proration or an invoice item does not), its period, and what it bills (price by identity)
+    line_columns = zip([kind == "subscription" and not proration for kind, proration in zip(kinds, prorations)],
+                       line_periods(every_line), zip(map(id, prices), amounts, quantities), every_line)
+    for invoice, lines, sub_ref, status, currency, discount, discounts, customer, invoice_id, created in zip(
             invoices, lines_of, *record_columns(invoices, "subscription", "status", "currency", "discount",
                                                 "total_discount_amounts", "customer", "id", "created")):
-        sub_id = id_of(sub_ref)
+        sub_id = sub_ref if type(sub_ref) is str else id_of(sub_ref)
         currency = lowered.get(currency) or lowered.setdefault(currency, currency.lower())
-        by_period: dict[tuple[int, int], list[tuple]] = {}
-        for kind, proration, price, amount, quantity, period, line in islice(line_columns, len(lines)):
-            if kind != "subscription" or proration:
-                continue
-            by_period.setdefault(period, []).append((id(price), amount, quantity, line))
         if invoice_id is None:
             invoice_id = invoice["id"]  # (a KeyError, as before)
-        discounted = bool(amounts) and sum(d.get("amount", 0) for d in amounts) > 0
+        discounted = bool(discounts) and sum(d.get("amount", 0) for d in discounts) > 0
         coupon = discount.get("coupon") if discount and discounted else None
+        coupon_id = id(coupon) if coupon else None
         paid, created = status == "paid", created or 0
-        customer = id_of(customer)
-        for (start, end), billed in by_period.items():
+        customer = customer if type(customer) is str else id_of(customer)
+        if len(lines) == 1:  # (most invoices: one line, its period's)
+            bills, period, billed, line = next(line_columns)
+            periods = ((period, (billed,), [line]),) if bills else ()
+        else:
+            periods = _periods_billed(islice(line_columns, len(lines)))
+        for (start, end), billed, billed_lines in periods:
             if start is None or end is None:
                 continue
-            key = (currency, tuple(line[:3] for line in billed), id(coupon) if coupon else None)
+            key = (currency, billed, coupon_id)
             found = worked_out.get(key)
+            if found is None:  # (the lines and discount held with their figures: the key's ids stay theirs)
+                found = worked_out[key] = _segment_amounts(billed_lines, discount if coupon else None,
+                                                           currency) + (billed_lines, discount)
+            gross, net, plan, quantity, applied, _, _ = found
+            segment = Segment(sub_id, customer, currency, start, end, gross, net, paid, invoice_id, created, plan,
+                              quantity, applied)
+            listed = segments.get(sub_id)
+            if listed is None:
+                segments[sub_id] = [segment]
+            else:
+                listed.append(segment)
+
+
+def _periods_billed(lines: Iterable[tuple]) -> Iterable[tuple]:
+    """An invoice's subscription lines by period, in the order the periods first appear: each
+    period, what its lines bill (``(id(price), amount, quantity)`` each) and the lines."""
+    by_period: dict[tuple, tuple[list, list]] = {}
+    for bills, period, billed, line in lines:
+        if bills:
+            found = by_period.get(period)
             if found is None:
-                found = worked_out[key] = _segment_amounts([line[3] for line in billed], discount if coupon else None,
-                                                           currency) + (billed, discount)
-            gross, net, plan, quantity, applied = found[:5]
-            segments.setdefault(sub_id, []).append(Segment(
-                sub_id, customer, currency, start, end, gross, net, paid, invoice_id, created, plan, quantity, applied))
+                by_period[period] = [billed], [line]
+            else:
+                found[0].append(billed)
+                found[1].append(line)
+    return [(period, tuple(billed), lines) for period, (billed, lines) in by_period.items()]
 
 
 def _segment_order(segment: Segment) -> tuple[int, int]:
@@ -506,10 +606,25 @@ class MRRBook:
         return found[0]
 
     def _all_profiles(self) -> list[Profile]:
+        """``[self.profile(sub) for sub in self.subscriptions]``, the keys read as columns (``profile_keys``)."""
         if self._profiles is None:
             with collector_paused():
-                self._profiles = [self.profile(sub) for sub in self.subscriptions]
+                self._profiles = self._profiles_of(self.subscriptions)
         return self._profiles
+
+    def _profiles_of(self, subs: Sequence[Mapping]) -> list[Profile]:
+        shared, profiles = self._shared_profiles, []
+        for sub, key in zip(subs, profile_keys(subs)):
+            if key is ASK_EACH:  # (an odd subscription: read as ``profile`` reads it, its errors included)
+                profiles.append(self.profile(sub))
+            elif key is None:
+                profiles.append(Profile(sub))
+            else:
+                found = shared.get(key)
+                if found is None:
+                    found = shared[key] = (Profile(sub), sub)
+                profiles.append(found[0])
+        return profiles
 
     def _all_facts(self) -> Facts:
         """Every subscription's facts as arrays, read once (``snapshots.Facts``)."""
@@ -605,23 +720,41 @@ class MRRBook:
         return out
 
     def _add_results(self, out: list, moment: int, subs: list[Mapping], profiles: list[Profile]) -> None:
-        """``subscriptions_at``'s results for some of the subscriptions, added to ``out``."""
+        """``subscriptions_at``'s results for some of the subscriptions, added to ``out``: the commonest
+        outcomes (active, not started, ended) made here from the columns, the rest by ``at``."""
         grace_days = self.grace_days
-        for sub, p, sub_id, start_date, created, ended, status, current, customer, paused, cancels in zip(
-                subs, profiles, *record_columns(
-                    subs, "id", "start_date", "created", "ended_at", "status", "current_period_start", "customer",
-                    "pause_collection", "cancel_at_period_end")):
+        ids, start_dates, created, ended, statuses, current, customers, paused, cancels = record_columns(
+            subs, "id", "start_date", "created", "ended_at", "status", "current_period_start", "customer",
+            "pause_collection", "cancel_at_period_end")
+        customer_ids, customer_names = customer_columns(customers)
+        since: dict[int, str] = {}  # an ended subscription's day, as its basis shows it
+        for sub, p, sub_id, start_date, made, ends, status, period_start, customer, name, pause, cancel in zip(
+                subs, profiles, ids, start_dates, created, ended, statuses, current, customer_ids, customer_names,
+                paused, cancels):
             status = sub.get("status", "") if status is None else status
-            if moment < (start_date or created or 0) or (ended is not None and moment >= ended) \
-                    or status in ("canceled", "incomplete_expired") or moment < (current or 0) or sub_id is None:
+            if moment < (start_date or made or 0):
+                why = "not started yet"
+            elif ends is not None and moment >= ends:
+                why = f"{status or 'ended'} since {_day_text(ends, since)}"
+            elif status in ("canceled", "incomplete_expired") or moment < (period_start or 0) or sub_id is None:
                 out.append(self.at(sub, moment, p))  # (not in its current state: one at a time)
                 continue
-            amount, counted, why, discounted = _status_amount(
-                sub, p, moment, grace_days, False, current or created or 0, status, paused, cancels)
-            customer, customer_name = _customer_of(customer)
-            out.append(SubscriptionMRR(sub_id, customer, customer_name, p.currency, status, p.plan, p.interval,
-                                       p.quantity, p.gross, amount, counted, why,
-                                       p.coupon_text if discounted else None, p.unpriced))
+            else:
+                if status == "active" and not pause and not p._coupon:  # (most: the profile's amount as it is)
+                    amount, counted, why, discounted = (
+                        p.gross, True, "active, cancels at period end" if cancel else "active", False)
+                else:
+                    amount, counted, why, discounted = _status_amount(
+                        sub, p, moment, grace_days, False, period_start or made or 0, status, pause, cancel)
+                out.append(SubscriptionMRR(sub_id, customer, name, p.currency, status, p.plan, p.interval,
+                                           p.quantity, p.gross, amount, counted, why,
+                                           p.coupon_text if discounted else None, p.unpriced))
+                continue
+            # (``at``'s zero before the start or after the end: ``_zero``)
+            if sub_id is None:
+                sub_id = sub["id"]  # (a KeyError when it has none, as ``at`` raises)
+            out.append(SubscriptionMRR(sub_id, customer, name, p.currency, status, p.plan, p.interval, p.quantity,
+                                       p.gross, ZERO, False, why, None, p.unpriced))
 
     def closing(self, boundary: int) -> list[SubscriptionMRR]:
         """Every subscription's MRR as a month (or the period) closed: in its last second before
@@ -722,6 +855,7 @@ def display_totals(rows: Sequence[dict]) -> list[dict]:
 
 
 def subscription_rows(results: Iterable[SubscriptionMRR], *, include_zero: bool = True) -> list[dict]:
+    """A row per subscription: by currency, counted ones first, largest MRR first, then by id."""
     # Amounts repeat (the results share their profiles' and invoices' amounts): each converted once,
     # known by identity (a Fraction's hash costs more than the conversion's lookup)
     majors: dict[tuple[int, str], tuple] = {}
@@ -735,5 +869,30 @@ def subscription_rows(results: Iterable[SubscriptionMRR], *, include_zero: bool 
 
     with collector_paused():
         rows = [r.row(major) for r in results if include_zero or r.amount > 0]
-    rows.sort(key=lambda r: (r["currency"], not r["counted"], -(r["mrr"] or 0), r["subscription"]))
-    return rows
+        return _in_table_order(rows)
+
+
+def _in_table_order(rows: list[dict]) -> list[dict]:
+    """``sorted(rows, key=(currency, not counted, -mrr, subscription))``: the rows grouped by the
+    first three (a few thousand distinct: currency, counted, MRR), the groups in order, each group
+    sorted by subscription id alone (text against text: no four-part key compared per pair of rows)."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["currency"], not row["counted"], -(row["mrr"] or 0))
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [row]
+        else:
+            group.append(row)
+    try:
+        ordered = []
+        for key in sorted(groups):
+            group = groups[key]
+            group.sort(key=_SUBSCRIPTION)  # (stable: equal ids keep the results' order, as the one sort did)
+            ordered.extend(group)
+    except TypeError:  # ids of mixed kinds: only the one sort compares exactly the pairs it must
+        return sorted(rows, key=lambda r: (r["currency"], not r["counted"], -(r["mrr"] or 0), r["subscription"]))
+    return ordered
+
+
+_SUBSCRIPTION = itemgetter("subscription")

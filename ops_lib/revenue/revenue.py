@@ -173,14 +173,19 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
     status, transitions, amount_paid, currency = record_columns(
         data.invoices, "status", "status_transitions", "amount_paid", "currency")
     paid_at = nested_column(transitions, "paid_at")
+    # The paid invoices counted per (currency, amount, shares): most pay one of a few prices, so
+    # each distinct one is split and added once, times how many (``invoice_plan_split`` each)
+    paid: dict[tuple, list] = {}
     for index, (status, paid_at, amount_paid, currency) in enumerate(zip(status, paid_at, amount_paid, currency)):
         if status != "paid" or not contains(paid_at):
             continue
-        split_by_plan = split(int(amount_paid or 0), who.shares_of_invoice(index))  # (invoice_plan_split)
-        for n, (plan, amount) in enumerate(split_by_plan):
+        shares = who.shares_of_invoice(index)
+        _count(paid, (currency, int(amount_paid or 0), id(shares)), shares)
+    for (currency, amount_paid, _), (shares, times) in paid.items():
+        for n, (plan, amount) in enumerate(split(amount_paid, shares)):
             r = row(currency, plan)
-            r["gross"] += amount
-            r["invoices_paid"] += 1 if n == 0 else 0
+            r["gross"] += amount * times
+            r["invoices_paid"] += times if n == 0 else 0
     charges = data.charges_in_period
     for charge_id, status, invoice, currency, amount in zip(*record_columns(
             charges, "id", "status", "invoice", "currency", "amount")):
@@ -195,16 +200,30 @@ def revenue_by_plan(data: StripeData) -> list[dict]:
             for plan, amount in split(dispute["amount"], who.shares_of_charge(id_of(dispute.get("charge")))):
                 row(dispute["currency"], plan)["disputed"] += amount
     excluded = EXCLUDED_BALANCE_CATEGORIES
+    # Likewise the balance transactions, per (currency, fee, net, shares)
+    moved: dict[tuple, list] = {}
     for created, category, kind, source, fee, net, currency in zip(*record_columns(
             data.balance_transactions, "created", "reporting_category", "type", "source", "fee", "net", "currency")):
         if not contains(created) or category in excluded or kind in excluded:
             continue
         shares = who.shares_of_balance(source)
-        for plan, part in split(fee or 0, shares):
-            row(currency, plan)["fees"] += part
-        for plan, part in split(net or 0, shares):
-            row(currency, plan)["net"] += part
+        _count(moved, (currency, fee or 0, net or 0, id(shares)), shares)
+    for (currency, fee, net, _), (shares, times) in moved.items():
+        for plan, part in split(fee, shares):
+            row(currency, plan)["fees"] += part * times
+        for plan, part in split(net, shares):
+            row(currency, plan)["net"] += part * times
     return sorted(table.values(), key=lambda r: (r["currency"], -r["gross"], r["plan"]))
+
+
+def _count(counts: dict[tuple, list], key: tuple, shares: list) -> None:
+    """One more of ``key`` in ``counts`` (its value: the shares the key names by identity, held
+    there so that the id stays theirs, and how many)."""
+    found = counts.get(key)
+    if found is None:
+        counts[key] = [shares, 1]
+    else:
+        found[1] += 1
 
 
 def revenue_totals(rows: Sequence[dict]) -> list[dict]:

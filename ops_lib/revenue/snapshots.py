@@ -12,8 +12,8 @@ per distinct case (``movements``), not once per customer.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping as AbcMapping
 from fractions import Fraction
+from itertools import chain, repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ class Facts:
 
     def __init__(self, book: "MRRBook"):
         from .data import record_columns
-        from .mrr import subscription_discount
+        from .mrr import customer_columns, subscription_discount
 
         self.grace_days = book.grace_days
         self.amounts: list[tuple[Fraction, str]] = []  # each (amount, currency) once
@@ -77,16 +77,18 @@ class Facts:
         self.pending = np.array([st in ("incomplete", "incomplete_expired") for st in status], dtype=bool)
         self.trial_end = np.array([t if t else EARLIEST for t in trial_end], dtype=np.int64)
 
-        # What each distinct profile is worth (most subscriptions share one)
-        worth: dict[int, tuple] = {}
-        for p in profiles:
-            if id(p) not in worth:
-                worth[id(p)] = (amount_id(p.gross, p.currency), amount_id(p.discounted, p.currency) if p._coupon else NONE,
-                                currency_ids.setdefault(p.currency, len(currency_ids)), bool(p._coupon))
-        gross, discounted, currency, coupon = zip(*(worth[id(p)] for p in profiles)) if profiles else ((), (), (), ())
-        self.gross = np.array(gross, dtype=np.int32)
-        self.discounted = np.array(discounted, dtype=np.int32)
-        self.currency = np.array(currency, dtype=np.int32)
+        # What each distinct profile is worth (most subscriptions share one: each worked out once,
+        # in the order the subscriptions first name it), then each subscription's, by its profile's
+        distinct = {id(p): p for p in profiles}
+        worth = np.array([(amount_id(p.gross, p.currency), amount_id(p.discounted, p.currency) if p._coupon else NONE,
+                           currency_ids.setdefault(p.currency, len(currency_ids)), bool(p._coupon))
+                          for p in distinct.values()], dtype=np.int64).reshape(-1, 4)
+        which = np.fromiter(map({key: k for k, key in enumerate(distinct)}.__getitem__, map(id, profiles)),
+                            dtype=np.int64, count=len(profiles))
+        self.gross = worth[which, 0].astype(np.int32)
+        self.discounted = worth[which, 1].astype(np.int32)
+        self.currency = worth[which, 2].astype(np.int32)
+        coupon = worth[which, 3].astype(bool)
 
         # ``discount_active`` as a window [from, until): a ``once`` discount applies from its
         # start when it was attached in the current period, never otherwise
@@ -107,35 +109,39 @@ class Facts:
 
         # Each customer (``mrr._customer``'s id) as an index in ``customer_ids``, by C (a dict of a
         # million customers costs a second and 70 MB; ``customers``, made when first asked, is that dict)
-        customer = [c if type(c) is str else c["id"] if isinstance(c, AbcMapping) else _NO_CUSTOMER if c is None else c
-                    for c in customer]  # (pandas would make None a NaN)
+        ids_of_customers = customer_columns(customer)[0]
+        for i in [i for i, c in enumerate(customer) if c is None]:
+            ids_of_customers[i] = _NO_CUSTOMER  # (pandas would make None a NaN)
+        customer = ids_of_customers
         codes, uniques = pd.factorize(np.array(customer, dtype=object))
         self.customer = codes.astype(np.int64)
         self.customer_ids = [None if c is _NO_CUSTOMER else c for c in uniques.tolist()]
         self._customers: dict[object, int] | None = None
 
         # The invoices' billed periods, by subscription then start and creation (``MRRBook.segments``)
-        every, owner, groups, group, first_invoiced = [], [], [], -1, []
-        segments_of = book.segments.get
-        for i, sub_id in enumerate(ids):
-            found = segments_of(sub_id)
-            first_invoiced.append(found[0].start if found else NEVER)
-            previous = None
-            for seg in found or ():
-                if (seg.start, seg.created) != previous:
-                    group += 1  # (segments of the same start and creation: the first covering one counts)
-                    previous = (seg.start, seg.created)
-                every.append(seg)
-                owner.append(i)
-                groups.append(group)
-        self.first_invoiced = np.array(first_invoiced, dtype=np.int64)
+        found = list(map(book.segments.get, ids, repeat(())))
+        sizes = np.fromiter(map(len, found), dtype=np.int64, count=len(found))
+        every = list(chain.from_iterable(found))
 
         def column(name: str, dtype) -> np.ndarray:  # (each field a column of its own: no row tuples)
             return np.fromiter(map(attrgetter(name), every), dtype=dtype, count=len(every))
-        self.seg = {"sub": np.array(owner, dtype=np.int32), "start": column("start", np.int64),
-                    "end": column("end", np.int64), "paid": column("paid", bool),
-                    "amount": np.array([amount_id(seg.amount, seg.currency) for seg in every], dtype=np.int32),
-                    "group": np.array(groups, dtype=np.int32)}
+        owner, start, made = np.repeat(np.arange(len(found), dtype=np.int32), sizes), column("start", np.int64), \
+            column("created", np.int64)
+        # a subscription's first segment (its oldest), or NEVER: none
+        self.first_invoiced = np.full(len(found), NEVER, dtype=np.int64)
+        invoiced = sizes > 0
+        self.first_invoiced[invoiced] = start[(np.cumsum(sizes) - sizes)[invoiced]]
+        # segments of the same subscription, start and creation are a group: the first covering one counts
+        group = np.cumsum(np.r_[True, (owner[1:] != owner[:-1]) | (start[1:] != start[:-1]) | (made[1:] != made[:-1])]
+                          if every else np.zeros(0, dtype=bool)) - 1
+        # each (amount, currency) given its index once, in the order the segments first name it
+        amount_keys = list(zip(map(id, map(attrgetter("amount"), every)), map(attrgetter("currency"), every)))
+        amount_index = {key: amount_id(seg.amount, seg.currency)
+                        for key, seg in dict(zip(amount_keys, every)).items()}
+        self.seg = {"sub": owner, "start": start, "end": column("end", np.int64), "paid": column("paid", bool),
+                    "amount": np.fromiter(map(amount_index.__getitem__, amount_keys), dtype=np.int32,
+                                          count=len(every)),
+                    "group": group.astype(np.int32)}
         self.currencies = list(currency_ids)
         self.amount_currency = np.array([currency_ids[cur] for _, cur in self.amounts], dtype=np.int64)
         # Each distinct amount value once (``values``): equal amounts are one value, so that a
@@ -245,15 +251,8 @@ class Facts:
         the lists the indices are of: ``values``, ``customer_ids``, ``currencies``."""
         keys_before, values_before = self.by_key(before)
         keys_after, values_after = self.by_key(after)
-        keys = np.sort(np.concatenate([keys_before, keys_after]))
-        keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
-        was = np.full(keys.size, NONE, dtype=np.int64)
-        was[np.searchsorted(keys, keys_before)] = values_before
-        now = np.full(keys.size, NONE, dtype=np.int64)
-        now[np.searchsorted(keys, keys_after)] = values_after
-        moved = np.flatnonzero(was != now)
-        keys, was, now = keys[moved], was[moved], now[moved]
         ncur = max(len(self.currencies), 1)
+        keys, was, now = changed(keys_before, values_before, keys_after, values_after, len(self.customer_ids) * ncur)
         customer = keys // ncur
         pays_before = np.bincount(keys_before // ncur, minlength=len(self.customer_ids))[customer]
         pays_after = np.bincount(keys_after // ncur, minlength=len(self.customer_ids))[customer]
@@ -302,3 +301,26 @@ class Facts:
         per_customer = np.full(len(self.customer_ids), NEVER, dtype=np.int64)
         np.minimum.at(per_customer, self.customer, firsts)
         return per_customer
+
+
+def changed(keys_before: np.ndarray, values_before: np.ndarray, keys_after: np.ndarray, values_after: np.ndarray,
+            size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The keys whose value differs between two listings (each key in [0, size) once, in order,
+    with its value; a key a listing lacks has ``NONE`` there), in key order, and their values
+    before and after."""
+    if size <= 4 * (keys_before.size + keys_after.size) + 65_536:
+        # Keys dense in their range (customers × currencies): one array over the range each, no sort
+        was = np.full(size, NONE, dtype=np.int64)
+        was[keys_before] = values_before
+        now = np.full(size, NONE, dtype=np.int64)
+        now[keys_after] = values_after
+        keys = np.flatnonzero(was != now).astype(np.int64)
+        return keys, was[keys], now[keys]
+    keys = np.sort(np.concatenate([keys_before, keys_after]))  # (sparse: the union of the keys, sorted)
+    keys = keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
+    was = np.full(keys.size, NONE, dtype=np.int64)
+    was[np.searchsorted(keys, keys_before)] = values_before
+    now = np.full(keys.size, NONE, dtype=np.int64)
+    now[np.searchsorted(keys, keys_after)] = values_after
+    moved = np.flatnonzero(was != now)
+    return keys[moved], was[moved], now[moved]
