@@ -789,7 +789,7 @@ class Mirror:
         if wanted is not None and PROJECTIONS[object_type] and not set(wanted) <= set(PROJECTIONS[object_type]):
             raise Unavailable("fields not kept")
 
-        def queries() -> tuple[tuple[str, list], tuple[str, list] | None]:
+        def queries() -> tuple["_Query", "_Query | None"]:
             # Projected by SQLite when nothing in Python needs the whole object (`keep` may read
             # any field); the whole objects' query stays the fallback.
             if object_type == "event":
@@ -808,7 +808,7 @@ class Mirror:
                            tuple(customer_fields) if customer_fields is not None else None)
 
     def _prepared(self, object_type: str, gte: int | None,
-                  queries: Callable[[], tuple[tuple[str, list], tuple[str, list] | None]],
+                  queries: Callable[[], tuple["_Query", "_Query | None"]],
                   paged: bool = False) -> "_Snapshot":
         """The kind covered from `gte` and synced, then the snapshot of `queries()` (whole,
         projected), read in pages (`_Page`) or in rows."""
@@ -856,7 +856,7 @@ class Mirror:
     def _query(self, object_type: str, gte: int | None, lt: int | None, where: Mapping[str, Any],
                expand_customer: bool, drop: tuple[str, ...] | None = None,
                ids_only: bool = False, customer_drop: tuple[str, ...] | None = None,
-               select: str | None = None) -> tuple[str, list]:
+               select: str | None = None) -> "_Query":
         """The SQL of a listing; with `expand_customer`, customers the mirror lacks are fetched
         first (one request each: a subscription created since the customers were listed).
         `drop`: the top-level keys SQLite removes from each object before Python decodes it (the
@@ -864,10 +864,12 @@ class Mirror:
         the ``id`` asked for, served from the row's id column; `select`: the select list instead
         of the objects (`rows`)."""
         conds, args = ["o.type = ?"], [object_type]
+        upper = None
         if gte is not None:
             conds.append("o.created >= ?")
             args.append(gte)
         if lt is not None:
+            upper = len(conds)
             conds.append("o.created < ?")
             args.append(lt)
         for column, value in where.items():
@@ -878,7 +880,7 @@ class Mirror:
                 conds.append(f"o.{column} = ?")
                 args.append(value)
         join = " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer" if expand_customer else ""
-        if expand_customer and drop is None:
+        if expand_customer and drop is None and select is None:  # (`rows` asks with the whole query first)
             missing = [cid for (cid,) in self._open().execute(
                 f"SELECT DISTINCT o.customer FROM objects o{join} WHERE {' AND '.join(conds)} "
                 "AND o.customer IS NOT NULL AND c.id IS NULL", args)]
@@ -893,14 +895,15 @@ class Mirror:
         if drop is not None and "customer" in drop:
             join = ""
         if select is not None:
-            data, selected, join = select, [], ""
-        customer = "c.data"
-        if join and customer_drop:
-            customer = f"json_remove(c.data, {', '.join('?' * len(customer_drop))})"
-            selected += [f'$."{key}"' for key in customer_drop]
-        sql = (f"SELECT {data}{', ' + customer if join else ''} FROM objects o{join} "
-               f"WHERE {' AND '.join(conds)} ORDER BY o.created DESC, o.id DESC")
-        return sql, selected + args
+            return _Query((select,), "", tuple(conds), (), tuple(args), upper)
+        columns = [data]
+        if join:
+            if customer_drop:
+                columns.append(f"json_remove(c.data, {', '.join('?' * len(customer_drop))})")
+                selected += [f'$."{key}"' for key in customer_drop]
+            else:
+                columns.append("c.data")
+        return _Query(tuple(columns), join, tuple(conds), tuple(selected), tuple(args), upper)
 
     def _fetch_customers(self, missing: list[str]) -> None:
         with self._lock, self._exclusive(), self._asked_for("subscription"):
@@ -913,7 +916,7 @@ class Mirror:
                     else:
                         self._store(conn, "customer", obj, now)
 
-    def _snapshot(self, query: tuple[str, list], projected: tuple[str, list] | None = None,
+    def _snapshot(self, query: "_Query", projected: "_Query | None" = None,
                   paged: bool = False) -> "_Snapshot":
         """The listing's read transaction on a connection of its own, begun under the sync lock:
         no other run is half-way through re-listing the kind then, and WAL keeps the snapshot
@@ -982,7 +985,7 @@ def _pages(snapshot: "_Snapshot") -> Iterator[tuple["_Page", bool]]:
                 ahead = _PagesAhead(conn, page) if page.full else None
     finally:
         if ahead is not None:
-            ahead.close()
+            ahead.close(interrupt=True)
         conn.close()
 
 
@@ -1005,7 +1008,7 @@ def _batches(snapshot: "_Snapshot") -> Iterator[tuple[list, bool]]:
                 if not projected or not _json_refused(exc):
                     raise
                 ahead.close()
-                sql, args = snapshot.whole
+                sql, args = snapshot.whole.plain()
                 cursor = conn.execute(f"{sql} LIMIT -1 OFFSET ?", [*args, served])
                 projected = False
                 rows = cursor.fetchmany(SERVE_BATCH)
@@ -1069,15 +1072,15 @@ class _Snapshot:
     conn: sqlite3.Connection
     rows: "list | _Page"         # the first batch, or page (reading it took the snapshot)
     cursor: sqlite3.Cursor | None  # (read in rows: the cursor of the rest)
-    whole: tuple[str, list]      # the query of whole objects
+    whole: "_Query"              # the query of whole objects
     projected: bool              # the rows are already projected to the fields asked for
 
     @classmethod
-    def begun(cls, conn: sqlite3.Connection, query: tuple[str, list], whole: tuple[str, list],
+    def begun(cls, conn: sqlite3.Connection, query: "_Query", whole: "_Query",
               projected: bool, paged: bool) -> "_Snapshot":
         if paged:
             return cls(conn, _Page.read(conn, query, None), None, whole, projected)
-        cursor = conn.execute(*query)
+        cursor = conn.execute(*query.plain())
         return cls(conn, cursor.fetchmany(SERVE_BATCH), cursor, whole, projected)
 
 
@@ -1097,7 +1100,7 @@ class _Page:
     count: int
     texts: tuple                 # per column, its values joined by commas ('null' for NULL)
     last: tuple | None           # the last row's (created, id): where the next page starts
-    query: tuple[str, list]
+    query: "_Query"
     after: tuple | None
     conn: sqlite3.Connection     # (the snapshot's: a page that is not JSON is read again, row by row)
 
@@ -1106,33 +1109,13 @@ class _Page:
         return self.count >= SERVE_BATCH
 
     @classmethod
-    def read(cls, conn: sqlite3.Connection, query: tuple[str, list], after: tuple | None) -> "_Page":
-        sql, args = cls._paged(query, after)
-        row = conn.execute(sql, args).fetchone()
+    def read(cls, conn: sqlite3.Connection, query: "_Query", after: tuple | None) -> "_Page":
+        row = conn.execute(*query.page(after)).fetchone()
         return cls(row[0], tuple(row[1:-2]), (row[-2], row[-1]), query, after, conn)
-
-    @staticmethod
-    def _paged(query: tuple[str, list], after: tuple | None, joined: bool = True) -> tuple[str, list]:
-        """`query` (``SELECT <columns> FROM … WHERE … ORDER BY …``, as ``Mirror._query`` makes it)
-        for one page: its rows, or (`joined`) each column's texts joined, the count and the last key."""
-        sql, args = query
-        assert sql.startswith("SELECT ") and sql.endswith(_ORDER)
-        columns, source = _split_select(sql[len("SELECT "):-len(_ORDER)])
-        after_sql = " AND (o.created, o.id) < (?, ?)" if after is not None else ""
-        page = (f"SELECT {', '.join(f'{c} AS v{i}' for i, c in enumerate(columns))}, o.created AS k1, "
-                f"o.id AS k2 {source}{after_sql}{_ORDER} LIMIT {int(SERVE_BATCH)}")
-        args = [*args, *(after or ())]
-        if not joined:
-            return page, args
-        texts = ", ".join(f"group_concat(coalesce(v{i}, 'null'), ',')" for i in range(len(columns)))
-        return (f"WITH page AS MATERIALIZED ({page}) SELECT count(*), {texts}, "
-                "(SELECT k1 FROM page ORDER BY k1, k2 LIMIT 1), (SELECT k2 FROM page ORDER BY k1, k2 LIMIT 1) "
-                "FROM page"), args
 
     def rows(self) -> list:
         """The page's rows one by one (a row that is not JSON fails where it is)."""
-        sql, args = self._paged(self.query, self.after, joined=False)
-        return [row[:-2] for row in self.conn.execute(sql, args)]
+        return [row[:-2] for row in self.conn.execute(*self.query.page(self.after, joined=False))]
 
     def objects(self, expand: bool) -> Iterable[dict]:
         """The page's objects: one json.loads for the whole page (its customers expanded by a
@@ -1152,21 +1135,43 @@ class _Page:
         return objects
 
 
-def _split_select(body: str) -> tuple[list[str], str]:
-    """``<columns> FROM …`` into the columns (split at top-level commas) and the FROM clause."""
-    at = body.index(" FROM objects o")
-    columns, depth, start = [], 0, 0
-    listed = body[:at]
-    for i, ch in enumerate(listed):
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "," and depth == 0:
-            columns.append(listed[start:i].strip())
-            start = i + 1
-    columns.append(listed[start:].strip())
-    return columns, body[at + 1:]
+@dataclass(frozen=True)
+class _Query:
+    """A listing's SELECT over ``objects o`` (its customer's row joined as ``c`` when expanded):
+    the columns, the join, the WHERE conditions and their parameters, newest first."""
+
+    columns: tuple[str, ...]
+    join: str
+    conds: tuple[str, ...]
+    column_args: tuple           # the columns' parameters (they come before the WHERE's)
+    cond_args: tuple             # the conditions' parameters, in order
+    upper: int | None = None     # which condition is ``o.created < ?`` (`lt`)
+
+    def plain(self) -> tuple[str, list]:
+        return (f"SELECT {', '.join(self.columns)} FROM objects o{self.join} WHERE {' AND '.join(self.conds)}{_ORDER}",
+                [*self.column_args, *self.cond_args])
+
+    def page(self, after: tuple | None, joined: bool = True) -> tuple[str, list]:
+        """The first SERVE_BATCH rows after the row `after` (its created and id; None: from the
+        newest): their rows, or (`joined`) each column's texts joined, the count and the last key."""
+        conds, args = list(self.conds), list(self.cond_args)
+        if after is not None:
+            if self.upper is not None:
+                # (implied by the key, which is below it; left in, SQLite would bound its index
+                # search by it and walk from `lt` past every row served, on every page)
+                at = sum(cond.count("?") for cond in conds[:self.upper])
+                del conds[self.upper], args[at]
+            conds.append("(o.created, o.id) < (?, ?)")
+            args += after
+        page = (f"SELECT {', '.join(f'{c} AS v{i}' for i, c in enumerate(self.columns))}, o.created AS k1, "
+                f"o.id AS k2 FROM objects o{self.join} WHERE {' AND '.join(conds)}{_ORDER} LIMIT {int(SERVE_BATCH)}")
+        args = [*self.column_args, *args]
+        if not joined:
+            return page, args
+        texts = ", ".join(f"group_concat(coalesce(v{i}, 'null'), ',')" for i in range(len(self.columns)))
+        return (f"WITH page AS MATERIALIZED ({page}) SELECT count(*), {texts}, "
+                "(SELECT k1 FROM page ORDER BY k1, k2 LIMIT 1), (SELECT k2 FROM page ORDER BY k1, k2 LIMIT 1) "
+                "FROM page"), args
 
 
 class _PagesAhead:
@@ -1177,6 +1182,7 @@ class _PagesAhead:
     DEPTH = 2
 
     def __init__(self, conn: sqlite3.Connection, page: _Page):
+        self._conn = conn
         self._pages: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._read, args=(conn, page), name="opsbook-mirror-read",
@@ -1213,9 +1219,13 @@ class _PagesAhead:
             raise item
         return item
 
-    def close(self) -> None:
+    def close(self, interrupt: bool = False) -> None:
+        """Stops the reading and waits for it; with `interrupt`, the page being read is abandoned
+        (SQLite's interrupt: the caller is done with the connection, a stuck disk is not waited on)."""
         self._stop.set()
-        self._thread.join()
+        if interrupt:
+            self._conn.interrupt()
+        self._thread.join(timeout=LOCK_WAIT_S)
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")

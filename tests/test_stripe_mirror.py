@@ -761,6 +761,25 @@ def test_pages_split_objects_of_one_second_with_none_lost_or_repeated(stripe_acc
                              for s in _rows_one_by_one(mirror, "subscription", expand=True)]
 
 
+def test_pages_of_a_bounded_listing_are_its_rows_and_each_starts_at_the_last_one_served(odd_mirror, monkeypatch):
+    mirror = odd_mirror
+    monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", 9)
+    with sqlite3.connect(mirror.path) as conn:
+        created = [c for (c,) in conn.execute("SELECT created FROM objects WHERE type = 'customer' "
+                                              "ORDER BY created DESC, id DESC")]
+    whole = _rows_one_by_one(mirror, "customer", expand=False)
+    lo, hi = created[-1] + 1, created[0]  # (the oldest and the newest second left out)
+    served = list(mirror.listing("customer", gte=lo, lt=hi, where={"deleted": (0, 1)}))
+    assert served == [c for c, at in zip(whole, created) if lo <= at < hi] and len(served) > 3 * 9
+    # A page after a row searches the index from that row: with `lt` also in the SQL, SQLite bounds
+    # its search by `lt` and walks every row served again on every page.
+    query = mirror._query("customer", lo, hi, {}, False)
+    sql, args = query.page((hi - 1, "cus_z"))
+    with sqlite3.connect(mirror.path) as conn:
+        plan = " ".join(str(row[-1]) for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", args))
+    assert "(created,id)<(?,?)" in plan.replace(" ", ""), plan
+
+
 def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirror):
     listing = odd_mirror.listing("customer", fields=("id", "email"))
     next(listing)
