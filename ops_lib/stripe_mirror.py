@@ -1019,41 +1019,40 @@ def _batches(snapshot: "_Snapshot") -> Iterator[tuple[list, bool]]:
         conn.close()
 
 
-class _ReadAhead:
-    """A cursor's next batches, read by a thread of its own while the caller decodes the current
-    one: SQLite's share (reading pages, json_remove) runs outside the GIL, so it overlaps Python's
-    decoding instead of adding to it. At most ``DEPTH`` batches wait in memory; an error reading
-    is raised where the caller asks for the next batch."""
+class _Ahead:
+    """What a thread of its own reads next (`_read`'s items) while the caller decodes the current
+    one: SQLite's share runs outside the GIL, so it overlaps Python's decoding. At most ``DEPTH``
+    items wait in memory; an error reading is raised where the caller asks for the next item."""
 
     DEPTH = 2
 
-    def __init__(self, cursor: sqlite3.Cursor):
-        self._batches: queue.Queue = queue.Queue(maxsize=self.DEPTH)
+    def __init__(self, *source: Any):
+        self._items: queue.Queue = queue.Queue(maxsize=self.DEPTH)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(cursor,), name="opsbook-mirror-read", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=source, name="opsbook-mirror-read", daemon=True)
         self._thread.start()
 
-    def _read(self, cursor: sqlite3.Cursor) -> None:
+    def _run(self, *source: Any) -> None:
         try:
-            while True:
-                rows = cursor.fetchmany(SERVE_BATCH)
-                if not self._put(rows) or not rows:
-                    return
+            self._read(*source)
         except BaseException as exc:  # (the caller raises it)
             self._put(exc)
+
+    def _read(self, *source: Any) -> None:
+        raise NotImplementedError
 
     def _put(self, item: Any) -> bool:
         while not self._stop.is_set():
             try:
-                self._batches.put(item, timeout=0.1)
+                self._items.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def next(self) -> list:
+    def next(self) -> Any:
         try:
-            item = self._batches.get(timeout=LOCK_WAIT_S)
+            item = self._items.get(timeout=LOCK_WAIT_S)
         except queue.Empty:
             raise StripeAccessError(f"the Stripe mirror's file gave no rows for {LOCK_WAIT_S:.0f} s — check the disk "
                                     f"holding it, or run with {MIRROR_VARIABLE}=off to read Stripe directly") from None
@@ -1062,9 +1061,19 @@ class _ReadAhead:
         return item
 
     def close(self) -> None:
-        """Stops the reading (after the batch it is reading, if any) and waits for it."""
+        """Stops the reading (after the item it is reading, if any) and waits for it."""
         self._stop.set()
-        self._thread.join()
+        self._thread.join(timeout=LOCK_WAIT_S)
+
+
+class _ReadAhead(_Ahead):
+    """A cursor's next batches of SERVE_BATCH rows (`rows`: each row's step outside the GIL)."""
+
+    def _read(self, cursor: sqlite3.Cursor) -> None:
+        while True:
+            rows = cursor.fetchmany(SERVE_BATCH)
+            if not self._put(rows) or not rows:
+                return
 
 
 @dataclass
@@ -1174,58 +1183,29 @@ class _Query:
                 "FROM page"), args
 
 
-class _PagesAhead:
-    """A listing's next pages, read by a thread of its own while the caller decodes the current
-    one (each page is one step of SQLite's, outside the GIL); at most ``DEPTH`` wait in memory;
-    an error reading is raised where the caller asks for the next page."""
-
-    DEPTH = 2
+class _PagesAhead(_Ahead):
+    """A listing's next pages (each one step of SQLite's, the GIL taken once a page); the end
+    said as an empty page."""
 
     def __init__(self, conn: sqlite3.Connection, page: _Page):
         self._conn = conn
-        self._pages: queue.Queue = queue.Queue(maxsize=self.DEPTH)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, args=(conn, page), name="opsbook-mirror-read",
-                                        daemon=True)
-        self._thread.start()
+        super().__init__(conn, page)
 
     def _read(self, conn: sqlite3.Connection, page: _Page) -> None:
-        try:
-            while page.full:
-                page = _Page.read(conn, page.query, page.last)
-                if not self._put(page):
-                    return
-            if page.count:  # (a last page that was not full: the end said as an empty one)
-                self._put(_Page(0, (), None, page.query, page.last, conn))
-        except BaseException as exc:  # (the caller raises it)
-            self._put(exc)
-
-    def _put(self, item: Any) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._pages.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def next(self) -> _Page:
-        try:
-            item = self._pages.get(timeout=LOCK_WAIT_S)
-        except queue.Empty:
-            raise StripeAccessError(f"the Stripe mirror's file gave no rows for {LOCK_WAIT_S:.0f} s — check the disk "
-                                    f"holding it, or run with {MIRROR_VARIABLE}=off to read Stripe directly") from None
-        if isinstance(item, BaseException):
-            raise item
-        return item
+        while page.full:
+            page = _Page.read(conn, page.query, page.last)
+            if not self._put(page):
+                return
+        if page.count:  # (a last page that was not full)
+            self._put(_Page(0, (), None, page.query, page.last, conn))
 
     def close(self, interrupt: bool = False) -> None:
-        """Stops the reading and waits for it; with `interrupt`, the page being read is abandoned
-        (SQLite's interrupt: the caller is done with the connection, a stuck disk is not waited on)."""
-        self._stop.set()
+        """As `_Ahead.close`; with `interrupt`, the page being read is abandoned (SQLite's
+        interrupt: the caller is done with the connection, a stuck disk is not waited on)."""
         if interrupt:
+            self._stop.set()
             self._conn.interrupt()
-        self._thread.join(timeout=LOCK_WAIT_S)
+        super().close()
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_]+")

@@ -5,24 +5,20 @@ the book lets its invoice segments go once its facts hold them, rebuilding the s
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from fractions import Fraction
 
 import pytest
 
-from ops_lib.revenue import data as rdata, mrr, synthetic
+from ops_lib.revenue import data as rdata, mrr
 from ops_lib.revenue.period import resolve_period
 
-NOW = datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)
+from .revenue_fixtures import NOW, fetched_whole_and_as_records
 
 
 @pytest.fixture(scope="module")
 def both():
     """The same synthetic account (three billing periods of invoices) fetched whole and as records."""
-    def fetched(compact):
-        account = synthetic.SyntheticAccount(400, NOW, history_periods=3)
-        return rdata.gather(account.listing, resolve_period(now=NOW), compact=compact)
-    return fetched(False), fetched(True)
+    return fetched_whole_and_as_records(400, 3)
 
 
 def as_dicts(objs, key):

@@ -14,16 +14,16 @@ customer without a discount, a falsy discount, lines without a period…):
 from __future__ import annotations
 
 import random
-from datetime import datetime, timezone
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from ops_lib.revenue import data as rdata, movements, mrr, snapshots, synthetic
-from ops_lib.revenue.period import history_buckets, resolve_period
+from ops_lib.revenue import data as rdata, movements, mrr, snapshots
+from ops_lib.revenue.period import history_buckets
 
-NOW = datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)
+from .revenue_fixtures import fetched_whole_and_as_records
+
 T0 = 1_780_000_000
 DAY = 86_400
 
@@ -31,10 +31,7 @@ DAY = 86_400
 @pytest.fixture(scope="module")
 def both():
     """One synthetic account (three billing periods of invoices) fetched whole and as records."""
-    def fetched(compact):
-        account = synthetic.SyntheticAccount(400, NOW, history_periods=3)
-        return rdata.gather(account.listing, resolve_period(now=NOW), compact=compact)
-    return fetched(False), fetched(True)
+    return fetched_whole_and_as_records(400, 3)
 
 
 def price(pid="price_pro", amount=2900, interval="month", **extra):

@@ -4,14 +4,11 @@ every invoice and transaction one at a time (a plain reading here), on synthetic
 and as records, and with odd transactions (no fee, no source, currencies in capitals, repeats)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 import pytest
 
-from ops_lib.revenue import data as rdata, revenue, synthetic
-from ops_lib.revenue.period import resolve_period
+from ops_lib.revenue import data as rdata, revenue
 
-NOW = datetime(2026, 11, 30, 20, 0, tzinfo=timezone.utc)
+from .revenue_fixtures import fetched_whole_and_as_records
 
 
 def plain_revenue_by_plan(data) -> list[dict]:
@@ -54,10 +51,7 @@ def plain_revenue_by_plan(data) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def both():
-    def fetched(compact):
-        account = synthetic.SyntheticAccount(600, NOW, history_periods=2)
-        return rdata.gather(account.listing, resolve_period(now=NOW), compact=compact)
-    return fetched(False), fetched(True)
+    return fetched_whole_and_as_records(600, 2)
 
 
 def test_revenue_by_plan_is_every_object_added_one_at_a_time(both):
