@@ -41,7 +41,7 @@ import sqlalchemy as sa
 from psycopg2 import extensions
 from sqlalchemy.engine import Connection
 
-from ..db import select_all, select_one, select_tuples, select_value, server_version_num
+from ..db import array_literal, select_all, select_one, select_tuples, select_value, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
 from ..bulk import Record, Rows, collector_paused, column, columns
@@ -74,13 +74,6 @@ def week_edges(weeks: int, now: datetime | None = None) -> list[datetime]:
 
 def _iso(moment) -> str:
     return moment.isoformat() if hasattr(moment, "isoformat") else str(moment)
-
-
-def array_literal(values: Iterable) -> str:
-    """A PostgreSQL array literal, every element quoted: '{"a","b"}' (one bound parameter, parsed
-    once by the server, instead of a million-element ARRAY[...] expression)."""
-    quoted = ('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values)
-    return "{" + ",".join(quoted) + "}"
 
 
 def _id_key(value) -> tuple:

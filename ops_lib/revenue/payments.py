@@ -16,12 +16,14 @@ refunded charge keeps its amount and may say ``refunded``).
 from __future__ import annotations
 
 import math
+from datetime import datetime
 from fractions import Fraction
 from typing import Mapping, Sequence
 
 from sqlalchemy.engine import Connection
 
-from ..db import select_all
+from ..bulk import Record, Rows, collector_paused
+from ..db import array_literal, select_tuples
 from ..schema_map import SchemaMap
 from ..utc import to_epoch
 from . import money
@@ -34,20 +36,35 @@ _COLUMNS = ("organisation_id", "stripe_charge_id", "stripe_invoice_id", "amount"
 _REQUIRED = ("stripe_charge_id", "amount", "currency", "paid_at")
 
 
-def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> list[dict]:
-    """The app's payments paid in the period, or naming a charge or invoice of Stripe's period."""
+Payment = Record.of("Payment", _COLUMNS, "One of the app's payment rows, as ``app_payments`` reads it.")
+
+
+def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> Rows:
+    """The app's payments paid in the period, or naming a charge or invoice of Stripe's period
+    (``Payment`` records, kept as the tuples read: half a million of them at a million customers).
+    The charges' and invoices' ids go as one array literal each (``array_literal``)."""
     table = schema.table("payments")
     select = table.select_list(_COLUMNS, required=_REQUIRED)
-    charge_ids = sorted({c["id"] for c in data.charges})
+    charge_ids, invoices = record_columns(data.charges, "id", "invoice")
     where = [f"({table.col('paid_at')} >= :start AND {table.col('paid_at')} < :until)",
-             f"{table.col('stripe_charge_id')} = ANY(:charges)"]
-    params = {"start": data.period.start, "until": data.period.until, "charges": charge_ids}
+             f"{table.col('stripe_charge_id')} = ANY(CAST(:charges AS text[]))"]
+    params = {"start": data.period.start, "until": data.period.until, "charges": _ids(charge_ids)}
     if table.has("stripe_invoice_id"):
-        where.append(f"{table.col('stripe_invoice_id')} = ANY(:invoices)")
-        params["invoices"] = sorted({id_of(c.get("invoice")) for c in data.charges if c.get("invoice")})
+        where.append(f"{table.col('stripe_invoice_id')} = ANY(CAST(:invoices AS text[]))")
+        params["invoices"] = _ids(id_of(invoice) for invoice in invoices if invoice)
     sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
-    return select_all(conn, sql, **params)
+    with collector_paused():
+        return Rows(Payment, list(select_tuples(conn, sql, **params)))
+
+
+def _ids(values) -> str:
+    """Stripe's ids as an array literal, each once; a NUL cannot be in a PostgreSQL text (nor
+    equal one), so an id holding one is left out rather than failing the statement."""
+    texts = dict.fromkeys(v if type(v) is str else str(v) for v in values if v is not None)
+    if "\x00" in "".join(texts):
+        texts = {t: None for t in texts if "\x00" not in t}
+    return array_literal(texts)
 
 
 _ts = to_epoch
@@ -58,15 +75,34 @@ def _exceeds(difference, tolerated: Fraction, whole: int) -> bool:
     return difference > (whole if type(difference) is int else tolerated)
 
 
+def _payment_columns(payments: Sequence[Mapping]) -> list[list]:
+    """Per ``_COLUMNS`` key, each payment's ``get(key)``: by C from ``app_payments``' tuples."""
+    if isinstance(payments, Rows) and payments.record.__slots__ == _COLUMNS:
+        return [list(values) for values in zip(*payments.tuples)] if payments.tuples else [[] for _ in _COLUMNS]
+    return [[p.get(key) for p in payments] for key in _COLUMNS]
+
+
+def _paid_invoices(charges: Sequence[Mapping]) -> set:
+    """The invoices (ids) of the charges that succeeded."""
+    invoices, statuses = record_columns(charges, "invoice", "status")
+    return {id_of(invoice) for invoice, status in zip(invoices, statuses) if status == "succeeded"} - {None}
+
+
 def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float = 0.0) -> list[dict]:
-    """Every disagreement between the app's payments and Stripe's charges of the period, oldest first."""
+    """Every disagreement between the app's payments and Stripe's charges of the period, oldest first.
+
+    The payments are read as columns and known by their index (half a million of each side at a
+    million customers: no record per payment, one pass over each side)."""
     wanted = data.currencies
-    by_charge = {p["stripe_charge_id"]: p for p in payments if p.get("stripe_charge_id")}
-    by_invoice = {p["stripe_invoice_id"]: p for p in payments if not p.get("stripe_charge_id") and p.get("stripe_invoice_id")}
+    _, app_charge, app_invoice, app_amount, app_currency, app_status, app_paid = _payment_columns(payments)
+    by_charge = {charge_id: i for i, charge_id in enumerate(app_charge) if charge_id}
+    by_invoice = {invoice: i for i, (charge_id, invoice) in enumerate(zip(app_charge, app_invoice))
+                  if not charge_id and invoice}
     stripe_all = {c["id"]: c for c in data.charges}
     problems: dict[str, dict] = {}
 
-    def report(key: str, charge: Mapping | None, app: Mapping | None, problem: str) -> None:
+    def report(key: str, charge: Mapping | None, index: int | None, problem: str) -> None:
+        app = payments[index] if index is not None else None
         currency = (charge or {}).get("currency") or (app or {}).get("currency") or ""
         currency = currency.lower()
         when = (charge or {}).get("created") or _ts((app or {}).get("paid_at"))
@@ -85,58 +121,72 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
     # units exceeds the tolerance exactly when it exceeds its whole part (no Fraction to compare)
     allowed: dict[str, tuple[Fraction, int]] = {}
 
-    def compare(charge: Mapping, app: Mapping) -> None:
-        currency = charge["currency"].lower()
+    def compare(charge: Mapping, i: int, currency: str | None = None, amount=None) -> None:
+        """``currency`` and ``amount``: the charge's, when already read (a str and an int)."""
+        if currency is None or type(amount) is not int:
+            currency, amount = charge["currency"], charge["amount"]
+        currency = currency.lower()
         if currency not in allowed:
             tolerated = money.minor(tolerance, currency)
             allowed[currency] = tolerated, math.floor(tolerated)
-        if (app.get("currency") or "").lower() != currency:
-            report(charge["id"], charge, app, f"currency differs: the app says {app.get('currency')}")
-        elif _exceeds(abs(int(app["amount"]) - charge["amount"]), *allowed[currency]):
-            report(charge["id"], charge, app, "amount differs")
-        elif app.get("status") is not None and str(app["status"]).lower() not in PAID_STATUSES:
-            report(charge["id"], charge, app, f"the app says {app['status']}")
+        if (app_currency[i] or "").lower() != currency:
+            report(charge["id"], charge, i, f"currency differs: the app says {app_currency[i]}")
+        elif _exceeds(abs(int(app_amount[i]) - amount), *allowed[currency]):
+            report(charge["id"], charge, i, "amount differs")
+        elif app_status[i] is not None and str(app_status[i]).lower() not in PAID_STATUSES:
+            report(charge["id"], charge, i, f"the app says {app_status[i]}")
 
-    compared: dict[str, Mapping] = {}  # charge id -> the app's payment compared with it below
+    compared: dict[str, int] = {}  # charge id -> the index of the app's payment compared with it below
     charges = data.charges_in_period
-    for charge, charge_id, status, invoice in zip(charges, *record_columns(charges, "id", "status", "invoice")):
+    for charge, charge_id, status, invoice, currency, amount in zip(
+            charges, *record_columns(charges, "id", "status", "invoice", "currency", "amount")):
         if status != "succeeded":
             continue
         charge_id = charge["id"] if charge_id is None else charge_id
-        app = by_charge.get(charge_id) or by_invoice.get(id_of(invoice))
-        if app is None:
+        i = by_charge.get(charge_id)
+        if i is None:
+            i = by_invoice.get(id_of(invoice))
+        if i is None:
             report(charge["id"], charge, None, "missing in the app")
         else:
-            compare(charge, app)
-            compared[charge_id] = app
+            compare(charge, i, currency if type(currency) is str else None, amount)
+            compared[charge_id] = i
 
-    for app in payments:
-        status = str(app.get("status") or "succeeded").lower()
-        paid_at = _ts(app.get("paid_at"))
-        if status not in PAID_STATUSES or not data.period.contains(paid_at):
+    # The period as aware datetimes at its whole seconds: ``contains(_ts(paid_at))`` for an aware
+    # paid_at after 1970 (the seconds truncated), without an epoch per payment
+    low, high = at(data.period.start_ts), at(data.period.until_ts)
+    contains = data.period.contains
+    paid_invoices: set | None = None  # (the invoices a charge of Stripe's succeeded for: once asked)
+    for i, (charge_id, invoice, status, paid_at, currency) in enumerate(
+            zip(app_charge, app_invoice, app_status, app_paid, app_currency)):
+        status = str(status or "succeeded").lower()
+        if status not in PAID_STATUSES:
             continue
-        if wanted and (app.get("currency") or "").lower() not in wanted:
+        if type(paid_at) is datetime and paid_at.tzinfo is not None and paid_at.year >= 1970:
+            if not low <= paid_at < high:
+                continue
+        elif not contains(_ts(paid_at)):
             continue
-        charge_id = app.get("stripe_charge_id")
+        if wanted and (currency or "").lower() not in wanted:
+            continue
         if not charge_id:
-            invoice = app.get("stripe_invoice_id")
-            linked = next((c for c in data.charges if id_of(c.get("invoice")) == invoice and c.get("status") == "succeeded"), None) if invoice else None
-            if linked is None:
-                report(f"(payment without a charge id, invoice {invoice})", None, app,
+            if paid_invoices is None:
+                paid_invoices = _paid_invoices(data.charges)
+            if not invoice or invoice not in paid_invoices:
+                report(f"(payment without a charge id, invoice {invoice})", None, i,
                        "not paid in Stripe: no succeeded charge for its invoice")
             continue
-        if charge_id in problems or compared.get(charge_id) is app:  # (the same comparison: the same outcome)
+        if charge_id in problems or compared.get(charge_id) == i:  # (the same comparison: the same outcome)
             continue
         charge = stripe_all.get(charge_id)
         if charge is None:
-            report(charge_id, None, app, "not paid in Stripe: no such charge within a day of the period")
+            report(charge_id, None, i, "not paid in Stripe: no such charge within a day of the period")
         elif charge.get("status") != "succeeded":
-            report(charge_id, charge, app, f"not paid in Stripe: the charge {charge.get('status')}")
+            report(charge_id, charge, i, f"not paid in Stripe: the charge {charge.get('status')}")
         else:
-            compare(charge, app)
+            compare(charge, i)
 
     rows = sorted(problems.values(), key=lambda r: (r["_ts"], r["charge"]))
     for row in rows:
         row.pop("_ts")
     return rows
-
