@@ -788,11 +788,13 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                        customer: str | None = None, price: str | None = None,
                        expand_customer: bool = False,
                        fields: Iterable[str] | None = None,
-                       customer_fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+                       customer_fields: Iterable[str] | None = None,
+                       form: stripe_mirror.RowForm | None = None) -> Iterator[dict[str, Any] | list]:
     """Subscriptions in `status` ("all" includes canceled ones, which Stripe hides by default).
     `fields`: keep only these top-level properties (see `_paged`). Items keep what the runbooks
     read of them and of their prices (`stripe_mirror.project_items`), mirrored or not. An expanded
-    customer keeps `customer_fields` when given."""
+    customer keeps `customer_fields` when given. `form`: from the mirror, objects the form
+    describes come as their rows (`stripe_mirror.RowForm`)."""
     customer_fields = tuple(customer_fields) if customer_fields is not None else None
 
     def trimmed(sub: dict) -> dict:
@@ -814,7 +816,7 @@ def list_subscriptions(client: stripe.StripeClient, status: str = "all",
                                  for item in (sub.get("items") or {}).get("data") or [])) if price else None
     return _listing(client, "subscription", direct, gte=_ts(created_since), where=where,
                     keep=_all(keep, has_price), fields=fields, expand_customer=expand_customer,
-                    customer_fields=customer_fields)
+                    customer_fields=customer_fields, form=form)
 
 
 SUBSCRIPTION_ROW = ("id", "customer", "status", "current_period_start", "current_period_end", "prices")
@@ -933,8 +935,10 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
                   status: str | None = None, customer: str | None = None,
                   subscription: str | None = None,
                   created_since: datetime | int | None = None,
-                  fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Invoices, optionally only those paid at or after `paid_since`; `fields`: see `_paged`.
+                  fields: Iterable[str] | None = None,
+                  form: stripe_mirror.RowForm | None = None) -> Iterator[dict[str, Any] | list]:
+    """Invoices, optionally only those paid at or after `paid_since`; `fields`: see `_paged`;
+    `form`: see `list_subscriptions` (not with `paid_since`, which reads the objects).
 
     Stripe cannot filter on the payment time, so `paid_since` asks for `status=paid` and keeps
     invoices whose `status_transitions.paid_at` is late enough. Lines keep what the runbooks read
@@ -942,6 +946,8 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
     """
     if paid_since is not None and status not in (None, "paid"):
         raise ValueError(f"paid_since lists paid invoices: it cannot go with status={status!r}")
+    if paid_since is not None and form is not None:
+        raise ValueError("paid_since reads each invoice's status_transitions: it cannot go with a row form")
     threshold = _ts(paid_since)
     if threshold is not None and fields is not None:
         fields = (*fields, "status_transitions")  # (read here, whether asked for or not)
@@ -950,7 +956,8 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
     invoices = _listing(client, "invoice", lambda: map(stripe_mirror.project_lines, _paged(
         client.v1.invoices, "invoices", {"status": wanted, "customer": customer, "subscription": subscription,
                                          "created": _created(created_since)}, fields)),
-        gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription), fields=fields)
+        gte=_ts(created_since), where=where, keep=_ref_is("subscription", subscription), fields=fields,
+        form=form)
     for invoice in invoices:
         if threshold is None or (invoice["status_transitions"]["paid_at"] or 0) >= threshold:
             yield invoice
@@ -959,13 +966,15 @@ def list_invoices(client: stripe.StripeClient, paid_since: datetime | int | None
 def list_charges(client: stripe.StripeClient, since: datetime | int | None = None,
                  until: datetime | int | None = None, customer: str | None = None,
                  payment_intent: str | None = None,
-                 fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
-    """Charges (succeeded, failed and pending) created in [since, until); `fields`: see `_paged`."""
+                 fields: Iterable[str] | None = None,
+                 form: stripe_mirror.RowForm | None = None) -> Iterator[dict[str, Any] | list]:
+    """Charges (succeeded, failed and pending) created in [since, until); `fields`: see `_paged`;
+    `form`: see `list_subscriptions`."""
     return _listing(client, "charge", lambda: _paged(client.v1.charges, "charges", {
         "created": _created(since, until), "customer": customer,
         "payment_intent": payment_intent}, fields),
         gte=_ts(since), lt=_ts(until), where={"customer": customer} if customer else {},
-        keep=_ref_is("payment_intent", payment_intent), fields=fields)
+        keep=_ref_is("payment_intent", payment_intent), fields=fields, form=form)
 
 
 def list_refunds(client: stripe.StripeClient, since: datetime | int | None = None,
@@ -988,9 +997,10 @@ def list_balance_transactions(client: stripe.StripeClient, since: datetime | int
                               until: datetime | int | None = None, type: str | None = None,
                               source: str | None = None, currency: str | None = None,
                               expand_source: bool = False,
-                              fields: Iterable[str] | None = None) -> Iterator[dict[str, Any]]:
+                              fields: Iterable[str] | None = None,
+                              form: stripe_mirror.RowForm | None = None) -> Iterator[dict[str, Any] | list]:
     """Balance transactions (amount, fee, net per movement); `type` e.g. "charge", "refund";
-    `fields`: see `_paged`."""
+    `fields`: see `_paged`; `form`: see `list_subscriptions`."""
     direct = lambda: _paged(client.v1.balance_transactions, "balance transactions", {  # noqa: E731
         "created": _created(since, until), "type": type, "source": source,
         "currency": currency, "expand": ["data.source"] if expand_source else None}, fields)
@@ -999,7 +1009,7 @@ def list_balance_transactions(client: stripe.StripeClient, since: datetime | int
     where = {k: v for k, v in (("kind", type), ("ref", source)) if v is not None}
     in_currency = (lambda bt: bt.get("currency") == currency) if currency else None
     return _listing(client, "balance_transaction", direct, gte=_ts(since), lt=_ts(until),
-                    where=where, keep=in_currency, fields=fields)
+                    where=where, keep=in_currency, fields=fields, form=form)
 
 
 def list_webhook_endpoints(client: stripe.StripeClient) -> Iterator[dict[str, Any]]:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from ops_lib import stripe_mirror
 from ops_lib.db import make_engine
 from ops_lib.demo import billing_history, seed, stripe_account
 from ops_lib.findings import FINDING_MIME, METRICS_MIME
@@ -116,6 +117,35 @@ def report(target):
         app = payments.app_payments(conn, MAPPING, stripe_data)
     return {"period": period, "data": stripe_data, "book": book, "at_end": at_end, "app": app,
             "totals": mrr.mrr_by_currency(at_end), "requests": requests}
+
+
+def test_the_stripe_mirror_gives_the_records_stripe_lists_from_its_rows(target, report, tmp_path, monkeypatch):
+    """Mirrored (cold, then warm), every kind's records are those read from Stripe directly, the
+    subscriptions, invoices, charges and balance transactions made from the mirror's rows."""
+    monkeypatch.setenv("OPSBOOK_HOME", str(tmp_path))
+    monkeypatch.setenv(stripe_mirror.MIRROR_VARIABLE, "on")  # (the emulator is mirrored only when asked)
+    from_rows: dict[str, int] = defaultdict(int)
+
+    def counted(kind, build):
+        def counting(*args):
+            from_rows[kind] += 1
+            return build(*args)
+        return counting
+
+    monkeypatch.setattr(rdata.Compactor, "_subscription_row", counted("subscriptions", rdata.Compactor._subscription_row))
+    monkeypatch.setattr(rdata.Compactor, "_invoice_row", counted("invoices", rdata.Compactor._invoice_row))
+    monkeypatch.setattr(rdata, "_ROW_CHARGE", counted("charges", rdata._ROW_CHARGE))
+    monkeypatch.setattr(rdata, "_ROW_BALANCE_TRANSACTION",
+                        counted("balance_transactions", rdata._ROW_BALANCE_TRANSACTION))
+    for _run in ("cold", "warm"):
+        from_rows.clear()
+        mirrored = rdata.fetch_stripe(make_client(API_KEY, target["api_base"]), report["period"])
+        for kind in ("subscriptions", "invoices", "charges", "refunds", "disputes", "balance_transactions"):
+            assert getattr(mirrored, kind) == getattr(report["data"], kind), kind
+        for kind, count in from_rows.items():
+            assert count >= len(getattr(mirrored, kind)) // 2, (kind, count)
+        assert set(from_rows) == {"subscriptions", "invoices", "charges", "balance_transactions"} or \
+            not report["data"].charges
 
 
 def raw_list(api_base: str, path: str, **params) -> list[dict]:

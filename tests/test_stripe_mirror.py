@@ -780,6 +780,83 @@ def test_pages_of_a_bounded_listing_are_its_rows_and_each_starts_at_the_last_one
     assert "(created,id)<(?,?)" in plan.replace(" ", ""), plan
 
 
+# --------------------------------------------------------------------------- row forms
+
+
+def _names_row(sub: dict, customer: dict | None) -> list | None:
+    """A test form: a subscription's id and status, and its customer's name (none without a status)."""
+    if sub.get("status") is None:
+        return None
+    return [sub["id"], sub["status"], customer.get("name") if customer else None]
+
+
+NAMES = stripe_mirror.RowForm("test.names.1", _names_row, expands_customer=True)
+NAMES_ASKED = {"fields": ("id", "status", "customer"), "expand_customer": True, "customer_fields": ("id", "name")}
+
+
+def _named(sub: dict) -> list:
+    customer = sub["customer"] if isinstance(sub.get("customer"), dict) else None
+    return [sub["id"], sub["status"], customer.get("name") if customer else None]
+
+
+@pytest.mark.parametrize("bounds", [{}, {"gte": NOW - 296 * DAY, "lt": NOW - 2700}])
+def test_a_listing_in_a_form_serves_rows_where_the_form_makes_one_and_objects_elsewhere_in_order(odd_mirror, bounds):
+    """Over several pages, odd objects among them (no status, a null one, no customer, a deleted
+    customer): a row for each object the form describes, the object itself for the others, in
+    the listing's order; the same again when read warm."""
+    objects = list(odd_mirror.listing("subscription", **NAMES_ASKED, **bounds))
+    for _ in ("made", "kept"):
+        odd_mirror.projected.clear()
+        served = list(odd_mirror.listing("subscription", **NAMES_ASKED, **bounds, form=NAMES))
+        assert odd_mirror.projected == [True]
+        assert served == [_named(x) if x.get("status") is not None else x for x in objects]
+        assert 3 * 40 < sum(type(x) is list for x in served) < len(served)
+
+
+def test_a_row_is_made_again_when_its_object_or_its_customer_changes(stripe_account):
+    mirror = stripe_mirror.of(make_client(SECRET_KEY, stripe_account.base_url))
+    first = {row[0]: row for row in mirror.listing("subscription", **NAMES_ASKED, form=NAMES)}
+    subs = stripe_account.state["objects"]["subscription"]
+    customers = {c["id"]: c for c in stripe_account.state["objects"]["customer"]}
+    renamed = {**customers[subs[1]["customer"]], "name": "Renamed ☃"}
+    late = {**subs[2], "status": "past_due"}
+    stripe_account.change(o.make_event("customer.updated", renamed, created=NOW - 20),
+                          o.make_event("customer.subscription.updated", late, created=NOW - 10),
+                          replace={renamed["id"]: renamed, late["id"]: late})
+    mirror._sync.at = float("-inf")  # a new run: synced before serving
+    second = {row[0]: row for row in mirror.listing("subscription", **NAMES_ASKED, form=NAMES)}
+    assert second[subs[1]["id"]][2] == "Renamed ☃" and second[late["id"]][1] == "past_due"
+    assert {k: v for k, v in second.items() if k not in (subs[1]["id"], late["id"])} == \
+        {k: v for k, v in first.items() if k not in (subs[1]["id"], late["id"])}
+
+
+def test_a_new_form_makes_every_row_again_and_an_object_it_fails_on_is_served_whole(stripe_account):
+    mirror = stripe_mirror.of(make_client(SECRET_KEY, stripe_account.base_url))
+    list(mirror.listing("subscription", **NAMES_ASKED, form=NAMES))
+
+    def picky(sub, customer):
+        if sub["id"].endswith(("0", "5")):
+            raise ValueError("a form with a bug")
+        return [sub["id"]]
+
+    served = list(mirror.listing("subscription", **NAMES_ASKED, form=stripe_mirror.RowForm("test.names.2", picky, True)))
+    assert all(x == [x[0]] if type(x) is list else x["id"].endswith(("0", "5")) for x in served)
+    assert any(type(x) is dict for x in served) and any(type(x) is list for x in served)
+    with sqlite3.connect(mirror.path) as conn:
+        forms = dict(conn.execute("SELECT form, count(*) FROM object_rows GROUP BY form"))
+    assert forms == {"test.names.2": N_CUSTOMERS}, "the old form's rows dropped"
+
+
+def test_a_form_serves_only_listings_its_rows_can_answer(odd_mirror):
+    """Filtered by a column, read by `keep`, or without the customer the form expands: objects."""
+    for asked in ({"where": {"status": "active"}}, {"keep": lambda sub: True},
+                  {"expand_customer": False}):
+        served = list(odd_mirror.listing("subscription", **{**NAMES_ASKED, **asked}, form=NAMES))
+        assert served and all(type(x) is dict for x in served), asked
+    with pytest.raises(ValueError):
+        stripe_mirror.RowForm("bad name'; --", _names_row)
+
+
 def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirror):
     listing = odd_mirror.listing("customer", fields=("id", "email"))
     next(listing)

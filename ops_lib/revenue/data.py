@@ -15,10 +15,12 @@ on our side rather than multiplying requests.
 Each object is kept as a ``StripeRecord`` (below): only the keys the computations read, in slots, read
 like the dict it stands for; ``fetch_stripe(..., compact=False)`` keeps the whole dicts instead
 (the tests compare the two). ``gather`` does the same from any source of listings (the benchmark
-and the tests feed ``synthetic.SyntheticAccount``).
+and the tests feed ``synthetic.SyntheticAccount``). From the Stripe mirror, most objects come as
+the rows it keeps of them for this report (``revenue.rows``), and their records are made from those.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import repeat
@@ -91,17 +93,21 @@ def fetch_stripe(client, period: Period, *, history_months: int = 12,
     """One listing per kind, filters pushed to the API (see the module's table); each object kept
     with only the fields the computations read (``Compactor``), as it streams in (``compact=False``:
     whole, as Stripe sent them; the tests compare the two)."""
-    def listing(kind: str, since: datetime, until: datetime | None) -> Iterable[dict]:
-        # (compact: only the fields the records keep are listed; the mirror drops the rest in SQLite)
+    from .rows import FORMS
+
+    def listing(kind: str, since: datetime, until: datetime | None) -> Iterable[dict | list]:
+        # (compact: only the fields the records keep are listed, the mirror dropping the rest in
+        # SQLite, or serving the rows it keeps for the records: ``revenue.rows``)
         fields = _LISTED_FIELDS[kind] if compact else None
+        form = {"form": FORMS[kind]} if compact and kind in FORMS else {}
         if kind == "subscriptions":
             return list_subscriptions(client, status="all", expand_customer=True, fields=fields,
-                                      customer_fields=_listed(Customer) + ("deleted",) if compact else None)
+                                      customer_fields=_listed(Customer) + ("deleted",) if compact else None, **form)
         if kind == "invoices":
-            return list_invoices(client, created_since=since, fields=fields)
+            return list_invoices(client, created_since=since, fields=fields, **form)
         lister = {"charges": list_charges, "refunds": list_refunds, "disputes": list_disputes,
                   "balance_transactions": list_balance_transactions}[kind]
-        return lister(client, since=since, until=until, fields=fields)
+        return lister(client, since=since, until=until, fields=fields, **form)
 
     return gather(listing, period, history_months=history_months, currencies=currencies, compact=compact)
 
@@ -126,9 +132,10 @@ def gather(listing: Callable[[str, datetime | None, datetime | None], Iterable[d
 
     def keep(objs, project):
         with collector_paused():
-            if not wanted:  # (every currency: no test per object)
-                return list(map(project, objs)) if compact else list(objs)
-            return [project(o) if compact else o for o in objs if keep_currency(o, wanted)]
+            if not compact:
+                return [o for o in objs if keep_currency(o, wanted)] if wanted else list(objs)
+            records = map(project, objs)  # (an object, or the mirror's row of it: see ``revenue.rows``)
+            return [r for r in records if keep_currency(r, wanted)] if wanted else list(records)
 
     data.subscriptions = keep(listing("subscriptions", None, None), c.subscription)
     data.invoices = keep(listing("invoices", since_invoices, None), c.invoice)
@@ -366,6 +373,17 @@ class Line(record_class("_Line", _LINE_FIELDS + ("price",))):
             out["end"] = end
         return out
 
+# The rows the mirror keeps of these kinds (``revenue.rows``): the leading keys, in order, of each
+# row; after them, a subscription's items (has_more, its item rows), an invoice's paid_at and lines
+# (has_more, its line rows), an item's and a line's price text.
+SUBSCRIPTION_ROW = _SUB_FIELDS + ("customer",)
+CUSTOMER_ROW = ("id", "name")
+ITEM_ROW = ("id", "quantity")
+INVOICE_ROW = _INVOICE_FIELDS + ("subscription", "customer", "charge")
+LINE_ROW = _LINE_FIELDS
+CHARGE_ROW = _CHARGE_FIELDS + ("customer", "invoice")
+BALANCE_TRANSACTION_ROW = _BALANCE_FIELDS + ("source",)
+
 Transitions = record_class("Transitions", ("paid_at",))
 Amount = record_class("Amount", ("amount",))  # one of an invoice's total_discount_amounts
 Charge = record_class("Charge", _CHARGE_FIELDS + ("customer", "invoice"))
@@ -464,19 +482,45 @@ def _pick(obj: dict, keys: Sequence[str]) -> dict:
     return {k: obj[k] for k in keys if k in obj}
 
 
+def trimmed_price(price: dict) -> dict:
+    """What the computations read of a price (its plan, amount, interval, product…)."""
+    out = _pick(price, ("id", "billing_scheme", "tiers_mode", "unit_amount", "unit_amount_decimal",
+                        "nickname", "lookup_key"))
+    if "recurring" in price:
+        recurring = price["recurring"]
+        out["recurring"] = _pick(recurring, _RECURRING) if isinstance(recurring, dict) else recurring
+    if "metadata" in price:
+        metadata = price["metadata"]
+        out["metadata"] = ({"plan": metadata["plan"]} if "plan" in metadata else {}) \
+            if isinstance(metadata, dict) else metadata
+    if "product" in price:
+        product = price["product"]
+        out["product"] = _pick(product, ("id", "name")) if isinstance(product, dict) else product
+    return out
+
+
 _PROJECTORS: dict[tuple, Callable] = {}  # (record class, shared keys, ids) -> Compactor._record's work
 
 
-def _projector(cls: type[StripeRecord], shared: Sequence[str], ids: Mapping[str, str]) -> Callable:
+def _projector(cls: type[StripeRecord], shared: Sequence[str], ids: Mapping[str, str],
+               layout: Sequence[str] | None = None) -> Callable:
     """``Compactor._record`` for one record class, shared keys and ids, as straight-line code (a
     loop over the keys per object took a third of the fetch): each key's value, from ``extra``
-    else the object, stored once (a shared string, an id, an amount, a timestamp of the object)."""
-    lines = ["def project(compactor, values, extra):", "    record = _new(cls)", "    get = values.get",
+    else the object, stored once (a shared string, an id, an amount, a timestamp of the object).
+    With a ``layout`` (the keys of a row, in order: ``revenue.rows``), ``values`` is such a row: a
+    key is read at its position, a key not in the layout only from ``extra``."""
+    lines = ["def project(compactor, values, extra):", "    record = _new(cls)",
+             "    get = values.get" if layout is None else "    pass",
              "    strings, amounts, same = compactor._strings, compactor._amounts, compactor._same"]
     lines += [f"    ids_{kind} = compactor._ids['{kind}']" for kind in sorted(set(ids.values()))]
     assert all(k.isidentifier() for k in cls.KEYS + tuple(ids.values()))
     for k in cls.KEYS:
-        lines.append(f"    value = extra['{k}'] if '{k}' in extra else get('{k}', ABSENT)")
+        if layout is None:
+            lines.append(f"    value = extra['{k}'] if '{k}' in extra else get('{k}', ABSENT)")
+        elif k in layout:
+            lines.append(f"    value = extra['{k}'] if '{k}' in extra else values[{list(layout).index(k)}]")
+        else:
+            lines.append(f"    value = extra.get('{k}', ABSENT)")
         if k in shared:
             lines.append("    if isinstance(value, str): value = strings.setdefault(value, value)")
         elif k in ids:
@@ -486,7 +530,7 @@ def _projector(cls: type[StripeRecord], shared: Sequence[str], ids: Mapping[str,
                          f"value = {'amounts' if k in _AMOUNT_KEYS else 'same'}.setdefault(value, value)")
         lines.append(f"    record._{k} = value")
     lines += [f"    record._{k}_{part} = ABSENT" for k in cls.LISTINGS for part in ("has_more", "data")]
-    if hasattr(cls, "_keep_period"):
+    if hasattr(cls, "_keep_period") and layout is None:
         lines.append("    record._keep_period(values, extra)")
     lines.append("    return record")
     namespace = {"_new": object.__new__, "ABSENT": ABSENT, "cls": cls}
@@ -511,6 +555,7 @@ class Compactor:
         self._priced: dict[int, bool] = {}  # id of a shared price -> whether it has a monthly amount
         self._same: dict[int, int] = {}  # one copy of each timestamp within the object at hand
         self._prices: dict = {}  # price id -> (the last price read under it, its shared trimmed copy)
+        self._price_texts: dict[str, dict] = {}  # a row's price text -> its shared trimmed copy
 
     def _share(self, value):
         key = repr(value)  # small dicts, lists and records of str/int/None: their repr is a faithful key
@@ -560,19 +605,14 @@ class Compactor:
         return out
 
     def _trimmed_price(self, price: dict):
-        out = _pick(price, ("id", "billing_scheme", "tiers_mode", "unit_amount", "unit_amount_decimal",
-                            "nickname", "lookup_key"))
-        if "recurring" in price:
-            recurring = price["recurring"]
-            out["recurring"] = _pick(recurring, _RECURRING) if isinstance(recurring, dict) else recurring
-        if "metadata" in price:
-            metadata = price["metadata"]
-            out["metadata"] = ({"plan": metadata["plan"]} if "plan" in metadata else {}) \
-                if isinstance(metadata, dict) else metadata
-        if "product" in price:
-            product = price["product"]
-            out["product"] = _pick(product, ("id", "name")) if isinstance(product, dict) else product
-        return self._share(out)
+        return self._share(trimmed_price(price))
+
+    def _price_of_text(self, text: str):
+        """A row's price (the JSON of its ``trimmed_price``): the shared copy ``price`` gives an equal one."""
+        found = self._price_texts.get(text)
+        if found is None:
+            found = self._price_texts[text] = self._share(json.loads(text))
+        return found
 
     def discount(self, discount):
         if not isinstance(discount, dict):
@@ -582,7 +622,9 @@ class Compactor:
             coupon = self._share(_pick(coupon, _COUPON))
         return Discount.of(discount, coupon=coupon)
 
-    def subscription(self, sub: dict) -> Subscription:
+    def subscription(self, sub: dict | list) -> Subscription:
+        if type(sub) is list:
+            return self._subscription_row(sub)
         self._same = {}
         extra = {}
         if "customer" in sub:
@@ -606,17 +648,22 @@ class Compactor:
     def _item(self, item):
         if "price" not in item:
             return _ITEM(self, item, {})
-        price = self.price(item["price"])
-        # An item's id is read only when its price cannot be priced (the unpriced_items check names it)
+        return _ITEM(self, item, self._item_price(self.price(item["price"])))
+
+    def _item_price(self, price) -> dict:
+        """An item's ``extra``: its (shared) price, and no id when the price can be priced (an
+        item's id is read only when it cannot: the unpriced_items check names it)."""
         priced = self._priced.get(id(price)) if isinstance(price, dict) else None
         if priced is None:
             from .mrr import unpriced_reason
             priced = isinstance(price, dict) and unpriced_reason(price) is None
             if isinstance(price, dict):
                 self._priced[id(price)] = priced  # (prices are shared: held by self._shared)
-        return _ITEM(self, item, {"price": price, "id": ABSENT} if priced else {"price": price})
+        return {"price": price, "id": ABSENT} if priced else {"price": price}
 
-    def invoice(self, invoice: dict) -> Invoice:
+    def invoice(self, invoice: dict | list) -> Invoice:
+        if type(invoice) is list:
+            return self._invoice_row(invoice)
         self._same = {}
         extra = {ref: id_of(invoice[ref]) for ref in ("subscription", "customer", "charge") if ref in invoice}
         if "discount" in invoice:
@@ -661,8 +708,10 @@ class Compactor:
         extra.update({ref: id_of(obj[ref]) for ref in refs if ref in obj})
         return self._record(cls, obj, _REFERRING_SHARED, ids, **extra)
 
-    def charge(self, charge: dict) -> Charge:
+    def charge(self, charge: dict | list) -> Charge:
         self._same = {}
+        if type(charge) is list:
+            return _ROW_CHARGE(self, charge, _NOTHING)
         extra = {ref: id_of(charge[ref]) for ref in ("customer", "invoice") if ref in charge}
         return _CHARGE(self, charge, extra)
 
@@ -672,25 +721,67 @@ class Compactor:
     def dispute(self, dispute: dict) -> Dispute:
         return self._with_refs(Dispute, dispute, ("charge",), {"id": "source", "charge": "charge"})
 
-    def balance_transaction(self, txn: dict) -> BalanceTransaction:
+    def balance_transaction(self, txn: dict | list) -> BalanceTransaction:
         self._same = {}
-        if "source" not in txn:
+        if type(txn) is list:
+            source = txn[len(BALANCE_TRANSACTION_ROW) - 1]
+        elif "source" not in txn:
             return _BALANCE_TRANSACTION(self, txn, {})
-        source = id_of(txn["source"])
+        else:
+            source = id_of(txn["source"])
         if isinstance(source, str):
             source = self._ids["charge"].get(source) or self._ids["source"].get(source) or source
-        return _BALANCE_TRANSACTION(self, txn, {"source": source})
+        return (_ROW_BALANCE_TRANSACTION if type(txn) is list else _BALANCE_TRANSACTION)(self, txn, {"source": source})
+
+    # Records from the mirror's rows (``revenue.rows``), made as the methods above make them from
+    # the objects the rows describe (the tests compare the two)
+
+    def _subscription_row(self, row: list) -> Subscription:
+        self._same = {}
+        n = len(SUBSCRIPTION_ROW)
+        expanded = row[n + 2]  # (its customer's row; None: not in the mirror, its id stays)
+        customer = _ROW_CUSTOMER(self, expanded, _NO_DISCOUNT) if expanded is not None else row[n - 1]
+        out = _ROW_SUBSCRIPTION(self, row, {"customer": customer, "discount": None})
+        out._items_has_more = row[n]
+        out._items_data = tuple(map(self._item_row, row[n + 1]))
+        return out
+
+    def _item_row(self, row: list) -> Item:
+        return _ROW_ITEM(self, row, self._item_price(self._price_of_text(row[len(ITEM_ROW)])))
+
+    def _invoice_row(self, row: list) -> Invoice:
+        self._same = {}
+        n = len(INVOICE_ROW)
+        transitions = _TRANSITIONS(self, {"paid_at": row[n]}, _NOTHING)
+        if row[n] is None:
+            transitions = self._share(transitions)
+        out = _ROW_INVOICE(self, row, {"discount": None, "total_discount_amounts": self._share([]),
+                                       "status_transitions": transitions})
+        out._lines_has_more = row[n + 1]
+        out._lines_data = tuple(map(self._line_row, row[n + 2]))
+        return out
+
+    def _line_row(self, row: list) -> Line:
+        n = len(LINE_ROW)
+        text = row[n + 2]
+        line = _ROW_LINE(self, row, {"type": self._str(row[0]),
+                                     "price": self._price_of_text(text) if text is not None else None})
+        same, start, end = self._same, row[n], row[n + 1]
+        line._period_start = same.setdefault(start, start) if type(start) is int else start
+        line._period_end = same.setdefault(end, end) if type(end) is int else end
+        return line
 
 
 _REFERRING_SHARED = ("currency", "status", "type", "reporting_category")
 
 
-def _projection(cls: type[StripeRecord], shared: Sequence[str] = (), ids: Mapping[str, str] | None = None) -> Callable:
-    """``_projector(cls, shared, ids)``, made once."""
-    key = (cls, tuple(shared), tuple(ids.items()) if ids else ())
+def _projection(cls: type[StripeRecord], shared: Sequence[str] = (), ids: Mapping[str, str] | None = None,
+                layout: Sequence[str] | None = None) -> Callable:
+    """``_projector(cls, shared, ids, layout)``, made once."""
+    key = (cls, tuple(shared), tuple(ids.items()) if ids else (), tuple(layout) if layout is not None else None)
     project = _PROJECTORS.get(key)
     if project is None:
-        project = _PROJECTORS[key] = _projector(cls, tuple(shared), ids or {})
+        project = _PROJECTORS[key] = _projector(cls, tuple(shared), ids or {}, layout)
     return project
 
 
@@ -705,6 +796,19 @@ _AMOUNT = _projection(Amount)
 _TRANSITIONS = _projection(Transitions)
 _CHARGE = _projection(Charge, _REFERRING_SHARED, {"id": "charge", "customer": "customer", "invoice": "invoice"})
 _BALANCE_TRANSACTION = _projection(BalanceTransaction, _REFERRING_SHARED, {})
+# ... and from their rows
+_ROW_SUBSCRIPTION = _projection(Subscription, ("currency", "status"), {"id": "subscription", "customer": "customer"},
+                                SUBSCRIPTION_ROW)
+_ROW_CUSTOMER = _projection(Customer, (), {"id": "customer"}, CUSTOMER_ROW)
+_ROW_ITEM = _projection(Item, layout=ITEM_ROW)
+_ROW_INVOICE = _projection(Invoice, ("currency", "status"), {"id": "invoice", "subscription": "subscription",
+                                                             "customer": "customer", "charge": "charge"}, INVOICE_ROW)
+_ROW_LINE = _projection(Line, layout=LINE_ROW)
+_ROW_CHARGE = _projection(Charge, _REFERRING_SHARED, {"id": "charge", "customer": "customer", "invoice": "invoice"},
+                          CHARGE_ROW)
+_ROW_BALANCE_TRANSACTION = _projection(BalanceTransaction, _REFERRING_SHARED, {}, BALANCE_TRANSACTION_ROW)
+_NOTHING: dict = {}  # (an ``extra`` read, never written)
+_NO_DISCOUNT = {"discount": None}
 
 
 _LISTED_FIELDS.update({
