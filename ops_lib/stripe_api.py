@@ -846,15 +846,22 @@ def list_subscription_rows(client: stripe.StripeClient, status: str = "all") -> 
     rows = None
     mirror = stripe_mirror.of(client)
     if mirror is not None and keep is None and status in SUBSCRIPTION_STATUSES:
-        try:
-            rows = mirror.rows("subscription", stripe_mirror.SUBSCRIPTION_ROW, _subscription_row, where=where)
+        try:  # (kept by the mirror as rows: made once per change, a page decoded at a time)
+            rows = mirror.listing("subscription", where=where, fields=_SUBSCRIPTION_ROW_FIELDS,
+                                  form=_SUBSCRIPTION_ROW_FORM)
         except stripe_mirror.Unavailable:
             rows = None
     if rows is None:
-        fields = ("id", "customer", "status", "current_period_start", "current_period_end", "items")
-        rows = map(_subscription_row, list_subscriptions(client, status=status, fields=fields))
+        rows = list_subscriptions(client, status=status, fields=_SUBSCRIPTION_ROW_FIELDS)
     for row in rows:
+        if type(row) is not list:
+            row = _subscription_row(row)
         yield (*row[:5], prices_of(row[5]))
+
+
+_SUBSCRIPTION_ROW_FIELDS = ("id", "customer", "status", "current_period_start", "current_period_end", "items")
+# What the mirror keeps of each subscription for ``list_subscription_rows``: the same row
+_SUBSCRIPTION_ROW_FORM = stripe_mirror.RowForm("quota.subscription.1", lambda sub: list(_subscription_row(sub)))
 
 
 # How long a caller of ``in_background`` waits between two items before it looks whether the
@@ -919,8 +926,9 @@ def in_background(listing: Iterable[Any], name: str = "opsbook-listing") -> Iter
 
 
 def _subscription_row(sub: Mapping[str, Any]) -> tuple:
-    """A listed subscription as the mirror's ``SUBSCRIPTION_ROW`` SQL gives it (its items as JSON,
-    each reduced to its price)."""
+    """A listed subscription as ``list_subscription_rows`` reads it: ``SUBSCRIPTION_ROW``, its
+    items as JSON (each reduced to its price: text equal on every subscription that sells the same
+    prices, decoded once)."""
     items = sub.get("items")
     items = items.get("data") if isinstance(items, Mapping) else None
     customer = sub.get("customer")

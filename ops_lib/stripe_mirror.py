@@ -77,17 +77,16 @@ would otherwise rescan the batch every 700 new objects, and every so often all t
 caller already holds, which cost more than the decoding itself. A row SQLite's JSON parser
 refuses (NaN or Infinity, which Python writes) turns the rest of the listing to whole objects
 projected in Python, from the same snapshot; a row that is not JSON fails where it is, after the
-objects before it, as one decoded at a time would. A caller that reads a few values of every
-object asks for ``rows``: tuples of SQL expressions over the stored row (``SUBSCRIPTION_ROW``: a
-subscription's id, customer, status, period and its items reduced to their prices; a customer's
-id from its column), never decoded in Python (half a million subscriptions: ~3 s in SQLite against
-~10 s decoded and turned into records). Listings read their order, and customers' ids, from the
-index ``objects_in_order`` (type, created, id, deleted) without reading the rows (built once on
-a mirror made before it: ~5 s at a million objects). A caller that builds a record of every object
-of a kind asks for a ``RowForm``: the mirror keeps each object's row in that form (made once, from
-the stored JSON, and again only when the object or its customer is written), in the listing's
-order, and serves the rows in place of the objects (revenue_report's ``revenue.rows``: at a
-million customers its fetch took 30 s decoding objects, 14–18 s from the rows).
+objects before it, as one decoded at a time would. A caller that reads a few columns of every
+object asks for ``rows``: tuples of SQL expressions over the stored row (a customer's id from its
+column: the ids of a million customers read from the index ``objects_in_order`` (type, created,
+id, deleted), which also orders every listing; built once on a mirror made before it: ~5 s at a
+million objects). A caller that reads many values of every object of a kind asks for a
+``RowForm``: the mirror keeps each object's row in that form (made once, from the stored JSON,
+and again only when the object or its customer is written), in the listing's order, and serves
+the rows in place of the objects, a page decoded by one ``json.loads`` (revenue_report's
+``revenue.rows``: at a million customers its fetch took 30 s decoding objects, 14–18 s from the
+rows; quota_audit's subscriptions, ``stripe_api.list_subscription_rows``).
 
 **What bounds it.** Cold: ⌈N/100⌉ + 1 requests per kind, at Stripe's pace (a million customers:
 ~10k requests, minutes, once). Warm: ⌈events since the last run / 100⌉ requests (≥ 1), plus one
@@ -181,21 +180,6 @@ PRICE_PROJECTION = ("id", "object", "active", "billing_scheme", "currency", "loo
 LINE_PROJECTION = ("id", "object", "type", "proration", "amount", "currency", "quantity", "period",
                    "price", "subscription", "subscription_item", "invoice_item", "discount_amounts",
                    "discountable")
-# A subscription as a tuple of what quota's join reads (``Mirror.rows``): SQL over the stored row.
-# Its items are given as their JSON with all but the price removed from the first
-# ``ROW_ITEMS_STRIPPED`` (text equal on every subscription that sells the same prices, decoded once;
-# with more items the text is the subscription's own, decoded alone). ``->`` needs SQLite 3.38: an
-# older one refuses the query and the objects are decoded instead.
-ROW_ITEMS_STRIPPED = 8
-SUBSCRIPTION_ROW = {
-    "id": "o.id",
-    "customer": "o.customer",
-    "status": "o.status",
-    "current_period_start": "json_extract(o.data, '$.current_period_start')",
-    "current_period_end": "json_extract(o.data, '$.current_period_end')",
-    "items": "json_remove(o.data -> '$.items.data', " + ", ".join(
-        f"'$[{i}].{key}'" for i in range(ROW_ITEMS_STRIPPED) for key in ITEM_PROJECTION if key != "price") + ")",
-}
 LIST_PATHS = {
     "customer": "/v1/customers", "subscription": "/v1/subscriptions", "invoice": "/v1/invoices",
     "charge": "/v1/charges", "refund": "/v1/refunds", "dispute": "/v1/disputes",
