@@ -246,8 +246,9 @@ class RowForm:
     every object of a kind decodes a short array instead of the object, and fills its record by
     position. The mirror makes each row once and keeps it until the object (or its customer)
     changes, in the listing's order (``object_rows``: a page is one range of one table, no lookup
-    per object). ``name`` carries the layout's version: rows of another name are made again.
-    Stripe itself serves objects."""
+    per object). ``name`` is ``<form>.<version>``: rows of another version of the form are
+    dropped when this one's are made (each runbook's forms are kept side by side). Stripe itself
+    serves objects."""
 
     name: str
     make: Callable[..., "list | None"]
@@ -255,10 +256,15 @@ class RowForm:
 
     def __post_init__(self):
         if not _FORM_NAME.fullmatch(self.name):  # (written into the listing's SQL as a literal)
-            raise ValueError(f"a row form's name is letters, digits and ._-: {self.name!r}")
+            raise ValueError(f"a row form's name is <form>.<version>, letters, digits and ._-: {self.name!r}")
+
+    @property
+    def family(self) -> str:
+        """The form without its version: ``revenue.invoice`` of ``revenue.invoice.1``."""
+        return self.name.rsplit(".", 1)[0]
 
 
-_FORM_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_FORM_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}\.[A-Za-z0-9_-]+")
 FILL_BATCH = 20_000  # rows made per write transaction (another run waits at most one of them)
 
 
@@ -984,7 +990,7 @@ class Mirror:
     def _fill_rows(self, object_type: str, form: RowForm) -> None:
         """Every stored object of the kind with its row in `form`: made for those that lack one
         (all of them the first time, then the ones written since), FILL_BATCH a transaction, in id
-        order; rows of another form of the kind dropped then. Run under the sync lock (by
+        order; rows of the form's other versions dropped then. Run under the sync lock (by
         `_snapshot`, before the listing's snapshot begins: no other run writes in between)."""
         conn = self._open()
         have = conn.execute("SELECT count(*) FROM object_rows WHERE type = ? AND form = ?",
@@ -996,8 +1002,9 @@ class Mirror:
         customer = (", c.data", " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer") \
             if form.expands_customer else ("", "")
         progress = Progress(f"making the {LABELS.get(object_type, object_type)}' rows for this runbook")
-        with self._write(conn):
-            conn.execute("DELETE FROM object_rows WHERE type = ? AND form <> ?", (object_type, form.name))
+        with self._write(conn):  # (the form's other versions: another opsbook's)
+            conn.execute("DELETE FROM object_rows WHERE type = ? AND substr(form, 1, ?) = ? AND form <> ?",
+                         (object_type, len(form.family) + 1, form.family + ".", form.name))
         after = ""
         while True:
             ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY id LIMIT ?",

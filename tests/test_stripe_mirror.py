@@ -829,7 +829,7 @@ def test_a_row_is_made_again_when_its_object_or_its_customer_changes(stripe_acco
         {k: v for k, v in first.items() if k not in (subs[1]["id"], late["id"])}
 
 
-def test_a_new_form_makes_every_row_again_and_an_object_it_fails_on_is_served_whole(stripe_account):
+def test_a_new_version_of_a_form_makes_every_row_again_and_an_object_it_fails_on_is_served_whole(stripe_account):
     mirror = stripe_mirror.of(make_client(SECRET_KEY, stripe_account.base_url))
     list(mirror.listing("subscription", **NAMES_ASKED, form=NAMES))
 
@@ -838,12 +838,15 @@ def test_a_new_form_makes_every_row_again_and_an_object_it_fails_on_is_served_wh
             raise ValueError("a form with a bug")
         return [sub["id"]]
 
+    other = stripe_mirror.RowForm("test.other_names.1", lambda sub, customer: [sub["id"]], True)
+    list(mirror.listing("subscription", **NAMES_ASKED, form=other))
     served = list(mirror.listing("subscription", **NAMES_ASKED, form=stripe_mirror.RowForm("test.names.2", picky, True)))
     assert all(x == [x[0]] if type(x) is list else x["id"].endswith(("0", "5")) for x in served)
     assert any(type(x) is dict for x in served) and any(type(x) is list for x in served)
     with sqlite3.connect(mirror.path) as conn:
         forms = dict(conn.execute("SELECT form, count(*) FROM object_rows GROUP BY form"))
-    assert forms == {"test.names.2": N_CUSTOMERS}, "the old form's rows dropped"
+    assert forms == {"test.names.2": N_CUSTOMERS, "test.other_names.1": N_CUSTOMERS}, \
+        "the old version's rows dropped, another form's kept"
 
 
 def test_a_form_serves_only_listings_its_rows_can_answer(odd_mirror):
@@ -852,8 +855,9 @@ def test_a_form_serves_only_listings_its_rows_can_answer(odd_mirror):
                   {"expand_customer": False}):
         served = list(odd_mirror.listing("subscription", **{**NAMES_ASKED, **asked}, form=NAMES))
         assert served and all(type(x) is dict for x in served), asked
-    with pytest.raises(ValueError):
-        stripe_mirror.RowForm("bad name'; --", _names_row)
+    for bad in ("bad name'; --", "no_version", "test.names.", ".1"):
+        with pytest.raises(ValueError):
+            stripe_mirror.RowForm(bad, _names_row)
 
 
 def test_a_listing_left_after_its_first_object_stops_its_reading_thread(odd_mirror):
