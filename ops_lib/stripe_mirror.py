@@ -123,7 +123,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import stripe
 
 from . import paths
-from .errors import StripeAccessError
+from .errors import StripeAccessError, first_line
 from .bulk import collector_paused
 
 MIRROR_VARIABLE = "OPSBOOK_STRIPE_MIRROR"
@@ -244,8 +244,8 @@ class RowForm:
 
     A listing asked for a form serves each object's row in place of its JSON: a runbook that holds
     every object of a kind decodes a short array instead of the object, and fills its record by
-    position. The mirror makes each row once and keeps it until the object (or its customer)
-    changes, in the listing's order (``object_rows``: a page is one range of one table, no lookup
+    position. The mirror makes each row once and keeps it until the object (or, for a
+    subscription, the customer it expands: the only kind a form may expand it for) changes, in the listing's order (``object_rows``: a page is one range of one table, no lookup
     per object). ``name`` is ``<form>.<version>``: rows of another version of the form are
     dropped when this one's are made (each runbook's forms are kept side by side). Stripe itself
     serves objects."""
@@ -268,9 +268,10 @@ _FORM_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,62}\.[A-Za-z0-9_-]+")
 FILL_BATCH = 20_000  # rows made per write transaction (another run waits at most one of them)
 
 
-def _row_maker(form: RowForm) -> Callable[..., "str | None"]:
+def _row_maker(form: RowForm, stopped: list) -> Callable[..., "str | None"]:
     """The form's ``make`` as the SQL function that fills ``object_rows`` from the stored JSON
-    (and the customer's, when it expands it)."""
+    (and the customer's, when it expands it). An interrupt (KeyboardInterrupt, the runner's
+    signals) stops the statement and is kept in `stopped`: SQLite reports it as its own error."""
     def row(data: str, *customer: str | None) -> str | None:
         try:
             args = [json.loads(data)]
@@ -280,6 +281,9 @@ def _row_maker(form: RowForm) -> Callable[..., "str | None"]:
             return None if made is None else json.dumps(made, separators=(",", ":"))
         except Exception:  # (an object the form cannot describe, whatever it holds: served as the object)
             return None
+        except BaseException as exc:
+            stopped.append(exc)
+            raise
     return row
 
 
@@ -864,20 +868,29 @@ class Mirror:
             return query, projected
 
         # A form serves a listing with no filter but its created range (its rows are not joined
-        # to the objects' columns), when SQLite projects it
+        # to the objects' columns), when SQLite projects it; one that expands the customer, only
+        # subscriptions (the rows the triggers drop when their customer is written)
         rows = form if form is not None and keep is None and not where and wanted not in (None, ("id",)) \
             and _dropped(object_type, wanted) is not None \
-            and form.expands_customer == (expand_customer and "customer" in wanted) else None
-        snapshot = self._prepared(object_type, gte, queries, paged=True,
-                                  before=(lambda: self._fill_rows(object_type, rows)) if rows else None)
+            and form.expands_customer == (expand_customer and "customer" in wanted) \
+            and (not form.expands_customer or object_type == "subscription") else None
+
+        def made() -> "_Query | None":  # (None: the rows are there; else the objects' query)
+            if self._fill_rows(object_type, rows):
+                return None
+            return self._query(object_type, gte, lt, {}, expand_customer, drop=_dropped(object_type, wanted),
+                               customer_drop=_dropped("customer", tuple(customer_fields))
+                               if expand_customer and customer_fields is not None else None)
+
+        snapshot = self._prepared(object_type, gte, queries, paged=True, before=made if rows else None)
         return self._serve(snapshot, keep, wanted, expand_customer,
                            tuple(customer_fields) if customer_fields is not None else None)
 
     def _prepared(self, object_type: str, gte: int | None,
                   queries: Callable[[], tuple["_Query", "_Query | None"]],
-                  paged: bool = False, before: Callable[[], None] | None = None) -> "_Snapshot":
+                  paged: bool = False, before: Callable[[], "_Query | None"] | None = None) -> "_Snapshot":
         """The kind covered from `gte` and synced, then the snapshot of `queries()` (whole,
-        projected), read in pages (`_Page`) or in rows; `before`: run under the snapshot's lock."""
+        projected), read in pages (`_Page`) or in rows; `before`: see `_snapshot`."""
         for attempt in (1, 2):
             try:
                 self.ensure(object_type, gte or 0)
@@ -987,38 +1000,50 @@ class Mirror:
         return _Query(tuple(served), "", tuple(conds), tuple(selected), tuple(args),
                       upper + 1 if upper is not None else None, source="object_rows x")
 
-    def _fill_rows(self, object_type: str, form: RowForm) -> None:
-        """Every stored object of the kind with its row in `form`: made for those that lack one
-        (all of them the first time, then the ones written since), FILL_BATCH a transaction, in id
-        order; rows of the form's other versions dropped then. Run under the sync lock (by
-        `_snapshot`, before the listing's snapshot begins: no other run writes in between)."""
+    def _fill_rows(self, object_type: str, form: RowForm) -> bool:
+        """Every stored object of the kind with its row in `form` (True), or not (False: the
+        rows could not be made): made for those that lack one (all of them the first time, then
+        the ones written since), FILL_BATCH a transaction, in id order; rows of the form's other
+        versions dropped then. Run under the sync lock (by `_snapshot`, before the listing's
+        snapshot begins: no other run writes in between). An interrupt stops it, and is raised."""
         conn = self._open()
         have = conn.execute("SELECT count(*) FROM object_rows WHERE type = ? AND form = ?",
                             (object_type, form.name)).fetchone()[0]
         stored = conn.execute("SELECT count(*) FROM objects WHERE type = ?", (object_type,)).fetchone()[0]
         if have == stored:
-            return
-        conn.create_function("opsbook_row", 2 if form.expands_customer else 1, _row_maker(form), deterministic=True)
+            return True
+        stopped: list[BaseException] = []
+        conn.create_function("opsbook_row", 2 if form.expands_customer else 1, _row_maker(form, stopped),
+                             deterministic=True)
         customer = (", c.data", " LEFT JOIN objects c ON c.type = 'customer' AND c.id = o.customer") \
             if form.expands_customer else ("", "")
         progress = Progress(f"making the {LABELS.get(object_type, object_type)}' rows for this runbook")
-        with self._write(conn):  # (the form's other versions: another opsbook's)
-            conn.execute("DELETE FROM object_rows WHERE type = ? AND substr(form, 1, ?) = ? AND form <> ?",
-                         (object_type, len(form.family) + 1, form.family + ".", form.name))
-        after = ""
-        while True:
-            ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY id LIMIT ?",
-                                              (object_type, after, FILL_BATCH))]
-            if not ids:
-                break
-            with self._write(conn):
-                conn.execute(
-                    f"INSERT INTO object_rows (type, form, created, id, row) SELECT o.type, ?, o.created, o.id, "
-                    f"opsbook_row(o.data{customer[0]}) FROM objects o{customer[1]} WHERE o.type = ? AND o.id > ? "
-                    "AND o.id <= ? AND NOT EXISTS (SELECT 1 FROM object_rows r WHERE r.type = o.type AND r.id = o.id "
-                    "AND r.form = ?)", (form.name, object_type, after, ids[-1], form.name))
-            progress.page(len(ids))
-            after = ids[-1]
+        try:
+            with self._write(conn):  # (the form's other versions: another opsbook's)
+                conn.execute("DELETE FROM object_rows WHERE type = ? AND substr(form, 1, ?) = ? AND form <> ?",
+                             (object_type, len(form.family) + 1, form.family + ".", form.name))
+            after = ""
+            while True:
+                ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY id "
+                                                  "LIMIT ?", (object_type, after, FILL_BATCH))]
+                if not ids:
+                    return True
+                with self._write(conn):
+                    conn.execute(
+                        f"INSERT INTO object_rows (type, form, created, id, row) SELECT o.type, ?, o.created, o.id, "
+                        f"opsbook_row(o.data{customer[0]}) FROM objects o{customer[1]} WHERE o.type = ? AND o.id > ? "
+                        "AND o.id <= ? AND NOT EXISTS (SELECT 1 FROM object_rows r WHERE r.type = o.type AND "
+                        "r.id = o.id AND r.form = ?)", (form.name, object_type, after, ids[-1], form.name))
+                progress.page(len(ids))
+                after = ids[-1]
+        except sqlite3.DatabaseError as exc:
+            if stopped:  # (interrupted: the batch rolled back, the rows made so far kept)
+                raise stopped[0] from None
+            # A full disk, a file another process locks too long: the objects are served instead
+            # (the rows made so far are kept; a corrupt file is found by the listing's own read)
+            print(f"Stripe: mirror: the {LABELS.get(object_type, object_type)}' rows could not be made "
+                  f"({first_line(str(exc)) or type(exc).__name__}): serving the objects", file=sys.stderr, flush=True)
+            return False
 
     def _fetch_customers(self, missing: list[str]) -> None:
         with self._lock, self._exclusive(), self._asked_for("subscription"):
@@ -1032,17 +1057,18 @@ class Mirror:
                         self._store(conn, "customer", obj, now)
 
     def _snapshot(self, query: "_Query", projected: "_Query | None" = None,
-                  paged: bool = False, before: Callable[[], None] | None = None) -> "_Snapshot":
+                  paged: bool = False, before: Callable[[], "_Query | None"] | None = None) -> "_Snapshot":
         """The listing's read transaction on a connection of its own, begun under the sync lock:
         no other run is half-way through re-listing the kind then, and WAL keeps the snapshot
         consistent whatever is written after. Read with `projected` when given (`query` is its
-        fallback, from the same snapshot); `paged`: in pages (`_Page`), else in rows."""
+        fallback, from the same snapshot); `paged`: in pages (`_Page`), else in rows. `before`:
+        run under the lock before the snapshot begins; a query it returns replaces `projected`."""
         conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None,
                                check_same_thread=False)
         try:
             with self._lock, self._exclusive():
-                if before is not None:  # (the form's rows made: no other run writes until BEGIN)
-                    before()
+                if before is not None:  # (a form's rows made: no other run writes until BEGIN)
+                    projected = before() or projected
                 conn.execute("BEGIN")
                 if projected is not None:
                     try:

@@ -136,7 +136,7 @@ def test_an_object_of_another_shape_gets_no_row_or_the_same_record(kind):
 
 
 def test_a_form_that_cannot_describe_an_object_makes_no_row_rather_than_failing():
-    make = stripe_mirror._row_maker(rows.FORMS["invoices"])
+    make = stripe_mirror._row_maker(rows.FORMS["invoices"], [])
     assert make("not json") is None and make('{"id": 1}') is None and make("[1, 2]") is None
-    expanding = stripe_mirror._row_maker(rows.FORMS["subscriptions"])
+    expanding = stripe_mirror._row_maker(rows.FORMS["subscriptions"], [])
     assert expanding('{"id": "sub_1"}', None) is None and expanding("{}", "not json") is None

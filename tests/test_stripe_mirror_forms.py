@@ -1,9 +1,8 @@
-"""Review of the Stripe mirror's row forms (stripe_mirror.RowForm, revenue.rows): a listing asked
+"""The Stripe mirror's row forms (stripe_mirror.RowForm, revenue.rows): a listing asked
 for a form serves what the same listing without it serves, once revenue's Compactor has built its
 records; never stale, lost, repeated or failing rows."""
 from __future__ import annotations
 
-import copy
 import json
 import sqlite3
 
@@ -65,7 +64,6 @@ def add_billing(account, n: int = 60) -> dict:
     """Invoices (one cut short: ``has_more``), charges and balance transactions for `n` of the
     account's subscriptions, many of them created in one second (ties across pages)."""
     state = account.state
-    price = state["objects"]["price"][0]
     made: dict[str, list] = {"invoice": [], "charge": [], "balance_transaction": []}
     for i, sub in enumerate(state["objects"]["subscription"][:n]):
         created = NOW - 3 * DAY if i % 3 else NOW - 3 * DAY - i * 60
@@ -88,10 +86,13 @@ def test_every_revenue_form_serves_the_records_its_objects_build_in_bounds_and_p
                                                                                      batch):
     """Subscriptions (customers expanded), invoices, charges and balance transactions, whole and
     bounded (gte, lt, both; a bound inside the tied second), pages of 4 splitting the tied second:
-    the same records, in the same order, as the objects' listing; most served as rows."""
+    the same records, in the same order, as the objects' listing; most served as rows (made 7 a
+    transaction with the small pages)."""
     add_billing(stripe_account)
     mirror = mirror_of(stripe_account)
     monkeypatch.setattr(stripe_mirror, "SERVE_BATCH", batch)
+    if batch < 10:
+        monkeypatch.setattr(stripe_mirror, "FILL_BATCH", 7)  # (rows made in many transactions)
     for kind in KIND:
         for bounds in ({}, {"gte": NOW - 3 * DAY}, {"lt": NOW - 3 * DAY}, {"gte": NOW - 3 * DAY - 1800, "lt": NOW},
                        {"gte": NOW - 3 * DAY, "lt": NOW - 3 * DAY + 1}):
@@ -230,3 +231,26 @@ def test_a_customer_another_run_renames_is_in_the_rows_this_run_serves(stripe_ac
     new_run(first)
     out = assert_same_records(first, "subscriptions")
     assert [x[-1] for x in out if type(x) is list and x[-1][0] == customer["id"]] == [[customer["id"], renamed["name"]]]
+
+
+def _id_and_customer_name(obj: dict, customer: dict | None) -> list:
+    return [obj["id"], customer.get("name") if customer else None]
+
+
+@pytest.mark.parametrize("object_type", ["invoice", "charge"])
+def test_a_form_expanding_the_customer_serves_objects_but_for_subscriptions(stripe_account, object_type):
+    """The triggers drop, when a customer is written, the rows of the subscriptions naming it (the
+    one kind whose listings expand it): an invoice's or a charge's listing in such a form is served
+    as objects, its customer's current name with it."""
+    add_billing(stripe_account, n=5)
+    mirror = mirror_of(stripe_account)
+    form = stripe_mirror.RowForm("review.customer-name.1", _id_and_customer_name, expands_customer=True)
+    asked_ = {"fields": ("id", "customer"), "expand_customer": True, "customer_fields": ("id", "name")}
+    assert all(type(x) is dict for x in mirror.listing(object_type, **asked_, form=form))
+    customer = stripe_account.state["objects"]["customer"][0]
+    renamed = {**customer, "name": "Renamed ☃"}
+    stripe_account.change(o.make_event("customer.updated", renamed, created=NOW - 5), replace={renamed["id"]: renamed})
+    new_run(mirror)
+    objects = list(mirror.listing(object_type, **asked_))
+    assert list(mirror.listing(object_type, **asked_, form=form)) == objects
+    assert ["Renamed ☃"] == [x["customer"]["name"] for x in objects if x["customer"]["id"] == customer["id"]]
