@@ -132,6 +132,8 @@ RETENTION_S = 30 * 86400       # Stripe lists events for 30 days
 MARGIN_S = 86400               # ... and a day's margin for clocks and slow runs
 FRESH_S = 30.0                 # a client syncs again before serving when its last sync is older
 LOCK_WAIT_S = 120.0            # the longest wait for another run's sync or listing
+LOCK_POLL_S = 0.02             # ... tried again this often
+LOCK_YIELD_S = 0.05            # a long fill's pause between two batches: a waiting run takes the lock
 BUSY_TIMEOUT_S = 10.0          # SQLite's busy timeout (each write transaction is short)
 PROGRESS_EVERY_S = 2.0         # at most one progress line this often
 OVERLAP_S = 300                # event-less kinds are re-listed from their newest created minus this
@@ -530,7 +532,7 @@ class Mirror:
                 if not said:
                     said = True
                     print("Stripe: waiting for another run's mirror sync", file=sys.stderr, flush=True)
-                time.sleep(0.2)
+                time.sleep(LOCK_POLL_S)
             try:
                 yield
             finally:
@@ -882,18 +884,23 @@ class Mirror:
                                customer_drop=_dropped("customer", tuple(customer_fields))
                                if expand_customer and customer_fields is not None else None)
 
-        snapshot = self._prepared(object_type, gte, queries, paged=True, before=made if rows else None)
+        snapshot = self._prepared(object_type, gte, queries, paged=True, before=made if rows else None,
+                                  ahead=(lambda: self._fill_rows(object_type, rows, locked=False)) if rows else None)
         return self._serve(snapshot, keep, wanted, expand_customer,
                            tuple(customer_fields) if customer_fields is not None else None)
 
     def _prepared(self, object_type: str, gte: int | None,
                   queries: Callable[[], tuple["_Query", "_Query | None"]],
-                  paged: bool = False, before: Callable[[], "_Query | None"] | None = None) -> "_Snapshot":
+                  paged: bool = False, before: Callable[[], "_Query | None"] | None = None,
+                  ahead: Callable[[], object] | None = None) -> "_Snapshot":
         """The kind covered from `gte` and synced, then the snapshot of `queries()` (whole,
-        projected), read in pages (`_Page`) or in rows; `before`: see `_snapshot`."""
+        projected), read in pages (`_Page`) or in rows; `ahead`: run after the sync, before the
+        snapshot's lock is taken; `before`: see `_snapshot`."""
         for attempt in (1, 2):
             try:
                 self.ensure(object_type, gte or 0)
+                if ahead is not None:  # (a form's rows made, most of them, without holding other runs)
+                    ahead()
                 return self._snapshot(*queries(), paged=paged, before=before)
             except _NoEventAccess:
                 self.disabled = "the key may not read events, which keep the mirror current"
@@ -1000,16 +1007,20 @@ class Mirror:
         return _Query(tuple(served), "", tuple(conds), tuple(selected), tuple(args),
                       upper + 1 if upper is not None else None, source="object_rows x")
 
-    def _fill_rows(self, object_type: str, form: RowForm) -> bool:
+    def _fill_rows(self, object_type: str, form: RowForm, locked: bool = True) -> bool:
         """Every stored object of the kind with its row in `form` (True), or not (False: the
         rows could not be made): made for those that lack one (all of them the first time, then
         the ones written since), FILL_BATCH a transaction, in id order; rows of the form's other
-        versions dropped then. Run under the sync lock (by `_snapshot`, before the listing's
-        snapshot begins: no other run writes in between). An interrupt stops it, and is raised."""
+        versions dropped then. `locked`: the caller holds the sync lock (`_snapshot`, just before
+        the listing's snapshot begins: no other run writes in between); else each step takes it,
+        and another run may sync or list between two (a first fill at a million objects takes
+        minutes). An interrupt stops it, and is raised."""
+        step = contextlib.nullcontext if locked else self._locked
         conn = self._open()
-        have = conn.execute("SELECT count(*) FROM object_rows WHERE type = ? AND form = ?",
-                            (object_type, form.name)).fetchone()[0]
-        stored = conn.execute("SELECT count(*) FROM objects WHERE type = ?", (object_type,)).fetchone()[0]
+        with step():
+            have = conn.execute("SELECT count(*) FROM object_rows WHERE type = ? AND form = ?",
+                                (object_type, form.name)).fetchone()[0]
+            stored = conn.execute("SELECT count(*) FROM objects WHERE type = ?", (object_type,)).fetchone()[0]
         if have == stored:
             return True
         stopped: list[BaseException] = []
@@ -1019,23 +1030,27 @@ class Mirror:
             if form.expands_customer else ("", "")
         progress = Progress(f"making the {LABELS.get(object_type, object_type)}' rows for this runbook")
         try:
-            with self._write(conn):  # (the form's other versions: another opsbook's)
+            with step(), self._write(conn):  # (the form's other versions: another opsbook's)
                 conn.execute("DELETE FROM object_rows WHERE type = ? AND substr(form, 1, ?) = ? AND form <> ?",
                              (object_type, len(form.family) + 1, form.family + ".", form.name))
             after = ""
             while True:
-                ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY id "
-                                                  "LIMIT ?", (object_type, after, FILL_BATCH))]
-                if not ids:
-                    return True
-                with self._write(conn):
-                    conn.execute(
-                        f"INSERT INTO object_rows (type, form, created, id, row) SELECT o.type, ?, o.created, o.id, "
-                        f"opsbook_row(o.data{customer[0]}) FROM objects o{customer[1]} WHERE o.type = ? AND o.id > ? "
-                        "AND o.id <= ? AND NOT EXISTS (SELECT 1 FROM object_rows r WHERE r.type = o.type AND "
-                        "r.id = o.id AND r.form = ?)", (form.name, object_type, after, ids[-1], form.name))
+                with step():
+                    ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY "
+                                                      "id LIMIT ?", (object_type, after, FILL_BATCH))]
+                    if not ids:
+                        return True
+                    with self._write(conn):
+                        conn.execute(
+                            f"INSERT INTO object_rows (type, form, created, id, row) SELECT o.type, ?, o.created, "
+                            f"o.id, opsbook_row(o.data{customer[0]}) FROM objects o{customer[1]} WHERE o.type = ? "
+                            "AND o.id > ? AND o.id <= ? AND NOT EXISTS (SELECT 1 FROM object_rows r WHERE "
+                            "r.type = o.type AND r.id = o.id AND r.form = ?)",
+                            (form.name, object_type, after, ids[-1], form.name))
                 progress.page(len(ids))
                 after = ids[-1]
+                if not locked:
+                    time.sleep(LOCK_YIELD_S)
         except sqlite3.DatabaseError as exc:
             if stopped:  # (interrupted: the batch rolled back, the rows made so far kept)
                 raise stopped[0] from None
@@ -1044,6 +1059,11 @@ class Mirror:
             print(f"Stripe: mirror: the {LABELS.get(object_type, object_type)}' rows could not be made "
                   f"({first_line(str(exc)) or type(exc).__name__}): serving the objects", file=sys.stderr, flush=True)
             return False
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock, self._exclusive():
+            yield
 
     def _fetch_customers(self, missing: list[str]) -> None:
         with self._lock, self._exclusive(), self._asked_for("subscription"):

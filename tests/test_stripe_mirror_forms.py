@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
+import time
 
 import pytest
 
@@ -254,3 +256,27 @@ def test_a_form_expanding_the_customer_serves_objects_but_for_subscriptions(stri
     objects = list(mirror.listing(object_type, **asked_))
     assert list(mirror.listing(object_type, **asked_, form=form)) == objects
     assert ["Renamed ☃"] == [x["customer"]["name"] for x in objects if x["customer"]["id"] == customer["id"]]
+
+
+def test_another_run_lists_between_the_batches_of_a_long_fill(stripe_account, monkeypatch):
+    """A first fill at a million objects takes minutes: another run (another client on the same file)
+    gets the mirror between two of its batches instead of waiting for all of them."""
+    monkeypatch.setattr(stripe_mirror, "FILL_BATCH", 20)
+    mirror, other = mirror_of(stripe_account), mirror_of(stripe_account)
+    list(mirror.listing("subscription", **asked("subscriptions")))  # mirrored, cold
+    moments: dict[str, float] = {}
+    lister = threading.Thread(target=lambda: (list(other.listing("customer", fields=("id",))),
+                                              moments.setdefault("other listed", time.monotonic())))
+
+    def slow(sub, customer):
+        if not lister.is_alive() and "other listed" not in moments:
+            lister.start()
+        time.sleep(0.002)
+        moments["last row made"] = time.monotonic()
+        return [sub["id"]]
+
+    served = list(mirror.listing("subscription", **asked("subscriptions"),
+                                 form=stripe_mirror.RowForm("test.slow.1", slow, expands_customer=True)))
+    lister.join(10)
+    assert len(served) == 250 and all(type(x) is list for x in served)
+    assert moments["other listed"] < moments["last row made"]
