@@ -222,6 +222,15 @@ CREATE TABLE IF NOT EXISTS object_rows (
     PRIMARY KEY (type, form, created, id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS object_rows_by_id ON object_rows (type, id);
+-- the forms whose rows are all made (a run need not count them); forgotten on any write of the kind
+CREATE TABLE IF NOT EXISTS row_forms (type TEXT NOT NULL, form TEXT NOT NULL, PRIMARY KEY (type, form))
+    WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS row_forms_inserted AFTER INSERT ON objects BEGIN
+    DELETE FROM row_forms WHERE type IN (new.type, CASE new.type WHEN 'customer' THEN 'subscription' END); END;
+CREATE TRIGGER IF NOT EXISTS row_forms_updated AFTER UPDATE ON objects BEGIN
+    DELETE FROM row_forms WHERE type IN (old.type, CASE old.type WHEN 'customer' THEN 'subscription' END); END;
+CREATE TRIGGER IF NOT EXISTS row_forms_deleted AFTER DELETE ON objects BEGIN
+    DELETE FROM row_forms WHERE type IN (old.type, CASE old.type WHEN 'customer' THEN 'subscription' END); END;
 CREATE TRIGGER IF NOT EXISTS object_rows_inserted AFTER INSERT ON objects BEGIN
     DELETE FROM object_rows WHERE type = new.type AND id = new.id;
     DELETE FROM object_rows WHERE new.type = 'customer' AND type = 'subscription' AND id IN
@@ -1018,9 +1027,14 @@ class Mirror:
         step = contextlib.nullcontext if locked else self._locked
         conn = self._open()
         with step():
+            if conn.execute("SELECT 1 FROM row_forms WHERE type = ? AND form = ?", (object_type, form.name)).fetchone():
+                return True  # (all made, nothing of the kind written since)
             have = conn.execute("SELECT count(*) FROM object_rows WHERE type = ? AND form = ?",
                                 (object_type, form.name)).fetchone()[0]
             stored = conn.execute("SELECT count(*) FROM objects WHERE type = ?", (object_type,)).fetchone()[0]
+            if have == stored and locked:
+                with self._write(conn):
+                    conn.execute("INSERT OR IGNORE INTO row_forms VALUES (?, ?)", (object_type, form.name))
         if have == stored:
             return True
         stopped: list[BaseException] = []
@@ -1039,6 +1053,9 @@ class Mirror:
                     ids = [i for (i,) in conn.execute("SELECT id FROM objects WHERE type = ? AND id > ? ORDER BY "
                                                       "id LIMIT ?", (object_type, after, FILL_BATCH))]
                     if not ids:
+                        if locked:  # (all made, no write in between: the next run need not count)
+                            with self._write(conn):
+                                conn.execute("INSERT OR IGNORE INTO row_forms VALUES (?, ?)", (object_type, form.name))
                         return True
                     with self._write(conn):
                         conn.execute(
