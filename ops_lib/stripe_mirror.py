@@ -256,8 +256,9 @@ class RowForm:
     A listing asked for a form serves each object's row in place of its JSON: a runbook that holds
     every object of a kind decodes a short array instead of the object, and fills its record by
     position. The mirror makes each row once and keeps it until the object (or, for a
-    subscription, the customer it expands: the only kind a form may expand it for) changes, in the listing's order (``object_rows``: a page is one range of one table, no lookup
-    per object). ``name`` is ``<form>.<version>``: rows of another version of the form are
+    subscription, the customer it expands: the only kind a form may expand it for) changes, in
+    the listing's order (``object_rows``: a page is one range of one table, no lookup per
+    object). ``name`` is ``<form>.<version>``: rows of another version of the form are
     dropped when this one's are made (each runbook's forms are kept side by side). Stripe itself
     serves objects."""
 
@@ -854,9 +855,9 @@ class Mirror:
                 form: RowForm | None = None) -> Iterator[dict | list]:
         """The kind's objects created in [gte, lt), newest first (ties: id descending), with
         `where` (SQL columns: customer, status, kind, ref, deleted) and `keep` applied; an expanded
-        customer keeps `customer_fields` when given. With `form` (and `fields`, no `keep`), each
-        object the form describes is served as its row (a list; with `expand_customer`, its
-        customer appended: the customer's row, its object, or None), the others as objects."""
+        customer keeps `customer_fields` when given. With `form` (and `fields`, no `where` or
+        `keep`), each object the form describes is served as its row (a list, its customer in it
+        when the form expands it), the others as objects."""
         if self.disabled:
             raise Unavailable(self.disabled)
         wanted = tuple(fields) if fields is not None else None
