@@ -510,7 +510,7 @@ def _projector(cls: type[StripeRecord], shared: Sequence[str], ids: Mapping[str,
     With a ``layout`` (the keys of a row, in order: ``revenue.rows``), ``values`` is such a row: a
     key is read at its position, a key not in the layout only from ``extra``."""
     lines = ["def project(compactor, values, extra):", "    record = _new(cls)",
-             "    get = values.get" if layout is None else "    pass",
+             *(["    get = values.get"] if layout is None else []),
              "    strings, amounts, same = compactor._strings, compactor._amounts, compactor._same"]
     lines += [f"    ids_{kind} = compactor._ids['{kind}']" for kind in sorted(set(ids.values()))]
     assert all(k.isidentifier() for k in cls.KEYS + tuple(ids.values()))
