@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -138,6 +139,11 @@ _KERNEL_ARGUMENTS = [
     "--IPKernelApp.log_level=CRITICAL",  # not its TCP notice nor shutdown chatter
     "--HistoryManager.hist_file=:memory:",  # as nbclient starts kernels: no history database
 ]
+# The kernel process's own streams: not the run's stderr, which says what went wrong in one line.
+# Cells' output travels over ZMQ (and fd-level writes are captured into it); what is left is the
+# kernel's own noise, e.g. the traceback of one that dies at start because two kernels started
+# at once drew the same free port (the run starts another: `execute_managed_notebook`).
+_KERNEL_STREAMS = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
 
 
 class EarlyKernel:
@@ -157,7 +163,8 @@ class EarlyKernel:
         self.km = AsyncKernelManager(kernel_name="python3")
         warm = warm_imports(notebook)
         arguments = _KERNEL_ARGUMENTS + ([f"--IPKernelApp.exec_lines={warm}"] if warm else [])
-        run_sync(self.km.start_kernel)(env=self.kernel_env, cwd=str(self.cwd), extra_arguments=arguments)
+        run_sync(self.km.start_kernel)(env=self.kernel_env, cwd=str(self.cwd), extra_arguments=arguments,
+                                       **_KERNEL_STREAMS)
 
     @property
     def pid(self) -> int | None:
@@ -421,14 +428,14 @@ def _register() -> None:
 
             try:
                 # a kernel we started is ours to stop, as nbclient stops the ones it starts
-                return client(early.km if early else None).execute(env=kernel_env, cleanup_kc=True)
+                return client(early.km if early else None).execute(env=kernel_env, cleanup_kc=True, **_KERNEL_STREAMS)
             except RuntimeError as exc:
                 if not _died_starting(exc, execution):
                     raise
             # Two kernels started at once (two runs, `run --all`) may draw the same free port from
             # the system: the one that binds second dies before it replies. Once more, with a
             # kernel of its own (no cell had run).
-            return client(None).execute(env=kernel_env, cleanup_kc=True)
+            return client(None).execute(env=kernel_env, cleanup_kc=True, **_KERNEL_STREAMS)
 
     # nbclient logs a timeout or a dead kernel itself; the run's record says it, in one line.
     quiet = logging.getLogger("papermill.opsbook")

@@ -150,3 +150,35 @@ def test_a_kernel_that_dies_before_it_replies_is_started_once_more_and_the_noteb
     ran = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert ran.cells[-1].outputs[0]["text"] == "42\n"
     assert not run_sync(early.km.is_alive)(), "the early kernel died; another ran the notebook"
+
+
+def test_a_kernel_that_dies_at_start_says_nothing_on_the_runs_stderr(tmp_path, monkeypatch, capfd):
+    # A run's stderr is one line saying what went wrong: the traceback of a kernel that lost the
+    # port race (here, a port we hold) is the kernel's own noise, never the run's.
+    import socket
+    import time
+
+    import jupyter_client.manager
+    from jupyter_core.utils import run_sync
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+
+    class OnTheTakenPort(jupyter_client.manager.AsyncKernelManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.cache_ports = False
+            self.shell_port = taken.getsockname()[1]
+
+    monkeypatch.setattr(jupyter_client.manager, "AsyncKernelManager", OnTheTakenPort)
+    try:
+        early = execution_mod.EarlyKernel(_notebook(tmp_path / "n.ipynb", "x = 1"), dict(os.environ), tmp_path)
+        deadline = time.monotonic() + 20
+        while run_sync(early.km.is_alive)() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not run_sync(early.km.is_alive)(), "the kernel lost the race for its port"
+        early.discard()
+    finally:
+        taken.close()
+    assert capfd.readouterr().err == ""
