@@ -5,6 +5,7 @@ parameter (``:name`` placeholders), never formatted into the SQL text.
 """
 from __future__ import annotations
 
+import itertools
 import re
 import select
 import sys
@@ -214,12 +215,44 @@ def select_all(conn: Connection, sql: str, **params: Any) -> list[dict]:
     return [dict(row) for row in conn.execute(sa.text(sql), params).mappings()]
 
 
+FETCH_ROWS = 65_536
+_cursor_names = itertools.count()
+
+
 def select_tuples(conn: Connection, sql: str, **params: Any) -> Iterator[tuple]:
-    """The rows as plain tuples, fetched 65,536 at a time: for a million rows, no dict (or
-    SQLAlchemy row mapping) per row and never the whole answer twice in memory."""
-    result = conn.execute(sa.text(sql), params)
-    while chunk := result.fetchmany(65_536):
-        yield from chunk
+    """The rows as plain tuples, no dict (or SQLAlchemy row mapping) per row, fetched
+    ``FETCH_ROWS`` at a time from a server-side cursor: a plain query's answer is held whole by
+    libpq before the first row is read, and a million organisations' answer (~350 MB) freed into
+    malloc's heap stays there (Python's allocator does not reuse it): the kernel's peak.
+
+    On the runbook's connection (autocommit, idle) the cursor lives in a transaction of its own,
+    ended when the rows are read or the reading stops; in a caller's transaction, in that one."""
+    raw = conn.connection.dbapi_connection
+    own = bool(getattr(raw, "autocommit", False)) and \
+        raw.get_transaction_status() == extensions.TRANSACTION_STATUS_IDLE
+    name = f"opsbook_rows_{next(_cursor_names)}"
+    if own:
+        conn.exec_driver_sql("BEGIN")  # (the session's defaults: read-only for the checks)
+        # every row is read: plan for the whole answer, not for the first tenth (a cursor's default)
+        conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
+    declared = False
+    try:
+        conn.execute(sa.text(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}"), params)
+        declared = True
+        while True:
+            # (the DBAPI's own tuples: a SQLAlchemy Row around each would add 64 bytes a row)
+            result = conn.exec_driver_sql(f"FETCH FORWARD {FETCH_ROWS} FROM {name}")
+            chunk = result.cursor.fetchall()
+            result.close()
+            if not chunk:
+                break
+            yield from chunk
+    finally:
+        # (read-only: rolling back loses nothing, and ends an aborted transaction too)
+        if own:
+            _quietly(lambda: conn.exec_driver_sql("ROLLBACK"))
+        elif declared:
+            _quietly(lambda: conn.exec_driver_sql(f"CLOSE {name}"))
 
 
 def select_one(conn: Connection, sql: str, **params: Any) -> dict | None:

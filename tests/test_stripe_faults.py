@@ -7,6 +7,7 @@ printed with `-s`), so they do not measure performance.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import threading
@@ -76,23 +77,28 @@ FAULTS = [
      "STRIPE_API_BASE, or a proxy in between (a sign-in or error page?)", 1),
     ("truncated", "cut its answer (HTTP 200) short by closing the connection while reading "
                   "customers (gave up after 3 tries", "check https://status.stripe.com", 3),
+    # A 6 s budget with 2.5 s reads (the defaults' shape: 15 s, 10 s reads) proves the bound without
+    # waiting 15 s (a client made without one gets the default:
+    # test_a_client_gets_the_default_budget_of_15_s_unless_given_one); the same budget bounds a
+    # body that stalls or drips.
     ("hang", "accepted the connection but never answered while reading customers "
-             "(gave up after 2 tries in 1", "check https://status.stripe.com", 2),
-    # The same budget bounds a body that stalls or drips; a 5 s budget proves it without waiting 15 s
-    # twice more (the hang above keeps the default).
+             "(gave up after 2 tries in 6 s", "check https://status.stripe.com", 2),
     ("stall_body", "began its answer (HTTP 200) but never finished it while reading customers "
                    "(gave up after 1 try in 5 s", "or STRIPE_API_BASE", 1),
     ("drip", "began its answer (HTTP 200) but never finished it while reading customers "
              "(gave up after 1 try in 5 s", "then re-run", 1),
 ]
-BUDGET_S = {"stall_body": 5.0, "drip": 5.0}
+BUDGET_S = {"hang": 6.0, "stall_body": 5.0, "drip": 5.0}
+READ_S = {"hang": 2.5}
 
 
 @pytest.mark.parametrize("behaviour, says, fix, requests", FAULTS, ids=[f[0] for f in FAULTS])
 def test_every_fault_of_the_api_ends_bounded_as_one_line_saying_what_to_do(behaviour, says, fix, requests):
     budget = BUDGET_S.get(behaviour, DEFAULT_TIMEOUT_S)
     with faulty_http(behaviour) as server:
-        message, elapsed = access_error(lambda: list(list_customers(make_client(KEY, server.url, timeout=budget))))
+        client = make_client(KEY, server.url, timeout=budget, **({"read_timeout": READ_S[behaviour]}
+                                                                  if behaviour in READ_S else {}))
+        message, elapsed = access_error(lambda: list(list_customers(client)))
         print(f"\n{behaviour}: {elapsed:.2f} s, {server.count} requests: {message}")
         assert says in message and fix in message
         assert server.count == requests
@@ -103,6 +109,12 @@ def test_every_fault_of_the_api_ends_bounded_as_one_line_saying_what_to_do(behav
         # It was the real SDK speaking Stripe's protocol.
         assert {r.headers["stripe-version"] for r in server.requests} == {"2023-08-16"}
         assert {r.headers["authorization"] for r in server.requests} == {f"Bearer {KEY}"}
+
+
+def test_a_client_gets_the_default_budget_of_15_s_unless_given_one():
+    assert DEFAULT_TIMEOUT_S == 15
+    assert make_client(KEY, "http://127.0.0.1:9")._requestor._client.timeout == DEFAULT_TIMEOUT_S
+    assert make_client(KEY, "http://127.0.0.1:9", timeout=5)._requestor._client.timeout == 5
 
 
 EMPTY_LIST = {"object": "list", "url": "/v1/customers", "has_more": False, "data": []}
@@ -209,11 +221,13 @@ def replay(conn, url: str, events: list[dict], tmp_path: Path, **options):
 def test_a_replay_to_an_app_that_never_answers_ends_each_event_at_its_timeout(app_conn, tmp_path):
     [event] = paid_checkouts(1)
     with faulty_http("hang") as server:
-        log, elapsed, audited = replay(app_conn, server.url, [event], tmp_path)  # the default timeout, 10 s
+        # (3 s: the default, 10 s, is the same bound, waited longer)
+        log, elapsed, audited = replay(app_conn, server.url, [event], tmp_path, timeout=3)
         [request] = server.requests
     print(f"\nreplay, hanging app: {elapsed:.2f} s: {log[0].outcome}")
-    assert elapsed < 10 + 3
-    assert log[0].outcome.startswith("no answer within 10 s (the app may have processed it:")
+    assert inspect.signature(replay_events).parameters["timeout"].default == 10
+    assert 3 <= elapsed < 3 + 3
+    assert log[0].outcome.startswith("no answer within 3 s (the app may have processed it:")
     assert log[0].applied and audited == [log[0].outcome]
     # It was the delivery Stripe would have sent.
     assert request.method == "POST" and request.path == "/stripe/webhook"

@@ -44,7 +44,7 @@ from sqlalchemy.engine import Connection
 from ..db import array_literal, select_all, select_one, select_tuples, select_value, server_version_num
 from ..schema_map import SchemaMap
 from ..utc import as_utc
-from ..bulk import Record, Rows, collector_paused, column, columns
+from ..bulk import Record, Rows, collector_paused, column
 
 # SET LOCAL in the scan's own read-only transaction, so that the pass's hash aggregate (one group
 # per organisation, ~18 sums each) stays in memory: 64 MB, or ~200 bytes per organisation up to
@@ -439,10 +439,10 @@ def _us_array(moments: list[datetime]) -> np.ndarray:
 
 def _column_types(conn: Connection, schema: SchemaMap, entity: str = "usage_events") -> dict[str, str]:
     """The mapped table's (or view's) physical columns and their types."""
-    rows = select_tuples(conn, "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
-                               "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped",
-                         table=schema.table(entity).sql_table)
-    return dict(rows)
+    rows = select_all(conn, "SELECT attname::text AS name, format_type(atttypid, NULL) AS type FROM pg_attribute "
+                            "WHERE attrelid = to_regclass(:table) AND attnum > 0 AND NOT attisdropped",
+                      table=schema.table(entity).sql_table)
+    return {row["name"]: row["type"] for row in rows}
 
 
 def streams_as_arrays(conn: Connection, schema: SchemaMap) -> bool:
@@ -820,8 +820,9 @@ def _usage_rows(orgs: list[dict], where: _Positions, starts: list[datetime], sta
         for c, a in zip(same_period.tolist(), k[same_period].tolist()):
             counter[a] = stored.used[c]
         counter_rows[k[same_period]] = stored.rows[same_period]
-    ids, names, plans, limits, period_starts, period_ends, sources, blocked = zip(*columns(
-        orgs, "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end", "period_source",
+    # (a list per key: unzipping 8-tuples would hold a million of them at the peak)
+    ids, names, plans, limits, period_starts, period_ends, sources, blocked = (column(orgs, key) for key in (
+        "organisation_id", "name", "app_plan", "usage_limit", "period_start", "period_end", "period_source",
         "is_blocked"))
     used = (units - extra_units).tolist()
     pct = [round(100.0 * u / limit, 1) if limit else None for u, limit in zip(used, limits)]
