@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 
-from . import __version__, db
+from . import __version__, bulk, db
 from . import target as target_mod
 from .audit import AuditLog
 from .demo import target_or_demo
@@ -160,6 +160,7 @@ def start(runbook: str, run_id: str | None = None, *, statement_timeout_ms: int 
     """The run's context; with no run_id (an interactive session) one is made up."""
     _show_figures_inline()
     _tables_without_math()
+    bulk.return_large_blocks()
     return RunContext(
         runbook=runbook,
         run_id=run_id or new_run_id(runbook),

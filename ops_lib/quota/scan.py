@@ -567,7 +567,10 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
     weeks = max(len(edges) - 1, 0)
     first_week, last_week = (_us(edges[0]), _us(edges[-1])) if weeks else (0, 0)
     rep_lo = _us(hashes_from) if hashes_from is not None else 0
-    ids, blocks, hashes, null_keys = [], [], [], 0
+    ids, hashes, null_keys = [], [], 0
+    # (each of the four sums in blocks of its own: one matrix of them would be concatenated beside
+    # its blocks, then kept whole by the period columns' views: ~300 MB more at 1M organisations)
+    period_units, period_events, week_units, week_events = [], [], [], []
     while (chunk := conn.exec_driver_sql("FETCH NEXT FROM opsbook_event_stream").first()) is not None:
         packed, nulls = chunk
         null_keys += int(nulls or 0)
@@ -582,30 +585,50 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
             org, at, quantity = org[keep], at[keep], quantity[keep]
         chunk_ids, of = np.unique(org, return_inverse=True)
         n = len(chunk_ids)
-        columns_ = np.zeros((n, 2 + 2 * weeks), dtype=np.int64)
         if accounts is not None:
             where_ = accounts.positions(chunk_ids)
             known = where_ >= 0
             starts = np.where(known, accounts.starts[where_], np.iinfo(np.int64).max)[of]
             ends = np.where(known, accounts.ends[where_], np.iinfo(np.int64).min)[of]
             inside = (at >= starts) & (at < ends)
-            columns_[:, 0] = _sum_by(of[inside], quantity[inside], n)
-            columns_[:, 1] = np.bincount(of[inside], minlength=n)
+            period_units.append(_sum_by(of[inside], quantity[inside], n))
+            period_events.append(np.bincount(of[inside], minlength=n).astype(np.int64))
+        else:
+            period_units.append(np.zeros(n, dtype=np.int64))
+            period_events.append(np.zeros(n, dtype=np.int64))
         if weeks:
             in_weeks = (at >= first_week) & (at < last_week)
             cell = of[in_weeks] * weeks + (at[in_weeks] - first_week) // WEEK_US
-            columns_[:, 2::2] = _sum_by(cell, quantity[in_weeks], n * weeks).reshape(n, weeks)
-            columns_[:, 3::2] = np.bincount(cell, minlength=n * weeks).reshape(n, weeks)
+            week_units.append(_sum_by(cell, quantity[in_weeks], n * weeks).reshape(n, weeks))
+            week_events.append(np.bincount(cell, minlength=n * weeks).astype(np.int64).reshape(n, weeks))
+        else:
+            week_units.append(np.zeros((n, 0), dtype=np.int64))
+            week_events.append(np.zeros((n, 0), dtype=np.int64))
         ids.append(chunk_ids)
-        blocks.append(columns_)
     conn.exec_driver_sql("CLOSE opsbook_event_stream")
-    matrix = np.concatenate(blocks) if blocks else np.zeros((0, 2 + 2 * weeks), dtype=np.int64)
-    sums = _Sums(np.concatenate(ids).tolist() if ids else [], matrix[:, 0], matrix[:, 1],
-                 np.ascontiguousarray(matrix[:, 2::2]), np.ascontiguousarray(matrix[:, 3::2]), [], True)
+    sums = _Sums(_joined(ids).tolist(), _joined(period_units), _joined(period_events),
+                 _joined(week_units, weeks), _joined(week_events, weeks), [], True)
     if hashes_from is None:
         return sums, None
-    values, counts = np.unique(np.concatenate(hashes) if hashes else np.zeros(0, dtype=np.int64), return_counts=True)
-    return sums, _Repeated(hashes_from, [int(h) for h in values[counts > 1]], null_keys > 1)
+    return sums, _Repeated(hashes_from, _repeated(hashes), null_keys > 1)
+
+
+def _joined(blocks: list[np.ndarray], *columns: int) -> np.ndarray:
+    """The blocks (of rows of ``columns``) as one int64 array; the list is emptied, so that each
+    block is freed once copied."""
+    if not blocks:
+        return np.zeros((0, *columns), dtype=np.int64)
+    joined = np.concatenate(blocks)
+    blocks.clear()
+    return joined
+
+
+def _repeated(hashes: list[np.ndarray]) -> list[int]:
+    """The hashes seen more than once, ascending: sorted in place, each compared with the next (no
+    counts array nor second copy of the millions of hashes, as ``np.unique(..., return_counts)``)."""
+    every = _joined(hashes)
+    every.sort()
+    return [int(h) for h in np.unique(every[1:][every[1:] == every[:-1]])]
 
 
 def duplicate_rows(rows: list[dict], since: datetime) -> list[dict]:
