@@ -592,7 +592,7 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
             ends = np.where(known, accounts.ends[where_], np.iinfo(np.int64).min)[of]
             inside = (at >= starts) & (at < ends)
             period_units.append(_sum_by(of[inside], quantity[inside], n))
-            period_events.append(np.bincount(of[inside], minlength=n).astype(np.int64))
+            period_events.append(np.bincount(of[inside], minlength=n).astype(np.int64, copy=False))
         else:
             period_units.append(np.zeros(n, dtype=np.int64))
             period_events.append(np.zeros(n, dtype=np.int64))
@@ -600,7 +600,7 @@ def _stream_sums(conn: Connection, schema: SchemaMap, *, accounts: _Accounts | N
             in_weeks = (at >= first_week) & (at < last_week)
             cell = of[in_weeks] * weeks + (at[in_weeks] - first_week) // WEEK_US
             week_units.append(_sum_by(cell, quantity[in_weeks], n * weeks).reshape(n, weeks))
-            week_events.append(np.bincount(cell, minlength=n * weeks).astype(np.int64).reshape(n, weeks))
+            week_events.append(np.bincount(cell, minlength=n * weeks).astype(np.int64, copy=False).reshape(n, weeks))
         else:
             week_units.append(np.zeros((n, 0), dtype=np.int64))
             week_events.append(np.zeros((n, 0), dtype=np.int64))
