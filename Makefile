@@ -16,9 +16,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/opsbook demo
 
-# One session: the tests, then every notebook under nbval against the same demo target.
+# The tests and every notebook under nbval, spread over TEST_WORKERS processes (pytest-xdist), each
+# with a demo target of its own; a module (or a notebook: its cells in order) stays in one worker.
+# Most tests wait on kernels, servers and timeouts: on 2 cores, two workers keep both busy.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p tests.demo_target --nbval-lax tests notebooks
+	$(BIN)/python -m pytest -q -p tests.demo_target --nbval-lax -n $(TEST_WORKERS) --dist loadscope tests notebooks
 
 # Airflow in its own virtualenv: Airflow 3.1 is the line that installs beside opsbook's
 # SQLAlchemy 2 from PyPI alone (2.x pins SQLAlchemy < 2; its constraints files are not needed).

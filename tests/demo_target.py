@@ -53,8 +53,14 @@ def stop() -> None:
             shutil.rmtree(os.environ.pop(name, ""), ignore_errors=True)
 
 
+def _runs_tests(config) -> bool:
+    """False in pytest-xdist's controller: its workers run the tests, each with a demo of its own."""
+    return hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+
+
 def pytest_sessionstart(session):
-    start()
+    if _runs_tests(session.config):
+        start()
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -180,12 +180,17 @@ def test_stripe_unreachable(tmp_path):
 # --------------------------------------------------------------------------- certificates
 
 
+class _QuietTLSServer(http.server.ThreadingHTTPServer):
+    def handle_error(self, request, client_address):
+        pass  # (a client refusing the certificate ends the handshake: expected here, not news)
+
+
 def _tls_server(tmp_path: Path, name: str, days: int):
     cert, key = tmp_path / f"{name}.pem", tmp_path / f"{name}.key"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
                     "-days", str(days), "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
                    check=True, capture_output=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    server = _QuietTLSServer(("127.0.0.1", 0), _Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server.socket = context.wrap_socket(server.socket, server_side=True)

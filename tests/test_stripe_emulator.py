@@ -6,6 +6,7 @@ the SDK and the runbooks rely on them.
 """
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import subprocess
@@ -690,3 +691,27 @@ def test_events_snapshot_their_object():
     assert event["data"]["object"]["email"] == "before@example.com"
     assert event["data"]["previous_attributes"] == {"email": "old@x.com"}
     assert event["api_version"] == API_VERSION and event["id"].startswith("evt_1")
+
+
+@pytest.mark.parametrize("server_class", ["emulator", "receiver"])
+def test_a_client_hanging_up_mid_answer_leaves_no_traceback_but_a_real_error_does(server_class, capsys, tmp_path):
+    from ops_lib.demo.receiver import WebhookServer
+    from ops_lib.stripe_emulator.server import Emulator, EmulatorServer
+
+    write_state(tmp_path / "state.json", new_state([SECRET_KEY]))
+    server = (EmulatorServer(Emulator(tmp_path / "state.json")) if server_class == "emulator"
+              else WebhookServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler))
+    try:
+        for error in (BrokenPipeError(32, "Broken pipe"), ConnectionResetError(104, "reset"), TimeoutError()):
+            try:
+                raise error
+            except OSError:
+                server.handle_error(None, ("127.0.0.1", 1))
+        assert capsys.readouterr().err == ""
+        try:
+            raise KeyError("a bug in a handler")
+        except KeyError:
+            server.handle_error(None, ("127.0.0.1", 1))
+        assert "KeyError: 'a bug in a handler'" in capsys.readouterr().err
+    finally:
+        server.server_close()

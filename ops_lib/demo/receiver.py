@@ -373,6 +373,11 @@ class WebhookServer(ThreadingHTTPServer):
     # for a SYN retry (a second or more).
     request_queue_size = 64
 
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # (a sender that hung up or gave up mid-answer: no traceback on the demo's log)
+        super().handle_error(request, client_address)
+
 
 def endpoint_url(server: ThreadingHTTPServer) -> str:
     host, port = server.server_address[:2]

@@ -293,6 +293,11 @@ class EmulatorServer(ThreadingHTTPServer):
         self.verbose = verbose
         super().__init__((host, port), _Handler)
 
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # (a client that hung up or gave up mid-answer: not the emulator's fault, no traceback)
+        super().handle_error(request, client_address)
+
     @property
     def base_url(self) -> str:
         host, port = self.server_address[:2]
