@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -27,7 +28,12 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def wheel() -> Path:
     out = scratch_dir("wheel")
-    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(REPO)],
+    # From a copy without the checkout's build/ folder: setuptools would pack a stale module left there
+    # by an earlier build (a subpackage missing from pyproject's list then still reaches the wheel).
+    source = out / "source"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv*", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "outputs", ".opsbook"))
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(source)],
                    check=True, capture_output=True, timeout=600, cwd=out)
     (path,) = out.glob("opsbook-*.whl")
     return path
@@ -59,6 +65,15 @@ def test_the_wheel_carries_every_shipped_notebook_and_parameter_set(wheel):
     for params in (REPO / "params").rglob("*.yaml"):
         assert f"ops_lib/params/{params.relative_to(REPO / 'params')}" in names
     assert "ops_lib/run.schema.json" in names or not (REPO / "ops_lib/run.schema.json").exists()
+
+
+def test_the_wheel_carries_every_module_and_data_file_of_ops_lib(wheel):
+    # (a subpackage left out of pyproject's list installs fine and fails only in the runbook that imports it)
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = [path.relative_to(REPO).as_posix() for path in (REPO / "ops_lib").rglob("*")
+               if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"]
+    assert len(shipped) > 50
+    assert [path for path in shipped if path not in names] == []
 
 
 def test_the_wheel_does_not_require_the_demo(wheel):
