@@ -362,8 +362,9 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(current))
         yield current
-        todo += [current.__cause__, current.__context__, getattr(current, "reason", None)]
-        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+        # (ssl.SSLError's `reason` is a text, urllib3's an exception)
+        todo += [cause for cause in (current.__cause__, current.__context__, getattr(current, "reason", None),
+                                     *current.args) if isinstance(cause, BaseException)]
 
 
 def _failure(exc: requests.exceptions.RequestException, where: str, status: int | None,

@@ -7,6 +7,7 @@ printed with `-s`), so they do not measure performance.
 """
 from __future__ import annotations
 
+import http.server
 import inspect
 import json
 import re
@@ -31,7 +32,7 @@ from ops_lib.target import Target
 from ops_lib.webhooks import HEADER
 from ops_lib.webhooks.replay import MAX_SILENT_IN_A_ROW, replay_events
 
-from .faulty_http import Reply, faulty_http
+from .faulty_http import Reply, faulty_http, serving
 
 REPO = Path(__file__).resolve().parent.parent
 KEY = "sk_test_51FaultyHttpSuiteSecretKey0000wxyz"
@@ -291,3 +292,21 @@ def test_the_faulty_server_rejects_an_unknown_behaviour():
     with pytest.raises(ValueError, match=re.escape("unknown behaviour 'hnag'")):
         with faulty_http("hnag"):
             pass
+
+
+class _QuietPlainHTTP(http.server.BaseHTTPRequestHandler):
+    def log_message(self, format, *args):
+        pass
+
+
+def test_tls_with_a_server_that_does_not_speak_it_is_one_line_naming_tls(app_conn, tmp_path):
+    # (ssl.SSLError's `reason` is a text: following it as a cause crashed the run with an AttributeError)
+    # (a plain HTTP server: it answers the TLS greeting with an HTTP 400, which is no TLS)
+    with serving(_QuietPlainHTTP) as url:
+        https = url.replace("http://", "https://")
+        client = make_client(KEY, https, timeout=5)
+        message, elapsed = access_error(lambda: list(list_customers(client)))
+        log, _, _ = replay(app_conn, https, paid_checkouts(1), tmp_path, timeout=2)
+    print(f"\n{message}\n{log[0].outcome}")
+    assert "TLS failed" in message and elapsed < 5
+    assert "\n" not in log[0].outcome and "TLS" in log[0].outcome
