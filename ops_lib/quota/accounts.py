@@ -22,9 +22,13 @@ the billing period its usage is counted over:
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import islice, repeat
 from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from sqlalchemy.engine import Connection
 
@@ -35,8 +39,10 @@ from ..utc import as_utc, from_epoch
 from ..stripe_api import (SHARED_PRICES_AT_MOST, customers_by_id, in_background, list_customer_ids, list_customers,
                           list_subscription_rows, list_subscriptions)
 from .. import stripe_mirror
-from ..bulk import Record, Rows, collector_paused, columns
+from ..bulk import Record, collector_paused
 from .plans import PlanBook
+from .scan import _Positions
+from .table import NO_MOMENT, Computed, Labels, Moments, Table, Texts, Through, epoch_us, plain
 
 # Stripe subscription statuses (API 2023-08-16).
 STRIPE_LIVE = ("active", "trialing", "past_due")           # Stripe considers the customer subscribed
@@ -53,35 +59,74 @@ PERIOD_CALENDAR = "calendar month (no subscription)"
 # --------------------------------------------------------------------------- reading
 
 
-# The app's rows, under opsbook's logical column names (a million organisations: Records, not dicts).
+# The app's rows, under opsbook's logical column names: read into columns (a million organisations).
 AppOrganisation = Record.of("AppOrganisation", ("id", "name", "plan", "stripe_customer_id", "is_blocked"))
 AppSubscription = Record.of("AppSubscription", (
     "organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
     "current_period_start", "current_period_end"))
 
+READ_CHUNK = 65_536  # rows turned into columns at a time
 
-def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisation | AppSubscription]]:
-    """The app's organisations and subscriptions, under opsbook's logical column names."""
+
+def read_app(conn: Connection, schema: SchemaMap) -> dict[str, Table]:
+    """The app's organisations and subscriptions, under opsbook's logical column names, as
+    ``Table``s: each column read from the cursor a chunk at a time (no million tuples kept)."""
     orgs = schema.table("organisations")
     subs = schema.table("subscriptions")
     org_select = orgs.select_list(AppOrganisation.__slots__, required=("id", "plan", "stripe_customer_id"))
     sub_cols = AppSubscription.__slots__
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
-    # Plans, statuses and prices repeat on every row: one string object each, not one per row (a
-    # million organisations: ~140 MB of copies). The organisations stay the tuples read (the join
-    # reads them by column; the plan is made one string there).
-    one = {}.setdefault
     with collector_paused():
-        organisations = Rows(AppOrganisation, list(select_tuples(
-            conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")))
-        subscriptions = [
-            AppSubscription(org, sub, one(price, price), one(plan, plan), one(status, status),
-                            start if type(start) is datetime and start.tzinfo is timezone.utc else _utc(start),
-                            end if type(end) is datetime and end.tzinfo is timezone.utc else _utc(end))
-            for org, sub, price, plan, status, start, end in select_tuples(
-                conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")]
+        # Plans, statuses and prices repeat on every row: one string object each, not one per row.
+        org_ids, names, plans, customers, blocked = _read_columns(
+            select_tuples(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}"), 5,
+            shared=(2,))
+        organisations = Table(AppOrganisation, {"id": org_ids, "name": names, "plan": plans,
+                                                "stripe_customer_id": customers, "is_blocked": blocked})
+        sub_orgs, sub_ids, prices, sub_plans, statuses, starts, ends = _read_columns(
+            select_tuples(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}"),
+            7, shared=(2, 3, 4))
+        subscriptions = Table(AppSubscription, {
+            "organisation_id": sub_orgs, "stripe_subscription_id": sub_ids, "stripe_price_id": prices,
+            "plan": sub_plans, "status": statuses, "current_period_start": Moments(_epoch_us(starts)),
+            "current_period_end": Moments(_epoch_us(ends))})
     return {"organisations": organisations, "subscriptions": subscriptions}
+
+
+def _read_columns(rows: Iterable[tuple], width: int, *, shared: tuple[int, ...] = ()) -> list[list]:
+    """``rows`` as ``width`` lists, a chunk of rows at a time; the values of the ``shared``
+    columns (a few distinct texts) as one object each."""
+    rows = iter(rows)
+    found: list[list] = [[] for _ in range(width)]
+    one = {}.setdefault
+    while chunk := list(islice(rows, READ_CHUNK)):
+        for n, (column, values) in enumerate(zip(found, zip(*chunk))):
+            column.extend(map(one, values, values) if n in shared else values)
+    return found
+
+
+def _epoch_us(moments: list) -> np.ndarray:
+    """Moments (datetimes, Stripe's epoch seconds, ISO texts; None) as int64 epoch microseconds
+    (``NO_MOMENT``: None), each distinct value converted once."""
+    converted: dict = {}
+
+    def us(value) -> int:
+        if value is None:
+            return NO_MOMENT
+        got = converted.get(value)
+        if got is None:
+            if type(value) is int:
+                got = value * 1_000_000
+            else:
+                moment = _utc(value)
+                if not isinstance(moment, datetime):
+                    raise TypeError(f"not a moment: {value!r}")
+                got = epoch_us(moment)
+            converted[value] = got
+        return got
+
+    return np.fromiter(map(us, moments), dtype=np.int64, count=len(moments))
 
 
 # What the join and the checks read of each Stripe object: the rest is dropped as pages stream
@@ -194,13 +239,6 @@ def _live(subs: list, statuses: tuple[str, ...]) -> list | tuple:
     return _newest_first([s for s in subs if s.get("status") in statuses], "current_period_start")
 
 
-def _app_period(app_live: list | tuple) -> tuple | None:
-    """The period of the app's primary live subscription, when it records one."""
-    first = app_live[0]
-    start, end = first.get("current_period_start"), first.get("current_period_end")
-    return (start, end, PERIOD_APP) if start and end else None
-
-
 def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
     subs = list(subs)
     if len(subs) < 2:  # (most organisations: nothing to sort)
@@ -212,23 +250,17 @@ def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
 # --------------------------------------------------------------------------- the join
 
 
-def _read(rows: list, keys: tuple[str, ...]) -> Iterable[tuple]:
-    """``keys`` of each row, read by C from ``Record``s (what ``read_app`` gives); ``.get`` of
-    anything else (hand-built dicts may leave optional keys out)."""
-    if rows and isinstance(rows[0], Record):
-        return columns(rows, *keys)
-    return (tuple(row.get(k) for k in keys) for row in rows)
-
 
 @dataclass
 class Accounts:
-    """One row per organisation (``organisations``), plus what did not join."""
+    """One row per organisation (``organisations``, a ``Table`` of ``OrganisationAccount``s held
+    as columns), plus what did not join."""
 
-    organisations: list[dict]
+    organisations: "OrganisationTable"
     unlinked_customers: list[dict]         # Stripe customers no organisation points to
-    orphan_subscriptions: list[dict]       # Stripe subscriptions of such customers
-    stripe_subscriptions: list[dict]
-    app_subscriptions: list[dict]
+    orphan_subscriptions: Table            # Stripe subscriptions of such customers
+    stripe_subscriptions: Table            # of StripeSubscription
+    app_subscriptions: Table               # of AppSubscription
     unmapped: list[dict]                   # live Stripe subscriptions on a price no rule maps
     plans: PlanBook
     now: datetime
@@ -238,14 +270,15 @@ class Accounts:
         return {str(row["organisation_id"]): row for row in self.organisations}
 
     def metrics(self) -> Metrics:
-        orgs = self.organisations
+        calendar = int((self.organisations.column("period_source").codes == CALENDAR).sum())
+        stripe_live = sum(status in STRIPE_LIVE for status in self.stripe_subscriptions.column("status"))
         return Metrics(
-            organisations=len(orgs),
-            subscribers=sum(1 for o in orgs if o["period_source"] != PERIOD_CALENDAR),
-            free_organisations=sum(1 for o in orgs if o["period_source"] == PERIOD_CALENDAR),
+            organisations=len(self.organisations),
+            subscribers=len(self.organisations) - calendar,
+            free_organisations=calendar,
             stripe_customers=self.stripe_customers,
             stripe_subscriptions=len(self.stripe_subscriptions),
-            stripe_live_subscriptions=sum(1 for s in self.stripe_subscriptions if s.get("status") in STRIPE_LIVE),
+            stripe_live_subscriptions=stripe_live,
             app_subscriptions=len(self.app_subscriptions),
             subscriptions_on_unmapped_prices=len(self.unmapped),
         )
@@ -254,8 +287,8 @@ class Accounts:
         return self.metrics()._repr_mimebundle_(include, exclude)
 
 
-# A Stripe subscription as the join and the checks see it (one per subscription: 500k at a
-# million customers); price ids as a tuple.
+# A Stripe subscription as the join and the checks see it (500k at a million customers, held as
+# columns); price ids as a tuple.
 StripeSubscription = Record.of("StripeSubscription", (
     "id", "status", "plan", "price_ids", "current_period_start", "current_period_end", "customer"))
 
@@ -268,152 +301,295 @@ OrganisationAccount = Record.of("OrganisationAccount", (
     "period_source", "usage_limit"))
 
 _NONE: tuple = ()
+PERIOD_SOURCES = (PERIOD_STRIPE, PERIOD_APP, PERIOD_CALENDAR)
+STRIPE_PERIOD, APP_PERIOD, CALENDAR = range(3)  # period_source's codes
 
 
-def _stripe_view(sub: Mapping[str, Any], plans: PlanBook, price_ids_seen: dict[tuple, tuple]) -> StripeSubscription:
-    plan, price_ids = plans.plan_for_subscription(sub)
-    price_ids = tuple(price_ids)
-    start, end = sub.get("current_period_start"), sub.get("current_period_end")
-    return StripeSubscription(
-        sub["id"], sub.get("status"), plan, price_ids_seen.setdefault(price_ids, price_ids),
-        from_epoch(start) if type(start) is int else _utc(start),
-        from_epoch(end) if type(end) is int else _utc(end), _customer_of(sub))
+class Subscriptions:
+    """Subscriptions (Stripe's or the app's, a ``Table``) grouped by the organisation they belong
+    to, as positions: ``group`` is each subscription's organisation (the first one with its
+    customer id, or its organisation id; -1: none), ``live`` whether its status is live, and
+    ``primary`` per organisation the live one whose period started last (-1: none)."""
+
+    def __init__(self, table: Table, group: np.ndarray, live: np.ndarray, organisations: int, id_key: str):
+        self.table, self.group, self.live, self._id_key = table, group, live, id_key
+        mine = group >= 0
+        self.count = np.bincount(group[mine], minlength=organisations)
+        self.live_count = np.bincount(group[mine & live], minlength=organisations)
+        self.order = np.argsort(group, kind="stable")  # (by organisation, in the listing's order)
+        self.sorted_group = group[self.order]
+        self.primary = np.full(organisations, -1, dtype=np.int64)
+        alone = np.flatnonzero(mine & live)
+        alone = alone[self.live_count[group[alone]] == 1]
+        self.primary[group[alone]] = alone
+        for g in np.flatnonzero(self.live_count > 1).tolist():  # (a few: sorted as ever)
+            self.primary[g] = self.positions(g, live_only=True)[0]
+
+    def positions(self, g: int, *, live_only: bool = False) -> list[int]:
+        """The positions of organisation ``g``'s subscriptions: in the listing's order, or its
+        live ones, newest first."""
+        if g < 0:
+            return []
+        lo, hi = np.searchsorted(self.sorted_group, [g, g + 1]).tolist()
+        found = self.order[lo:hi].tolist()
+        if not live_only:
+            return found
+        live = [n for n in found if self.live[n]]
+        if len(live) < 2:
+            return live
+        starts, ids = self.table.column("current_period_start"), self.table.column(self._id_key)
+        return sorted(live, key=lambda n: (starts[n] or _EPOCH, str(ids[n])), reverse=True)
+
+    def of(self, g: int) -> list | tuple:
+        return [self.table[n] for n in self.positions(g)] or _NONE
+
+    def live_of(self, g: int) -> list | tuple:
+        return [self.table[n] for n in self.positions(g, live_only=True)] or _NONE
 
 
-def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscription]:
-    """``stripe_api.list_subscription_rows``' tuples as the join's subscriptions: the plan is looked
-    up once per distinct prices tuple (the rows share one per distinct prices)."""
-    seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
-    # Periods start and end on the same few seconds (a billing anchor repeats): one datetime and
-    # one status string each, not one per subscription.
-    moments: dict[int, datetime] = {}
-    one = {}.setdefault
-    subs = []
-    for sub_id, customer, status, start, end, prices in rows:
-        known = seen.get(id(prices))
-        if known is None:
-            plan, price_ids = plans.plan_for_prices(prices)
-            known = (prices, plan, tuple(price_ids))
-            if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
-                seen[id(prices)] = known
-        subs.append(StripeSubscription(sub_id, one(status, status), known[1], known[2], _moment(start, moments),
-                                       _moment(end, moments), customer))
-    return subs
+class OrganisationTable(Table):
+    """The accounts' organisations as columns, with how they join: ``customer_group`` (per
+    organisation, the first organisation with its customer id; -1: none; ``customer_listed``: Stripe
+    has it), ``stripe`` and ``app``
+    (their subscriptions by organisation), ``stripe_primary`` and ``app_primary`` (positions of
+    each organisation's primary subscription on either side; -1: none)."""
+
+    def __init__(self, columns: Mapping[str, Any], *, customer_group: np.ndarray, customer_listed: np.ndarray,
+                 app_group: np.ndarray, same_primary: np.ndarray, stripe: Subscriptions, app: Subscriptions):
+        super().__init__(OrganisationAccount, columns)
+        self.same_primary = same_primary  # (both sides' primary subscriptions are the same one)
+        self.customer_group, self.app_group, self.stripe, self.app = customer_group, app_group, stripe, app
+        self.customer_listed = customer_listed  # (per organisation: Stripe listed its customer)
+        self.stripe_primary = np.where(customer_group >= 0, stripe.primary[np.maximum(customer_group, 0)], -1)
+        self.app_primary = app.primary[app_group] if len(app_group) else np.zeros(0, dtype=np.int64)
+
+    def stripe_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per organisation: how many Stripe subscriptions, and how many live."""
+        g = np.maximum(self.customer_group, 0)
+        has = self.customer_group >= 0
+        return np.where(has, self.stripe.count[g], 0), np.where(has, self.stripe.live_count[g], 0)
+
+    def app_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per organisation: how many app subscriptions, and how many live."""
+        return self.app.count[self.app_group], self.app.live_count[self.app_group]
+
+    @classmethod
+    def _taken(cls, record, columns):
+        return Table(record, columns)
 
 
-def _moment(value: Any, seen: dict[int, datetime]) -> Any:
-    """Epoch seconds as a UTC datetime, one per distinct second (anything else as ``_utc`` reads it)."""
-    if type(value) is not int:
-        return _utc(value)
-    moment = seen.get(value)
-    if moment is None:
-        moment = seen[value] = from_epoch(value)
-    return moment
-
-
-def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
+def join_accounts(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *,
                   now: datetime) -> Accounts:
     """The app's organisations joined with Stripe by customer id, each with its billing period.
 
-    ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators of dicts, as
-    ``fetch_stripe`` gives them), or ``stream_stripe``'s ``customer_ids`` and
-    ``subscription_rows`` (tuples); with ``customers_by_id`` (``stream_stripe``'s), customers may
-    be listed by id only, those no organisation points to being read whole through it.
+    ``app``: ``read_app``'s tables (or lists of dicts, optional keys left out). ``stripe``:
+    ``customers`` and ``subscriptions`` (lists or iterators of dicts, as ``fetch_stripe`` gives
+    them), or ``stream_stripe``'s ``customer_ids`` and ``subscription_rows`` (tuples); with
+    ``customers_by_id`` (``stream_stripe``'s), customers may be listed by id only, those no
+    organisation points to being read whole through it.
 
     Per organisation: its Stripe subscriptions (any status) and live ones, the app's
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
-    app's live one), the plan Stripe's price sells, and the period usage is counted over.
+    app's live one), the plan Stripe's price sells, and the period usage is counted over. Held as
+    columns: a subscription or an organisation's record is built when read.
     """
     with collector_paused():
         return _join(app, stripe, plans, now=_utc(now))
 
 
-def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], plans: PlanBook, *,
-          now: datetime) -> Accounts:
-    # Customer id -> whether Stripe has it, for every id an organisation points to; Stripe's
-    # customers are read once, as they stream: only the unlinked ones are kept whole.
-    organisations = app.get("organisations", [])
-    org_fields = list(_read(organisations, ("id", "name", "plan", "stripe_customer_id", "is_blocked")))
-    # (sets and comprehensions: a million customers on each side are C loops, not Python ones)
-    linked = {customer_id for _id, _name, _plan, customer_id, _blocked in org_fields if customer_id}
-    listed: set = set()  # every customer Stripe listed
+def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *, now: datetime) -> Accounts:
+    orgs = Table.of_rows(AppOrganisation, app.get("organisations", []))
+    n = len(orgs)
+    org_ids = orgs.values("id")
+    customers = [c or None for c in orgs.values("stripe_customer_id")]
+    # Each customer id -> the first organisation pointing to it (the organisations join there).
+    first_with = {c: i for i, c in zip(range(n - 1, -1, -1), reversed(customers)) if c is not None}
+    customer_group = np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=n)
+
+    # Stripe's customers, read once as they stream: only the unlinked ones are kept whole.
+    listed = bytearray(n)  # by customer group: Stripe has the customer
     unlinked: dict[str, dict] = {}
-    if "customer_ids" in stripe:
-        ids = list(stripe["customer_ids"])
-        listed.update(ids)
-        unlinked = {customer_id: {"id": customer_id} for customer_id in ids if customer_id not in linked}
-        del ids
+    for customer_id in stripe.get("customer_ids", ()):
+        k = first_with.get(customer_id)
+        if k is None:
+            unlinked.setdefault(customer_id, {"id": customer_id})
+        else:
+            listed[k] = 1
     for customer in stripe.get("customers", ()):
-        listed.add(customer["id"])
-        if customer["id"] not in linked:
+        k = first_with.get(customer["id"])
+        if k is None:
             unlinked[customer["id"]] = customer
+        else:
+            listed[k] = 1
     whole = stripe.get("customers_by_id")
     if whole is not None and unlinked:
         found = {customer["id"]: customer for customer in whole(list(unlinked))}
         unlinked = {cid: found[cid] for cid in unlinked if cid in found}  # (one deleted meanwhile is gone)
-    price_ids: dict[tuple, tuple] = {}
-    stripe_subs = (_stripe_rows(stripe["subscription_rows"], plans) if "subscription_rows" in stripe
-                   else [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())])
-    subs_by_customer: dict[str, list[dict]] = {}
-    for sub in stripe_subs:
-        subs_by_customer.setdefault(sub.customer, []).append(sub)
-    # Organisation ids compare as text (an app's subscriptions may store them as text); as they
-    # are when both sides are integers (a million str() calls fewer).
-    app_subscriptions = app.get("subscriptions", [])
-    sub_orgs = [org_id for (org_id,) in _read(app_subscriptions, ("organisation_id",))]
-    same_keys = all(type(v) is int for v in sub_orgs) and all(type(f[0]) is int for f in org_fields)
-    app_subs_by_org: dict[Any, list[dict]] = {}
-    for org_id, sub in zip(sub_orgs, app_subscriptions):
-        app_subs_by_org.setdefault(org_id if same_keys else str(org_id), []).append(sub)
+    listed_groups = np.frombuffer(bytes(listed), dtype=np.uint8).astype(bool)
 
-    rows = []
-    unmapped = []
-    calendar_start, calendar_end = calendar_month(now)
-    # per app plan: (the plan as one string object, whether it is paid, its limit)
-    plan_facts: dict[Any, tuple] = {}
-    row = OrganisationAccount
-    for org_id, name, app_plan, customer_id, blocked in org_fields:
-        facts = plan_facts.get(app_plan)
-        if facts is None:
-            facts = plan_facts[app_plan] = (app_plan, plans.is_paid(app_plan), plans.limit(app_plan))
-        if blocked is not None and type(blocked) is not bool:  # (a mapped integer or text flag)
-            blocked = bool(blocked)
-        if customer_id:
-            exists = customer_id in listed
-            s_subs = subs_by_customer.get(customer_id, _NONE)
-            s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
-        else:
-            customer_id = exists = None
-            s_subs = s_live = _NONE
-        a_subs = app_subs_by_org.get(org_id if same_keys else str(org_id), _NONE) if app_subs_by_org else _NONE
-        a_live = _live(a_subs, APP_ACCESS) if a_subs else _NONE
-        if s_live:
-            primary = s_live[0]
-            for sub in s_live:
-                if sub.plan is None:
-                    unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
-                                     "subscription": sub.id, "status": sub.status,
-                                     "price_ids": ", ".join(sub.price_ids)})
-            if primary.current_period_start and primary.current_period_end:
-                period = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
-            else:
-                period = _app_period(a_live) or (calendar_start, calendar_end, PERIOD_CALENDAR)
-            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
-                            a_subs, a_live, primary.plan, primary.status, primary.id, *period, facts[2]))
-        else:
-            period = (_app_period(a_live) if a_live else None) or (calendar_start, calendar_end, PERIOD_CALENDAR)
-            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
-                            a_subs, a_live, None, None, a_live[0]["stripe_subscription_id"] if a_live else None,
-                            *period, facts[2]))
-    orphan_subs = [s for s in stripe_subs if s.customer not in linked]
+    stripe_subs = (_stripe_rows(stripe["subscription_rows"], plans) if "subscription_rows" in stripe
+                   else _stripe_dicts(stripe.get("subscriptions", ()), plans))
+    sub_group = np.fromiter(map(first_with.get, stripe_subs.column("customer"), repeat(-1)), dtype=np.int64,
+                            count=len(stripe_subs))
+    del first_with
+    stripe_live = np.fromiter((s in STRIPE_LIVE for s in stripe_subs.column("status")), dtype=bool,
+                              count=len(stripe_subs))
+    stripe_by_org = Subscriptions(stripe_subs, sub_group, stripe_live, n, "id")
+
+    app_subs = _app_subscriptions(app.get("subscriptions", []))
+    # Organisation ids compare as text (an app's subscriptions may store them as text); as they
+    # are when both sides are integers.
+    where = _Positions(org_ids)
+    app_group = where.of(app_subs.values("organisation_id")) if len(app_subs) else np.zeros(0, dtype=np.int64)
+    app_live = np.fromiter((s in APP_ACCESS for s in app_subs.column("status")), dtype=bool, count=len(app_subs))
+    app_by_org = Subscriptions(app_subs, app_group, app_live, n, "stripe_subscription_id")
+    org_app_group = where.of(org_ids) if n else np.zeros(0, dtype=np.int64)
+
+    # The period: the primary Stripe subscription's, else the app's live one's, else the calendar month.
+    sp = np.where(customer_group >= 0, stripe_by_org.primary[np.maximum(customer_group, 0)], -1)
+    ap = app_by_org.primary[org_app_group] if n else np.zeros(0, dtype=np.int64)
+    s_start, s_end = (_at(stripe_subs.column(k).us, sp) for k in ("current_period_start", "current_period_end"))
+    a_start, a_end = (_at(app_subs.column(k).us, ap) for k in ("current_period_start", "current_period_end"))
+    stripe_period = (s_start != NO_MOMENT) & (s_end != NO_MOMENT)
+    app_period = (a_start != NO_MOMENT) & (a_end != NO_MOMENT)
+    source = np.where(stripe_period, STRIPE_PERIOD, np.where(app_period, APP_PERIOD, CALENDAR)).astype(np.int8)
+    calendar_start, calendar_end = (epoch_us(m) for m in calendar_month(now))
+    starts = np.where(stripe_period, s_start, np.where(app_period, a_start, calendar_start))
+    ends = np.where(stripe_period, s_end, np.where(app_period, a_end, calendar_end))
+
+    has_customer = customer_group >= 0
+    exists = listed_groups[np.maximum(customer_group, 0)] & has_customer
+    # Whether both sides' primary subscriptions are the same one (what status_mismatch settles first).
+    both = np.flatnonzero((sp >= 0) & (ap >= 0))
+    same_primary = np.zeros(n, dtype=bool)
+    if len(both):
+        same_primary[both] = (np.array(app_subs.values("stripe_subscription_id"), dtype=object)[ap[both]]
+                              == np.array(stripe_subs.values("id"), dtype=object)[sp[both]])
+    unmapped = _unmapped(customer_group, stripe_by_org, org_ids, customers)
+    # The texts of a million rows as one string each (ids, customer ids, names), the few distinct
+    # values of the plans as labels: ~15 bytes a text instead of an object of ~65.
+    stripe_subs = stripe_by_org.table = _compact(stripe_subs, ("id", "customer"))
+    app_subs = app_by_org.table = _compact(app_subs, ("stripe_subscription_id",))
+    stripe_ids, app_sub_ids = stripe_subs.column("id"), app_subs.column("stripe_subscription_id")
+    plan_codes: dict = {}
+    plan_of = np.fromiter((plan_codes.setdefault(plan, len(plan_codes)) for plan in orgs.column("plan")),
+                          dtype=np.int32, count=n)
+    app_plans = list(plan_codes)
+    blocked = np.fromiter((0 if b is None else 2 if b else 1 for b in orgs.column("is_blocked")), dtype=np.int8, count=n)
+    columns = {
+        "organisation_id": org_ids,
+        "name": Texts.of(orgs.values("name")),
+        "app_plan": Labels(plan_of, app_plans),
+        "app_plan_paid": Labels(plan_of, [plans.is_paid(plan) for plan in app_plans]),
+        "is_blocked": Labels(blocked, (None, False, True)),
+        "stripe_customer_id": Texts.of(customers),
+        "customer_exists": Computed(n, lambda i: bool(exists[i]) if has_customer[i] else None),
+        "stripe_subscriptions": Computed(n, lambda i: stripe_by_org.of(int(customer_group[i]))),
+        "stripe_live": Computed(n, lambda i: stripe_by_org.live_of(int(customer_group[i]))),
+        "app_subscriptions": Computed(n, lambda i: app_by_org.of(int(org_app_group[i]))),
+        "app_live": Computed(n, lambda i: app_by_org.live_of(int(org_app_group[i]))),
+        "stripe_plan": Through(sp, stripe_subs.column("plan")),
+        "stripe_status": Through(sp, stripe_subs.column("status")),
+        "primary_subscription": Computed(n, lambda i: stripe_ids[int(sp[i])] if sp[i] >= 0
+                                         else app_sub_ids[int(ap[i])] if ap[i] >= 0 else None),
+        "period_start": Moments(starts),
+        "period_end": Moments(ends),
+        "period_source": Labels(source, PERIOD_SOURCES),
+        "usage_limit": Labels(plan_of, [plans.limit(plan) for plan in app_plans]),
+    }
+    del customers, orgs
+    table = OrganisationTable(columns, customer_group=customer_group, customer_listed=exists, app_group=org_app_group,
+                              same_primary=same_primary, stripe=stripe_by_org, app=app_by_org)
     return Accounts(
-        organisations=rows,
+        organisations=table,
         unlinked_customers=list(unlinked.values()),
-        orphan_subscriptions=orphan_subs,
+        orphan_subscriptions=stripe_subs.take(np.flatnonzero(sub_group < 0)),
         stripe_subscriptions=stripe_subs,
-        app_subscriptions=list(app_subscriptions),
+        app_subscriptions=app_subs,
         unmapped=unmapped,
         plans=plans,
         now=now,
-        stripe_customers=len(listed & linked) + len(unlinked),
+        stripe_customers=int(listed_groups.sum()) + len(unlinked),
     )
+
+
+def _compact(table: Table, keys: tuple[str, ...]) -> Table:
+    """``table`` with the text columns ``keys`` held as ``Texts``."""
+    return Table(table.record, {**table.columns, **{key: Texts.of(table.values(key)) for key in keys}})
+
+
+def _at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``values[positions]``, ``NO_MOMENT`` where a position is -1."""
+    if not len(values):
+        return np.full(len(positions), NO_MOMENT, dtype=np.int64)
+    return np.where(positions >= 0, values[np.maximum(positions, 0)], NO_MOMENT)
+
+
+def _unmapped(customer_group: np.ndarray, stripe_by_org: Subscriptions, org_ids: list, customers: list) -> list[dict]:
+    """Per organisation with live Stripe subscriptions, each live one on a price no rule maps."""
+    unmapped = np.fromiter((plan is None for plan in stripe_by_org.table.column("plan")), dtype=bool,
+                           count=len(stripe_by_org.table)) & stripe_by_org.live & (stripe_by_org.group >= 0)
+    unmapped_groups = np.unique(stripe_by_org.group[unmapped])
+    rows = []
+    for i in np.flatnonzero(np.isin(customer_group, unmapped_groups)).tolist():
+        for sub in stripe_by_org.live_of(int(customer_group[i])):
+            if sub.plan is None:
+                rows.append({"organisation_id": org_ids[i], "stripe_customer_id": customers[i],
+                             "subscription": sub.id, "status": sub.status, "price_ids": ", ".join(sub.price_ids)})
+    return rows
+
+
+def _app_subscriptions(rows: Sequence) -> Table:
+    """The app's subscriptions as a table whose periods are moments (``read_app``'s already are)."""
+    table = Table.of_rows(AppSubscription, rows)
+    columns = dict(table.columns)
+    for key in ("current_period_start", "current_period_end"):
+        if not isinstance(columns[key], Moments):
+            columns[key] = Moments(_epoch_us(plain(columns[key])))
+    return Table(AppSubscription, columns)
+
+
+def _stripe_table(ids: list, statuses: list, plan_of: list, price_ids: list, starts: list, ends: list,
+                  customers: list) -> Table:
+    return Table(StripeSubscription, {
+        "id": ids, "status": statuses, "plan": plan_of, "price_ids": price_ids,
+        "current_period_start": Moments(_epoch_us(starts)), "current_period_end": Moments(_epoch_us(ends)),
+        "customer": customers})
+
+
+def _stripe_dicts(subs: Iterable[Mapping[str, Any]], plans: PlanBook) -> Table:
+    """Stripe's subscriptions as dicts (``fetch_stripe``'s) as the join's table."""
+    seen: dict[tuple, tuple] = {}
+    one = {}.setdefault
+    ids, statuses, plan_of, price_ids, starts, ends, customers = ([] for _ in range(7))
+    for sub in subs:
+        plan, prices = plans.plan_for_subscription(sub)
+        prices = tuple(prices)
+        status = sub.get("status")
+        ids.append(sub["id"])
+        statuses.append(one(status, status))
+        plan_of.append(plan)
+        price_ids.append(seen.setdefault(prices, prices))
+        starts.append(sub.get("current_period_start"))
+        ends.append(sub.get("current_period_end"))
+        customers.append(_customer_of(sub))
+    return _stripe_table(ids, statuses, plan_of, price_ids, starts, ends, customers)
+
+
+def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> Table:
+    """``stripe_api.list_subscription_rows``' tuples as the join's table, read a chunk at a time:
+    the plan is looked up once per distinct prices tuple (the rows share one per distinct prices)."""
+    seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
+    ids, customers, statuses, starts, ends, prices_of = _read_columns(rows, 6, shared=(2,))
+    plan_of, price_ids = [], []
+    for prices in prices_of:
+        known = seen.get(id(prices))
+        if known is None:
+            plan, ids_ = plans.plan_for_prices(prices)
+            known = (prices, plan, tuple(ids_))
+            if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
+                seen[id(prices)] = known
+        plan_of.append(known[1])
+        price_ids.append(known[2])
+    del prices_of
+    return _stripe_table(ids, statuses, plan_of, price_ids, starts, ends, customers)
