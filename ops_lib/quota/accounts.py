@@ -42,7 +42,8 @@ from .. import stripe_mirror
 from ..bulk import Record, collector_paused
 from .plans import PlanBook
 from .scan import _Positions
-from .table import NO_MOMENT, Computed, Labels, Moments, Table, Texts, Through, epoch_us, plain
+from .table import (NO_MOMENT, Computed, Labels, Moments, Table, Texts, Through, epoch_us, joined_texts, plain,
+                    value_at)
 
 # Stripe subscription statuses (API 2023-08-16).
 STRIPE_LIVE = ("active", "trialing", "past_due")           # Stripe considers the customer subscribed
@@ -70,7 +71,8 @@ READ_CHUNK = 65_536  # rows turned into columns at a time
 
 def read_app(conn: Connection, schema: SchemaMap) -> dict[str, Table]:
     """The app's organisations and subscriptions, under opsbook's logical column names, as
-    ``Table``s: each column read from the cursor a chunk at a time (no million tuples kept)."""
+    ``Table``s read from the cursor a chunk at a time: no row is kept, integer ids are arrays,
+    names and subscription ids ``Texts``, periods ``Moments``."""
     orgs = schema.table("organisations")
     subs = schema.table("subscriptions")
     org_select = orgs.select_list(AppOrganisation.__slots__, required=("id", "plan", "stripe_customer_id"))
@@ -78,35 +80,62 @@ def read_app(conn: Connection, schema: SchemaMap) -> dict[str, Table]:
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
     with collector_paused():
-        # Plans, statuses and prices repeat on every row: one string object each, not one per row.
-        org_ids, names, plans, customers, blocked = _read_columns(
-            select_tuples(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}"), 5,
-            shared=(2,))
-        organisations = Table(AppOrganisation, {"id": org_ids, "name": names, "plan": plans,
-                                                "stripe_customer_id": customers, "is_blocked": blocked})
-        sub_orgs, sub_ids, prices, sub_plans, statuses, starts, ends = _read_columns(
+        # (the customer ids stay objects: the join looks them up)
+        organisations = Table(AppOrganisation, dict(zip(AppOrganisation.__slots__, _read_columns(
+            select_tuples(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}"),
+            [(0, IDS), (1, TEXTS), (2, SHARED), (3, LIST), (4, LIST)]))))
+        subscriptions = Table(AppSubscription, dict(zip(AppSubscription.__slots__, _read_columns(
             select_tuples(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}"),
-            7, shared=(2, 3, 4))
-        subscriptions = Table(AppSubscription, {
-            "organisation_id": sub_orgs, "stripe_subscription_id": sub_ids, "stripe_price_id": prices,
-            "plan": sub_plans, "status": statuses, "current_period_start": Moments(_epoch_us(starts)),
-            "current_period_end": Moments(_epoch_us(ends))})
+            [(0, IDS), (1, TEXTS), (2, SHARED), (3, SHARED), (4, SHARED), (5, MOMENTS), (6, MOMENTS)]))))
     return {"organisations": organisations, "subscriptions": subscriptions}
 
 
-def _read_columns(rows: Iterable[tuple], width: int, *, shared: tuple[int, ...] = ()) -> list[list]:
-    """``rows`` as ``width`` lists, a chunk of rows at a time; the values of the ``shared``
-    columns (a few distinct texts) as one object each."""
+# How ``_read_columns`` keeps a column: as a list; a list of one object per distinct value (plans,
+# statuses, prices); ``Texts``; an int64 array when every value is an integer (else a list);
+# ``Moments``. A function: an array it makes of each chunk's values.
+LIST, SHARED, TEXTS, IDS, MOMENTS = "list", "shared", "texts", "ids", "moments"
+
+
+def _read_columns(rows: Iterable[tuple], columns: list[tuple[int, Any]]) -> list:
+    """``rows`` as columns, a chunk of rows at a time (no row is kept): for each ``(position in
+    the row, kind)`` of ``columns``, the row's value there kept as ``kind`` says."""
     rows = iter(rows)
-    found: list[list] = [[] for _ in range(width)]
+    parts: list[list] = [[] for _ in columns]
     one = {}.setdefault
     while chunk := list(islice(rows, READ_CHUNK)):
-        for n, (column, values) in enumerate(zip(found, zip(*chunk))):
-            column.extend(map(one, values, values) if n in shared else values)
-    return found
+        values = list(zip(*chunk))
+        del chunk
+        for (at, kind), part in zip(columns, parts):
+            if kind == LIST:
+                part.extend(values[at])
+            elif kind == SHARED:
+                part.extend(map(one, values[at], values[at]))
+            elif kind == TEXTS:
+                part.append(Texts.of(values[at]))
+            elif kind == IDS:
+                part.append(np.fromiter(values[at], dtype=np.int64, count=len(values[at]))
+                            if all(type(v) is int for v in values[at]) else values[at])
+            elif kind == MOMENTS:
+                part.append(_epoch_us(values[at]))
+            else:
+                part.append(kind(values[at]))
+    return [_joined(kind, part) for (_, kind), part in zip(columns, parts)]
 
 
-def _epoch_us(moments: list) -> np.ndarray:
+def _joined(kind, parts: list):
+    if kind in (LIST, SHARED):
+        return parts
+    if kind == TEXTS:
+        return joined_texts(parts) if all(isinstance(p, Texts) for p in parts) else [v for p in parts for v in plain(p)]
+    if kind == IDS:
+        if parts and all(isinstance(p, np.ndarray) for p in parts):
+            return np.concatenate(parts)
+        return [v for p in parts for v in plain(p)]
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return Moments(joined) if kind == MOMENTS else joined
+
+
+def _epoch_us(moments: Sequence) -> np.ndarray:
     """Moments (datetimes, Stripe's epoch seconds, ISO texts; None) as int64 epoch microseconds
     (``NO_MOMENT``: None), each distinct value converted once."""
     converted: dict = {}
@@ -400,7 +429,7 @@ def join_accounts(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans:
 def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *, now: datetime) -> Accounts:
     orgs = Table.of_rows(AppOrganisation, app.get("organisations", []))
     n = len(orgs)
-    org_ids = orgs.values("id")
+    org_ids = orgs.column("id")
     customers = [c or None for c in orgs.values("stripe_customer_id")]
     # Each customer id -> the first organisation pointing to it (the organisations join there).
     first_with = {c: i for i, c in zip(range(n - 1, -1, -1), reversed(customers)) if c is not None}
@@ -427,10 +456,8 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
         unlinked = {cid: found[cid] for cid in unlinked if cid in found}  # (one deleted meanwhile is gone)
     listed_groups = np.frombuffer(bytes(listed), dtype=np.uint8).astype(bool)
 
-    stripe_subs = (_stripe_rows(stripe["subscription_rows"], plans) if "subscription_rows" in stripe
-                   else _stripe_dicts(stripe.get("subscriptions", ()), plans))
-    sub_group = np.fromiter(map(first_with.get, stripe_subs.column("customer"), repeat(-1)), dtype=np.int64,
-                            count=len(stripe_subs))
+    stripe_subs, sub_group = (_stripe_rows(stripe["subscription_rows"], plans, first_with) if "subscription_rows" in stripe
+                              else _stripe_dicts(stripe.get("subscriptions", ()), plans, first_with))
     del first_with
     stripe_live = np.fromiter((s in STRIPE_LIVE for s in stripe_subs.column("status")), dtype=bool,
                               count=len(stripe_subs))
@@ -440,7 +467,7 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     # Organisation ids compare as text (an app's subscriptions may store them as text); as they
     # are when both sides are integers.
     where = _Positions(org_ids)
-    app_group = where.of(app_subs.values("organisation_id")) if len(app_subs) else np.zeros(0, dtype=np.int64)
+    app_group = where.of(app_subs.column("organisation_id")) if len(app_subs) else np.zeros(0, dtype=np.int64)
     app_live = np.fromiter((s in APP_ACCESS for s in app_subs.column("status")), dtype=bool, count=len(app_subs))
     app_by_org = Subscriptions(app_subs, app_group, app_live, n, "stripe_subscription_id")
     org_app_group = where.of(org_ids) if n else np.zeros(0, dtype=np.int64)
@@ -462,15 +489,11 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     # Whether both sides' primary subscriptions are the same one (what status_mismatch settles first).
     both = np.flatnonzero((sp >= 0) & (ap >= 0))
     same_primary = np.zeros(n, dtype=bool)
-    if len(both):
-        same_primary[both] = (np.array(app_subs.values("stripe_subscription_id"), dtype=object)[ap[both]]
-                              == np.array(stripe_subs.values("id"), dtype=object)[sp[both]])
-    unmapped = _unmapped(customer_group, stripe_by_org, org_ids, customers)
-    # The texts of a million rows as one string each (ids, customer ids, names), the few distinct
-    # values of the plans as labels: ~15 bytes a text instead of an object of ~65.
-    stripe_subs = stripe_by_org.table = _compact(stripe_subs, ("id", "customer"))
-    app_subs = app_by_org.table = _compact(app_subs, ("stripe_subscription_id",))
     stripe_ids, app_sub_ids = stripe_subs.column("id"), app_subs.column("stripe_subscription_id")
+    if len(both):
+        same_primary[both] = np.fromiter((app_sub_ids[a] == stripe_ids[s] for a, s in zip(ap[both].tolist(), sp[both].tolist())),
+                                         dtype=bool, count=len(both))
+    unmapped = _unmapped(customer_group, stripe_by_org, org_ids, customers)
     plan_codes: dict = {}
     plan_of = np.fromiter((plan_codes.setdefault(plan, len(plan_codes)) for plan in orgs.column("plan")),
                           dtype=np.int32, count=n)
@@ -478,10 +501,11 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     blocked = np.fromiter((0 if b is None else 2 if b else 1 for b in orgs.column("is_blocked")), dtype=np.int8, count=n)
     columns = {
         "organisation_id": org_ids,
-        "name": Texts.of(orgs.values("name")),
+        "name": orgs.column("name"),
         "app_plan": Labels(plan_of, app_plans),
         "app_plan_paid": Labels(plan_of, [plans.is_paid(plan) for plan in app_plans]),
         "is_blocked": Labels(blocked, (None, False, True)),
+        # (the texts of a million rows as one string: ~15 bytes a text instead of an object of ~65)
         "stripe_customer_id": Texts.of(customers),
         "customer_exists": Computed(n, lambda i: bool(exists[i]) if has_customer[i] else None),
         "stripe_subscriptions": Computed(n, lambda i: stripe_by_org.of(int(customer_group[i]))),
@@ -513,11 +537,6 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     )
 
 
-def _compact(table: Table, keys: tuple[str, ...]) -> Table:
-    """``table`` with the text columns ``keys`` held as ``Texts``."""
-    return Table(table.record, {**table.columns, **{key: Texts.of(table.values(key)) for key in keys}})
-
-
 def _at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """``values[positions]``, ``NO_MOMENT`` where a position is -1."""
     if not len(values):
@@ -534,7 +553,7 @@ def _unmapped(customer_group: np.ndarray, stripe_by_org: Subscriptions, org_ids:
     for i in np.flatnonzero(np.isin(customer_group, unmapped_groups)).tolist():
         for sub in stripe_by_org.live_of(int(customer_group[i])):
             if sub.plan is None:
-                rows.append({"organisation_id": org_ids[i], "stripe_customer_id": customers[i],
+                rows.append({"organisation_id": value_at(org_ids, i), "stripe_customer_id": customers[i],
                              "subscription": sub.id, "status": sub.status, "price_ids": ", ".join(sub.price_ids)})
     return rows
 
@@ -549,16 +568,9 @@ def _app_subscriptions(rows: Sequence) -> Table:
     return Table(AppSubscription, columns)
 
 
-def _stripe_table(ids: list, statuses: list, plan_of: list, price_ids: list, starts: list, ends: list,
-                  customers: list) -> Table:
-    return Table(StripeSubscription, {
-        "id": ids, "status": statuses, "plan": plan_of, "price_ids": price_ids,
-        "current_period_start": Moments(_epoch_us(starts)), "current_period_end": Moments(_epoch_us(ends)),
-        "customer": customers})
-
-
-def _stripe_dicts(subs: Iterable[Mapping[str, Any]], plans: PlanBook) -> Table:
-    """Stripe's subscriptions as dicts (``fetch_stripe``'s) as the join's table."""
+def _stripe_dicts(subs: Iterable[Mapping[str, Any]], plans: PlanBook, first_with: Mapping[str, int]) -> tuple[Table, np.ndarray]:
+    """Stripe's subscriptions as dicts (``fetch_stripe``'s) as the join's table, and each one's
+    organisation (see ``_stripe_rows``)."""
     seen: dict[tuple, tuple] = {}
     one = {}.setdefault
     ids, statuses, plan_of, price_ids, starts, ends, customers = ([] for _ in range(7))
@@ -573,14 +585,23 @@ def _stripe_dicts(subs: Iterable[Mapping[str, Any]], plans: PlanBook) -> Table:
         starts.append(sub.get("current_period_start"))
         ends.append(sub.get("current_period_end"))
         customers.append(_customer_of(sub))
-    return _stripe_table(ids, statuses, plan_of, price_ids, starts, ends, customers)
+    group = np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=len(customers))
+    return Table(StripeSubscription, {
+        "id": Texts.of(ids), "status": statuses, "plan": plan_of, "price_ids": price_ids,
+        "current_period_start": Moments(_epoch_us(starts)), "current_period_end": Moments(_epoch_us(ends)),
+        "customer": Texts.of(customers)}), group
 
 
-def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> Table:
-    """``stripe_api.list_subscription_rows``' tuples as the join's table, read a chunk at a time:
-    the plan is looked up once per distinct prices tuple (the rows share one per distinct prices)."""
+def _stripe_rows(rows: Iterable[tuple], plans: PlanBook, first_with: Mapping[str, int]) -> tuple[Table, np.ndarray]:
+    """``stripe_api.list_subscription_rows``' tuples as the join's table, read a chunk at a time,
+    and each one's organisation (``first_with``: a customer id's first organisation; -1: none).
+    The plan is looked up once per distinct prices tuple (the rows share one per distinct prices)."""
+    def organisation_of(customers: tuple) -> np.ndarray:
+        return np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=len(customers))
+
+    ids, customers, group, statuses, starts, ends, prices_of = _read_columns(rows, [
+        (0, TEXTS), (1, TEXTS), (1, organisation_of), (2, SHARED), (3, MOMENTS), (4, MOMENTS), (5, LIST)])
     seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
-    ids, customers, statuses, starts, ends, prices_of = _read_columns(rows, 6, shared=(2,))
     plan_of, price_ids = [], []
     for prices in prices_of:
         known = seen.get(id(prices))
@@ -592,4 +613,6 @@ def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> Table:
         plan_of.append(known[1])
         price_ids.append(known[2])
     del prices_of
-    return _stripe_table(ids, statuses, plan_of, price_ids, starts, ends, customers)
+    return Table(StripeSubscription, {"id": ids, "status": statuses, "plan": plan_of, "price_ids": price_ids,
+                                      "current_period_start": starts, "current_period_end": ends,
+                                      "customer": customers}), group

@@ -460,8 +460,9 @@ def streams_as_arrays(conn: Connection, schema: SchemaMap) -> bool:
 class _IdIndex:
     """Positions of integer ids in a list, by binary search over a sorted copy (no dict of a million keys)."""
 
-    def __init__(self, ids: list[int]):
-        values = np.fromiter(ids, dtype=np.int64, count=len(ids))
+    def __init__(self, ids: list[int] | np.ndarray):
+        values = ids.astype(np.int64, copy=False) if isinstance(ids, np.ndarray) else \
+            np.fromiter(ids, dtype=np.int64, count=len(ids))
         self.order = np.argsort(values, kind="stable")
         self.sorted_ids = values[self.order]
 
@@ -515,7 +516,9 @@ def _index_of(keys: list, among: list) -> np.ndarray:
     return _Positions(among).of(keys)
 
 
-def _all_int(values: list) -> bool:
+def _all_int(values: list | np.ndarray) -> bool:
+    if isinstance(values, np.ndarray):
+        return values.dtype.kind == "i"
     return all(type(v) is int for v in values) and (not values or (-2**63 <= min(values) and max(values) < 2**63))
 
 
@@ -754,8 +757,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
     orgs = accounts.organisations
     now = as_utc(now or accounts.now or datetime.now(timezone.utc))
     events = schema.table("usage_events")
-    ids = orgs.values("organisation_id")
-    integer_ids = bool(ids) and _all_int(ids)
+    ids = orgs.column("organisation_id")  # (integers: an array)
+    integer_ids = len(ids) > 0 and _all_int(ids)
     edges = week_edges(weeks, now) if weeks else []
     # (the accounts' periods as held: epoch microseconds, read as datetimes where one is needed)
     starts, ends = orgs.column("period_start"), orgs.column("period_end")

@@ -122,6 +122,16 @@ class Texts:
         return Texts.of([self[i] for i in positions.tolist()])
 
 
+def joined_texts(parts: list[Texts]) -> Texts:
+    """``Texts`` read a chunk at a time, as one."""
+    if not parts:
+        return Texts("", np.zeros(0, dtype=np.int64), np.zeros(0, dtype=bool))
+    starts = np.cumsum([0] + [len(part.text) + 1 for part in parts[:-1]])
+    return Texts("\0".join(part.text for part in parts),
+                 np.concatenate([part.ends + start for part, start in zip(parts, starts.tolist())]),
+                 np.concatenate([part.present for part in parts]))
+
+
 class Optional:
     """An integer column with gaps: ``values`` where ``present``, None elsewhere."""
 
@@ -201,6 +211,11 @@ def plain(column: Sequence) -> list:
     if hasattr(column, "tolist"):
         return column.tolist()
     return list(column)
+
+
+def value_at(column, i: int) -> Any:
+    """A column's plain value at ``i``."""
+    return column.item(i) if isinstance(column, np.ndarray) else column[i]
 
 
 def _reader(column) -> Callable[[int], Any]:
