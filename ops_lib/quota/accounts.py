@@ -22,9 +22,10 @@ the billing period its usage is counted over:
 """
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from itertools import islice, repeat
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -42,7 +43,7 @@ from .. import stripe_mirror
 from ..bulk import Record, collector_paused
 from .plans import PlanBook
 from .scan import _Positions
-from .table import (NO_MOMENT, Computed, Labels, Moments, Table, Texts, Through, epoch_us, joined_texts, plain,
+from .table import (NO_MOMENT, UNIX_EPOCH, Computed, Labels, Moments, Table, Texts, Through, epoch_us, joined_texts, plain,
                     value_at)
 
 # Stripe subscription statuses (API 2023-08-16).
@@ -135,9 +136,20 @@ def _joined(kind, parts: list):
     return Moments(joined) if kind == MOMENTS else joined
 
 
+_tzinfo = operator.attrgetter("tzinfo")
+ONE_US = timedelta(microseconds=1)
+
+
 def _epoch_us(moments: Sequence) -> np.ndarray:
     """Moments (datetimes, Stripe's epoch seconds, ISO texts; None) as int64 epoch microseconds
     (``NO_MOMENT``: None), each distinct value converted once."""
+    kinds = set(map(type, moments))
+    if kinds == {int}:  # (Stripe's: by C)
+        return np.fromiter(moments, dtype=np.int64, count=len(moments)) * 1_000_000
+    if kinds <= {datetime, type(None)} and None not in map(_tzinfo, filter(None, moments)):
+        # (the database's, aware: each one's distance from the epoch, none alike)
+        return np.fromiter((NO_MOMENT if m is None else (m - UNIX_EPOCH) // ONE_US for m in moments),
+                           dtype=np.int64, count=len(moments))
     converted: dict = {}
 
     def us(value) -> int:
@@ -343,8 +355,8 @@ class Subscriptions:
     def __init__(self, table: Table, group: np.ndarray, live: np.ndarray, organisations: int, id_key: str):
         self.table, self.group, self.live, self._id_key = table, group, live, id_key
         mine = group >= 0
-        self.count = np.bincount(group[mine], minlength=organisations)
-        self.live_count = np.bincount(group[mine & live], minlength=organisations)
+        self.count = np.bincount(group[mine], minlength=organisations).astype(np.int32)
+        self.live_count = np.bincount(group[mine & live], minlength=organisations).astype(np.int32)
         self.order = np.argsort(group, kind="stable")  # (by organisation, in the listing's order)
         self.sorted_group = group[self.order]
         self.primary = np.full(organisations, -1, dtype=np.int64)
@@ -384,13 +396,13 @@ class OrganisationTable(Table):
     each organisation's primary subscription on either side; -1: none)."""
 
     def __init__(self, columns: Mapping[str, Any], *, customer_group: np.ndarray, customer_listed: np.ndarray,
-                 app_group: np.ndarray, same_primary: np.ndarray, stripe: Subscriptions, app: Subscriptions):
+                 app_group: np.ndarray, same_primary: np.ndarray, stripe: Subscriptions, app: Subscriptions,
+                 stripe_primary: np.ndarray, app_primary: np.ndarray):
         super().__init__(OrganisationAccount, columns)
         self.same_primary = same_primary  # (both sides' primary subscriptions are the same one)
         self.customer_group, self.app_group, self.stripe, self.app = customer_group, app_group, stripe, app
         self.customer_listed = customer_listed  # (per organisation: Stripe listed its customer)
-        self.stripe_primary = np.where(customer_group >= 0, stripe.primary[np.maximum(customer_group, 0)], -1)
-        self.app_primary = app.primary[app_group] if len(app_group) else np.zeros(0, dtype=np.int64)
+        self.stripe_primary, self.app_primary = stripe_primary, app_primary
 
     def stripe_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Per organisation: how many Stripe subscriptions, and how many live."""
@@ -432,8 +444,12 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     org_ids = orgs.column("id")
     customers = [c or None for c in orgs.values("stripe_customer_id")]
     # Each customer id -> the first organisation pointing to it (the organisations join there).
-    first_with = {c: i for i, c in zip(range(n - 1, -1, -1), reversed(customers)) if c is not None}
-    customer_group = np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=n)
+    # (built and read in one pass: setdefault answers the first position)
+    first_with: dict = {}
+    customer_group = np.fromiter(map(first_with.setdefault, customers, range(n)), dtype=np.int64, count=n)
+    if None in first_with:
+        del first_with[None]
+        customer_group[np.fromiter(map(operator.not_, customers), dtype=bool, count=n)] = -1
 
     # Stripe's customers, read once as they stream: only the unlinked ones are kept whole.
     listed = bytearray(n)  # by customer group: Stripe has the customer
@@ -491,8 +507,11 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     same_primary = np.zeros(n, dtype=bool)
     stripe_ids, app_sub_ids = stripe_subs.column("id"), app_subs.column("stripe_subscription_id")
     if len(both):
-        same_primary[both] = np.fromiter((app_sub_ids[a] == stripe_ids[s] for a, s in zip(ap[both].tolist(), sp[both].tolist())),
-                                         dtype=bool, count=len(both))
+        # (the ids as objects for a moment: a million texts sliced one by one take a second)
+        app_texts, stripe_texts = plain(app_sub_ids), plain(stripe_ids)
+        same_primary[both] = np.fromiter(map(operator.eq, map(app_texts.__getitem__, ap[both].tolist()),
+                                             map(stripe_texts.__getitem__, sp[both].tolist())), dtype=bool, count=len(both))
+        del app_texts, stripe_texts
     unmapped = _unmapped(customer_group, stripe_by_org, org_ids, customers)
     plan_codes: dict = {}
     plan_of = np.fromiter((plan_codes.setdefault(plan, len(plan_codes)) for plan in orgs.column("plan")),
@@ -501,7 +520,7 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     blocked = np.fromiter((0 if b is None else 2 if b else 1 for b in orgs.column("is_blocked")), dtype=np.int8, count=n)
     columns = {
         "organisation_id": org_ids,
-        "name": orgs.column("name"),
+        "name": _texts(orgs.column("name")),
         "app_plan": Labels(plan_of, app_plans),
         "app_plan_paid": Labels(plan_of, [plans.is_paid(plan) for plan in app_plans]),
         "is_blocked": Labels(blocked, (None, False, True)),
@@ -523,7 +542,8 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
     }
     del customers, orgs
     table = OrganisationTable(columns, customer_group=customer_group, customer_listed=exists, app_group=org_app_group,
-                              same_primary=same_primary, stripe=stripe_by_org, app=app_by_org)
+                              same_primary=same_primary, stripe=stripe_by_org, app=app_by_org, stripe_primary=sp,
+                              app_primary=ap)
     return Accounts(
         organisations=table,
         unlinked_customers=list(unlinked.values()),
@@ -535,6 +555,11 @@ def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBoo
         now=now,
         stripe_customers=int(listed_groups.sum()) + len(unlinked),
     )
+
+
+def _texts(column):
+    """A text column as ``Texts`` (``read_app``'s already is; hand-built rows' is a list)."""
+    return column if isinstance(column, Texts) else Texts.of(plain(column))
 
 
 def _at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:

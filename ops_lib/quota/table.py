@@ -92,9 +92,13 @@ class Texts:
 
     @classmethod
     def of(cls, values: list) -> "Texts | list":
-        present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
-        texts = values if present.all() else [v if v is not None else "" for v in values]
-        if not all(type(v) is str for v in texts):
+        # (the checks by C: a million values in milliseconds)
+        if None in values:
+            present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+            texts = [v if v is not None else "" for v in values]
+        else:
+            present, texts = np.ones(len(values), dtype=bool), values
+        if texts and set(map(type, texts)) != {str}:
             return values
         text = "\0".join(texts)
         if text.count("\0") != max(len(texts) - 1, 0):
