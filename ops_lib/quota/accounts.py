@@ -7,8 +7,10 @@ The notebook reads each side once:
 * ``fetch_stripe``: every Stripe customer and every subscription, ``status=all`` pushed to the
   API (Stripe hides canceled subscriptions otherwise), as plain dicts;
 
-and ``join_accounts`` joins them in Python by customer id into one row per organisation, with
-the billing period its usage is counted over:
+and ``join_accounts`` joins them by customer id into one row per organisation, with the billing
+period its usage is counted over. A million organisations are held as columns (``table.Table``:
+arrays of positions and epoch microseconds, ``Texts``, labels), each one's ``OrganisationAccount``
+built when it is read:
 
 * a subscriber's period is its subscription's current period as Stripe reports it
   (``current_period_start``/``current_period_end``, UTC, half-open ``[start, end)``): Stripe
@@ -269,23 +271,6 @@ def _customer_of(subscription: Mapping[str, Any]) -> str | None:
 
 
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
-
-
-def _live(subs: list, statuses: tuple[str, ...]) -> list | tuple:
-    """Those of one organisation's subscriptions (Stripe's or the app's) whose status is in
-    ``statuses``, the one whose period started last first (most organisations have one
-    subscription: it is its own list when live)."""
-    if len(subs) == 1:
-        return subs if subs[0].get("status") in statuses else _NONE
-    return _newest_first([s for s in subs if s.get("status") in statuses], "current_period_start")
-
-
-def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
-    subs = list(subs)
-    if len(subs) < 2:  # (most organisations: nothing to sort)
-        return subs
-    return sorted(subs, key=lambda s: (s.get(start_key) or _EPOCH, str(s.get("id") or s.get("stripe_subscription_id"))),
-                  reverse=True)
 
 
 # --------------------------------------------------------------------------- the join

@@ -178,7 +178,7 @@ class Duplicates:
 
 @dataclass
 class UsageScan:
-    usage: Sequence[UsageRow]             # one row per organisation: its period, recomputed usage, stored counter
+    usage: Table                          # of UsageRow, one per organisation, as columns: its period, recomputed usage, stored counter
     weekly: "WeeklyUsage | list[dict]"     # one row per (full week, organisation) with usage (compact: WeeklyUsage)
     duplicates: Duplicates | None         # None: not asked for
     weeks: list[datetime] = field(default_factory=list)   # the full weeks' Mondays
@@ -812,6 +812,8 @@ def scan_usage(conn: Connection, schema: SchemaMap, accounts, *, duplicates_sinc
 
     with collector_paused():
         usage = _usage_rows(orgs, where, starts_us, ends_us, sums, found, stored)
+        # (what the usage rows were made of is freed before the weekly arrays are taken: the peak)
+        stored = sums.period_units = sums.period_events = None
         weekly = WeeklyUsage.of_organisations(sums, edges, where, orgs) if edges else []
     duplicates = None
     if since is not None:
