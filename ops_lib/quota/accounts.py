@@ -276,7 +276,6 @@ _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 # --------------------------------------------------------------------------- the join
 
 
-
 @dataclass
 class Accounts:
     """One row per organisation (``organisations``, a ``Table`` of ``OrganisationAccount``s held
@@ -374,11 +373,12 @@ class Subscriptions:
 
 
 class OrganisationTable(Table):
-    """The accounts' organisations as columns, with how they join: ``customer_group`` (per
-    organisation, the first organisation with its customer id; -1: none; ``customer_listed``: Stripe
-    has it), ``stripe`` and ``app``
-    (their subscriptions by organisation), ``stripe_primary`` and ``app_primary`` (positions of
-    each organisation's primary subscription on either side; -1: none)."""
+    """The accounts' organisations as columns, with how they join, per organisation:
+    ``customer_group`` (the first organisation with its customer id; -1: none), ``customer_listed``
+    (Stripe listed the customer), ``app_group`` (the first organisation with its id), ``stripe``
+    and ``app`` (the subscriptions by organisation), ``stripe_primary`` and ``app_primary``
+    (positions of the primary subscription on either side; -1: none), ``same_primary`` (both are
+    the same subscription)."""
 
     def __init__(self, columns: Mapping[str, Any], *, customer_group: np.ndarray, customer_listed: np.ndarray,
                  app_group: np.ndarray, same_primary: np.ndarray, stripe: Subscriptions, app: Subscriptions,
@@ -398,10 +398,6 @@ class OrganisationTable(Table):
     def app_counts(self) -> tuple[np.ndarray, np.ndarray]:
         """Per organisation: how many app subscriptions, and how many live."""
         return self.app.count[self.app_group], self.app.live_count[self.app_group]
-
-    @classmethod
-    def _taken(cls, record, columns):
-        return Table(record, columns)
 
 
 def join_accounts(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *,

@@ -286,11 +286,7 @@ class Table(Sequence):
     def take(self, positions: np.ndarray) -> "Table":
         """The rows at ``positions``, as a table of their own."""
         positions = np.asarray(positions, dtype=np.int64)
-        return type(self)._taken(self.record, {k: _take(c, positions) for k, c in self.columns.items()})
-
-    @classmethod
-    def _taken(cls, record, columns):
-        return Table(record, columns)
+        return Table(self.record, {k: _take(c, positions) for k, c in self.columns.items()})
 
 
 def integers(column: Sequence) -> tuple[np.ndarray, np.ndarray]:
