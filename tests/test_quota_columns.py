@@ -51,6 +51,17 @@ def test_a_table_reads_as_the_records_it_holds_as_columns():
         table[2]
 
 
+def test_a_predicate_over_a_column_holds_where_it_holds_of_each_value():
+    from ops_lib.quota.table import Through, holds
+    statuses = ["active", "canceled", "active", "past_due"]
+    through = Through(np.array([2, -1, 1, 3, 0]), statuses)
+    labels = Labels(np.array([1, 0, 1]), ["free", "pro"])
+    for column in (through, labels, ["active", None, "x"], []):
+        values = column.tolist() if hasattr(column, "tolist") else list(column)
+        expected = [v in ("active", "pro") for v in values]
+        assert holds(column, ("active", "pro").__contains__).tolist() == expected
+
+
 def _usage(n: int, used: list[int], limits: list) -> list[dict]:
     return [{"organisation_id": i, "name": f"Org {i}", "plan": "pro", "usage_limit": limit, "used": u, "stored": u,
              "pct": round(100.0 * u / limit, 1) if limit else None, "events": 1, "repeated": 0, "counter_rows": 1,

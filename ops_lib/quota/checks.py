@@ -10,7 +10,9 @@ where the app's plan differs from what Stripe sells the customer, ``tier_mismatc
 """
 from __future__ import annotations
 
+import operator
 from datetime import datetime
+from functools import partial
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -22,7 +24,7 @@ from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
 from .scan import Duplicates, find_duplicates, usage_table
-from .table import Table, integers
+from .table import Table, holds, integers
 
 DEFAULT_NEAR_LIMIT_PCT = 80.0
 
@@ -130,11 +132,10 @@ def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
     """Stripe says active on a paid plan, yet the app blocks them or limits them as a free plan."""
     plans = accounts.plans
     orgs = accounts.organisations
-    paid = {plan: plans.is_paid(plan) for plan in set(orgs.values("stripe_plan"))}
-    paying = [orgs[i] for i, (status, plan, blocked, app_plan_paid)
-              in enumerate(zip(orgs.values("stripe_status"), orgs.values("stripe_plan"), orgs.values("is_blocked"),
-                               orgs.values("app_plan_paid")))
-              if status in STRIPE_PAYING and (blocked or app_plan_paid is False) and paid[plan]]
+    paying = [orgs[i] for i in np.flatnonzero(
+        holds(orgs.column("stripe_status"), STRIPE_PAYING.__contains__)
+        & (holds(orgs.column("is_blocked"), bool) | holds(orgs.column("app_plan_paid"), partial(operator.is_, False)))
+        & holds(orgs.column("stripe_plan"), lambda plan: bool(plans.is_paid(plan)))).tolist()]
     ids = {str(org["organisation_id"]) for org in paying}
     # (usage rows carry the accounts' ids: matched as they are, by column; as text when their type differs)
     same = {org["organisation_id"] for org in paying}

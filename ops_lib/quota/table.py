@@ -289,6 +289,22 @@ class Table(Sequence):
         return Table(self.record, {k: _take(c, positions) for k, c in self.columns.items()})
 
 
+def holds(column: Sequence, predicate: Callable[[Any], bool]) -> np.ndarray:
+    """Where ``predicate`` holds of a column's values, tested once per distinct value where the
+    column has few (labels; values read through an index, e.g. Stripe's statuses and plans)."""
+    if isinstance(column, Labels):
+        return np.fromiter(map(predicate, column.labels), dtype=bool, count=len(column.labels))[column.codes]
+    if isinstance(column, Through):
+        values = plain(column.source)
+        tested = {value: predicate(value) for value in set(values)}
+        on_source = np.fromiter(map(tested.__getitem__, values), dtype=bool, count=len(values))
+        if not len(on_source):
+            return np.full(len(column), predicate(column.default), dtype=bool)
+        return np.where(column.index >= 0, on_source[np.maximum(column.index, 0)], predicate(column.default))
+    values = plain(column)
+    return np.fromiter(map(predicate, values), dtype=bool, count=len(values))
+
+
 def integers(column: Sequence) -> tuple[np.ndarray, np.ndarray]:
     """An integer column as (int64 values, where present): None is absent (0 in the values)."""
     if isinstance(column, Optional):
