@@ -155,20 +155,25 @@ def test_columns_of_records_of_mixed_kinds_read_them_as_mappings():
     assert column([], "left") == [] and list(columns([], "left", "right")) == []
 
 
-def test_stripe_rows_share_one_datetime_per_second_and_read_other_values_as_before():
+def test_stripe_rows_are_read_as_columns_with_their_organisation_and_read_back_as_before():
     from datetime import datetime, timezone
 
     from ops_lib.quota.accounts import _stripe_rows
     from ops_lib.quota.plans import Plan, PlanBook
+    from ops_lib.quota.table import Moments, Texts
 
     plans = PlanBook(plans={"pro": Plan("pro", "Pro", 1000, True, "params")}, prices={"price_a": "pro"})
     prices = ({"id": "price_a"},)
-    subs = _stripe_rows([("sub_1", "cus_1", "active", 1_700_000_000, 1_702_592_000, prices),
-                         ("sub_2", "cus_2", "active", 1_700_000_000, None, prices),
-                         ("sub_3", "cus_3", "past_due", "2023-11-14T22:13:20Z", 1.5, ())], plans)
+    subs, organisation = _stripe_rows([("sub_1", "cus_1", "active", 1_700_000_000, 1_702_592_000, prices),
+                                       ("sub_2", "cus_2", "active", 1_700_000_000, None, prices),
+                                       ("sub_3", "cus_3", "past_due", "2023-11-14T22:13:20Z", 1.5, ())],
+                                      plans, {"cus_1": 0, "cus_3": 7})
+    assert organisation.tolist() == [0, -1, 7], "each subscription's organisation, by its customer id"
+    assert isinstance(subs.column("id"), Texts) and isinstance(subs.column("current_period_start"), Moments)
     first, second, third = subs
     assert first.current_period_start == datetime(2023, 11, 14, 22, 13, 20, tzinfo=timezone.utc)
     assert first.current_period_start is second.current_period_start, "one datetime per second"
     assert second.current_period_end is None and first.plan == "pro" and first.price_ids == ("price_a",)
     assert third.current_period_start == first.current_period_start and third.plan is None
     assert third.current_period_end == datetime(1970, 1, 1, 0, 0, 1, 500000, tzinfo=timezone.utc)
+    assert (first.id, first.customer, third.status) == ("sub_1", "cus_1", "past_due")

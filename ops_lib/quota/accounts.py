@@ -7,8 +7,10 @@ The notebook reads each side once:
 * ``fetch_stripe``: every Stripe customer and every subscription, ``status=all`` pushed to the
   API (Stripe hides canceled subscriptions otherwise), as plain dicts;
 
-and ``join_accounts`` joins them in Python by customer id into one row per organisation, with
-the billing period its usage is counted over:
+and ``join_accounts`` joins them by customer id into one row per organisation, with the billing
+period its usage is counted over. A million organisations are held as columns (``table.Table``:
+arrays of positions and epoch microseconds, ``Texts``, labels), each one's ``OrganisationAccount``
+built when it is read:
 
 * a subscriber's period is its subscription's current period as Stripe reports it
   (``current_period_start``/``current_period_end``, UTC, half-open ``[start, end)``): Stripe
@@ -22,9 +24,14 @@ the billing period its usage is counted over:
 """
 from __future__ import annotations
 
+import operator
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from itertools import islice, repeat
 from typing import Any, Iterable, Iterator, Mapping
+
+import numpy as np
 
 from sqlalchemy.engine import Connection
 
@@ -35,8 +42,11 @@ from ..utc import as_utc, from_epoch
 from ..stripe_api import (SHARED_PRICES_AT_MOST, customers_by_id, in_background, list_customer_ids, list_customers,
                           list_subscription_rows, list_subscriptions)
 from .. import stripe_mirror
-from ..bulk import Record, Rows, collector_paused, columns
+from ..bulk import Record, collector_paused
 from .plans import PlanBook
+from .scan import _Positions
+from .table import (NO_MOMENT, UNIX_EPOCH, Computed, Labels, Moments, Table, Texts, Through, epoch_us, joined_texts, plain,
+                    value_at)
 
 # Stripe subscription statuses (API 2023-08-16).
 STRIPE_LIVE = ("active", "trialing", "past_due")           # Stripe considers the customer subscribed
@@ -53,35 +63,113 @@ PERIOD_CALENDAR = "calendar month (no subscription)"
 # --------------------------------------------------------------------------- reading
 
 
-# The app's rows, under opsbook's logical column names (a million organisations: Records, not dicts).
+# The app's rows, under opsbook's logical column names: read into columns (a million organisations).
 AppOrganisation = Record.of("AppOrganisation", ("id", "name", "plan", "stripe_customer_id", "is_blocked"))
 AppSubscription = Record.of("AppSubscription", (
     "organisation_id", "stripe_subscription_id", "stripe_price_id", "plan", "status",
     "current_period_start", "current_period_end"))
 
+READ_CHUNK = 65_536  # rows turned into columns at a time
 
-def read_app(conn: Connection, schema: SchemaMap) -> dict[str, list[AppOrganisation | AppSubscription]]:
-    """The app's organisations and subscriptions, under opsbook's logical column names."""
+
+def read_app(conn: Connection, schema: SchemaMap) -> dict[str, Table]:
+    """The app's organisations and subscriptions, under opsbook's logical column names, as
+    ``Table``s read from the cursor a chunk at a time: no row is kept, integer ids are arrays,
+    names and subscription ids ``Texts``, periods ``Moments``."""
     orgs = schema.table("organisations")
     subs = schema.table("subscriptions")
     org_select = orgs.select_list(AppOrganisation.__slots__, required=("id", "plan", "stripe_customer_id"))
     sub_cols = AppSubscription.__slots__
     optional = ("stripe_price_id", "plan", "current_period_start", "current_period_end")
     sub_select = subs.select_list(sub_cols, required=[c for c in sub_cols if c not in optional])
-    # Plans, statuses and prices repeat on every row: one string object each, not one per row (a
-    # million organisations: ~140 MB of copies). The organisations stay the tuples read (the join
-    # reads them by column; the plan is made one string there).
-    one = {}.setdefault
     with collector_paused():
-        organisations = Rows(AppOrganisation, list(select_tuples(
-            conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}")))
-        subscriptions = [
-            AppSubscription(org, sub, one(price, price), one(plan, plan), one(status, status),
-                            start if type(start) is datetime and start.tzinfo is timezone.utc else _utc(start),
-                            end if type(end) is datetime and end.tzinfo is timezone.utc else _utc(end))
-            for org, sub, price, plan, status, start, end in select_tuples(
-                conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}")]
+        # (the customer ids stay objects: the join looks them up)
+        organisations = Table(AppOrganisation, dict(zip(AppOrganisation.__slots__, _read_columns(
+            select_tuples(conn, f"SELECT {org_select} FROM {orgs.sql_table} ORDER BY {orgs.col('id')}"),
+            [(0, IDS), (1, TEXTS), (2, SHARED), (3, LIST), (4, LIST)]))))
+        subscriptions = Table(AppSubscription, dict(zip(AppSubscription.__slots__, _read_columns(
+            select_tuples(conn, f"SELECT {sub_select} FROM {subs.sql_table} ORDER BY {subs.col('organisation_id')}"),
+            [(0, IDS), (1, TEXTS), (2, SHARED), (3, SHARED), (4, SHARED), (5, MOMENTS), (6, MOMENTS)]))))
     return {"organisations": organisations, "subscriptions": subscriptions}
+
+
+# How ``_read_columns`` keeps a column: as a list; a list of one object per distinct value (plans,
+# statuses, prices); ``Texts``; an int64 array when every value is an integer (else a list);
+# ``Moments``. A function: an array it makes of each chunk's values.
+LIST, SHARED, TEXTS, IDS, MOMENTS = "list", "shared", "texts", "ids", "moments"
+
+
+def _read_columns(rows: Iterable[tuple], columns: list[tuple[int, Any]]) -> list:
+    """``rows`` as columns, a chunk of rows at a time (no row is kept): for each ``(position in
+    the row, kind)`` of ``columns``, the row's value there kept as ``kind`` says."""
+    rows = iter(rows)
+    parts: list[list] = [[] for _ in columns]
+    one = {}.setdefault
+    while chunk := list(islice(rows, READ_CHUNK)):
+        values = list(zip(*chunk))
+        del chunk
+        for (at, kind), part in zip(columns, parts):
+            if kind == LIST:
+                part.extend(values[at])
+            elif kind == SHARED:
+                part.extend(map(one, values[at], values[at]))
+            elif kind == TEXTS:
+                part.append(Texts.of(values[at]))
+            elif kind == IDS:
+                part.append(np.fromiter(values[at], dtype=np.int64, count=len(values[at]))
+                            if all(type(v) is int for v in values[at]) else values[at])
+            elif kind == MOMENTS:
+                part.append(_epoch_us(values[at]))
+            else:
+                part.append(kind(values[at]))
+    return [_joined(kind, part) for (_, kind), part in zip(columns, parts)]
+
+
+def _joined(kind, parts: list):
+    if kind in (LIST, SHARED):
+        return parts
+    if kind == TEXTS:
+        return joined_texts(parts) if all(isinstance(p, Texts) for p in parts) else [v for p in parts for v in plain(p)]
+    if kind == IDS:
+        if parts and all(isinstance(p, np.ndarray) for p in parts):
+            return np.concatenate(parts)
+        return [v for p in parts for v in plain(p)]
+    joined = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return Moments(joined) if kind == MOMENTS else joined
+
+
+_tzinfo = operator.attrgetter("tzinfo")
+ONE_US = timedelta(microseconds=1)
+
+
+def _epoch_us(moments: Sequence) -> np.ndarray:
+    """Moments (datetimes, Stripe's epoch seconds, ISO texts; None) as int64 epoch microseconds
+    (``NO_MOMENT``: None), each distinct value converted once."""
+    kinds = set(map(type, moments))
+    if kinds == {int}:  # (Stripe's: by C)
+        return np.fromiter(moments, dtype=np.int64, count=len(moments)) * 1_000_000
+    if kinds <= {datetime, type(None)} and None not in map(_tzinfo, filter(None, moments)):
+        # (the database's, aware: each one's distance from the epoch, none alike)
+        return np.fromiter((NO_MOMENT if m is None else (m - UNIX_EPOCH) // ONE_US for m in moments),
+                           dtype=np.int64, count=len(moments))
+    converted: dict = {}
+
+    def us(value) -> int:
+        if value is None:
+            return NO_MOMENT
+        got = converted.get(value)
+        if got is None:
+            if type(value) is int:
+                got = value * 1_000_000
+            else:
+                moment = _utc(value)
+                if not isinstance(moment, datetime):
+                    raise TypeError(f"not a moment: {value!r}")
+                got = epoch_us(moment)
+            converted[value] = got
+        return got
+
+    return np.fromiter(map(us, moments), dtype=np.int64, count=len(moments))
 
 
 # What the join and the checks read of each Stripe object: the rest is dropped as pages stream
@@ -185,50 +273,19 @@ def _customer_of(subscription: Mapping[str, Any]) -> str | None:
 _EPOCH = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _live(subs: list, statuses: tuple[str, ...]) -> list | tuple:
-    """Those of one organisation's subscriptions (Stripe's or the app's) whose status is in
-    ``statuses``, the one whose period started last first (most organisations have one
-    subscription: it is its own list when live)."""
-    if len(subs) == 1:
-        return subs if subs[0].get("status") in statuses else _NONE
-    return _newest_first([s for s in subs if s.get("status") in statuses], "current_period_start")
-
-
-def _app_period(app_live: list | tuple) -> tuple | None:
-    """The period of the app's primary live subscription, when it records one."""
-    first = app_live[0]
-    start, end = first.get("current_period_start"), first.get("current_period_end")
-    return (start, end, PERIOD_APP) if start and end else None
-
-
-def _newest_first(subs: Iterable[dict], start_key: str) -> list[dict]:
-    subs = list(subs)
-    if len(subs) < 2:  # (most organisations: nothing to sort)
-        return subs
-    return sorted(subs, key=lambda s: (s.get(start_key) or _EPOCH, str(s.get("id") or s.get("stripe_subscription_id"))),
-                  reverse=True)
-
-
 # --------------------------------------------------------------------------- the join
-
-
-def _read(rows: list, keys: tuple[str, ...]) -> Iterable[tuple]:
-    """``keys`` of each row, read by C from ``Record``s (what ``read_app`` gives); ``.get`` of
-    anything else (hand-built dicts may leave optional keys out)."""
-    if rows and isinstance(rows[0], Record):
-        return columns(rows, *keys)
-    return (tuple(row.get(k) for k in keys) for row in rows)
 
 
 @dataclass
 class Accounts:
-    """One row per organisation (``organisations``), plus what did not join."""
+    """One row per organisation (``organisations``, a ``Table`` of ``OrganisationAccount``s held
+    as columns), plus what did not join."""
 
-    organisations: list[dict]
+    organisations: "OrganisationTable"
     unlinked_customers: list[dict]         # Stripe customers no organisation points to
-    orphan_subscriptions: list[dict]       # Stripe subscriptions of such customers
-    stripe_subscriptions: list[dict]
-    app_subscriptions: list[dict]
+    orphan_subscriptions: Table            # Stripe subscriptions of such customers
+    stripe_subscriptions: Table            # of StripeSubscription
+    app_subscriptions: Table               # of AppSubscription
     unmapped: list[dict]                   # live Stripe subscriptions on a price no rule maps
     plans: PlanBook
     now: datetime
@@ -238,14 +295,15 @@ class Accounts:
         return {str(row["organisation_id"]): row for row in self.organisations}
 
     def metrics(self) -> Metrics:
-        orgs = self.organisations
+        calendar = int((self.organisations.column("period_source").codes == CALENDAR).sum())
+        stripe_live = sum(status in STRIPE_LIVE for status in self.stripe_subscriptions.column("status"))
         return Metrics(
-            organisations=len(orgs),
-            subscribers=sum(1 for o in orgs if o["period_source"] != PERIOD_CALENDAR),
-            free_organisations=sum(1 for o in orgs if o["period_source"] == PERIOD_CALENDAR),
+            organisations=len(self.organisations),
+            subscribers=len(self.organisations) - calendar,
+            free_organisations=calendar,
             stripe_customers=self.stripe_customers,
             stripe_subscriptions=len(self.stripe_subscriptions),
-            stripe_live_subscriptions=sum(1 for s in self.stripe_subscriptions if s.get("status") in STRIPE_LIVE),
+            stripe_live_subscriptions=stripe_live,
             app_subscriptions=len(self.app_subscriptions),
             subscriptions_on_unmapped_prices=len(self.unmapped),
         )
@@ -254,8 +312,8 @@ class Accounts:
         return self.metrics()._repr_mimebundle_(include, exclude)
 
 
-# A Stripe subscription as the join and the checks see it (one per subscription: 500k at a
-# million customers); price ids as a tuple.
+# A Stripe subscription as the join and the checks see it (500k at a million customers, held as
+# columns); price ids as a tuple.
 StripeSubscription = Record.of("StripeSubscription", (
     "id", "status", "plan", "price_ids", "current_period_start", "current_period_end", "customer"))
 
@@ -268,152 +326,299 @@ OrganisationAccount = Record.of("OrganisationAccount", (
     "period_source", "usage_limit"))
 
 _NONE: tuple = ()
+PERIOD_SOURCES = (PERIOD_STRIPE, PERIOD_APP, PERIOD_CALENDAR)
+STRIPE_PERIOD, APP_PERIOD, CALENDAR = range(3)  # period_source's codes
 
 
-def _stripe_view(sub: Mapping[str, Any], plans: PlanBook, price_ids_seen: dict[tuple, tuple]) -> StripeSubscription:
-    plan, price_ids = plans.plan_for_subscription(sub)
-    price_ids = tuple(price_ids)
-    start, end = sub.get("current_period_start"), sub.get("current_period_end")
-    return StripeSubscription(
-        sub["id"], sub.get("status"), plan, price_ids_seen.setdefault(price_ids, price_ids),
-        from_epoch(start) if type(start) is int else _utc(start),
-        from_epoch(end) if type(end) is int else _utc(end), _customer_of(sub))
+class Subscriptions:
+    """Subscriptions (Stripe's or the app's, a ``Table``) grouped by the organisation they belong
+    to, as positions: ``group`` is each subscription's organisation (the first one with its
+    customer id, or its organisation id; -1: none), ``live`` whether its status is live, and
+    ``primary`` per organisation the live one whose period started last (-1: none)."""
+
+    def __init__(self, table: Table, group: np.ndarray, live: np.ndarray, organisations: int, id_key: str):
+        self.table, self.group, self.live, self._id_key = table, group, live, id_key
+        mine = group >= 0
+        self.count = np.bincount(group[mine], minlength=organisations).astype(np.int32)
+        self.live_count = np.bincount(group[mine & live], minlength=organisations).astype(np.int32)
+        self.order = np.argsort(group, kind="stable")  # (by organisation, in the listing's order)
+        self.sorted_group = group[self.order]
+        self.primary = np.full(organisations, -1, dtype=np.int64)
+        alone = np.flatnonzero(mine & live)
+        alone = alone[self.live_count[group[alone]] == 1]
+        self.primary[group[alone]] = alone
+        for g in np.flatnonzero(self.live_count > 1).tolist():  # (a few: sorted as ever)
+            self.primary[g] = self.positions(g, live_only=True)[0]
+
+    def positions(self, g: int, *, live_only: bool = False) -> list[int]:
+        """The positions of organisation ``g``'s subscriptions: in the listing's order, or its
+        live ones, newest first."""
+        if g < 0:
+            return []
+        lo, hi = np.searchsorted(self.sorted_group, [g, g + 1]).tolist()
+        found = self.order[lo:hi].tolist()
+        if not live_only:
+            return found
+        live = [n for n in found if self.live[n]]
+        if len(live) < 2:
+            return live
+        starts, ids = self.table.column("current_period_start"), self.table.column(self._id_key)
+        return sorted(live, key=lambda n: (starts[n] or _EPOCH, str(ids[n])), reverse=True)
+
+    def of(self, g: int) -> list | tuple:
+        return [self.table[n] for n in self.positions(g)] or _NONE
+
+    def live_of(self, g: int) -> list | tuple:
+        return [self.table[n] for n in self.positions(g, live_only=True)] or _NONE
 
 
-def _stripe_rows(rows: Iterable[tuple], plans: PlanBook) -> list[StripeSubscription]:
-    """``stripe_api.list_subscription_rows``' tuples as the join's subscriptions: the plan is looked
-    up once per distinct prices tuple (the rows share one per distinct prices)."""
-    seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
-    # Periods start and end on the same few seconds (a billing anchor repeats): one datetime and
-    # one status string each, not one per subscription.
-    moments: dict[int, datetime] = {}
-    one = {}.setdefault
-    subs = []
-    for sub_id, customer, status, start, end, prices in rows:
-        known = seen.get(id(prices))
-        if known is None:
-            plan, price_ids = plans.plan_for_prices(prices)
-            known = (prices, plan, tuple(price_ids))
-            if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
-                seen[id(prices)] = known
-        subs.append(StripeSubscription(sub_id, one(status, status), known[1], known[2], _moment(start, moments),
-                                       _moment(end, moments), customer))
-    return subs
+class OrganisationTable(Table):
+    """The accounts' organisations as columns, with how they join, per organisation:
+    ``customer_group`` (the first organisation with its customer id; -1: none), ``customer_listed``
+    (Stripe listed the customer), ``app_group`` (the first organisation with its id), ``stripe``
+    and ``app`` (the subscriptions by organisation), ``stripe_primary`` and ``app_primary``
+    (positions of the primary subscription on either side; -1: none), ``same_primary`` (both are
+    the same subscription)."""
+
+    def __init__(self, columns: Mapping[str, Any], *, customer_group: np.ndarray, customer_listed: np.ndarray,
+                 app_group: np.ndarray, same_primary: np.ndarray, stripe: Subscriptions, app: Subscriptions,
+                 stripe_primary: np.ndarray, app_primary: np.ndarray):
+        super().__init__(OrganisationAccount, columns)
+        self.same_primary = same_primary  # (both sides' primary subscriptions are the same one)
+        self.customer_group, self.app_group, self.stripe, self.app = customer_group, app_group, stripe, app
+        self.customer_listed = customer_listed  # (per organisation: Stripe listed its customer)
+        self.stripe_primary, self.app_primary = stripe_primary, app_primary
+
+    def stripe_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per organisation: how many Stripe subscriptions, and how many live."""
+        g = np.maximum(self.customer_group, 0)
+        has = self.customer_group >= 0
+        return np.where(has, self.stripe.count[g], 0), np.where(has, self.stripe.live_count[g], 0)
+
+    def app_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per organisation: how many app subscriptions, and how many live."""
+        return self.app.count[self.app_group], self.app.live_count[self.app_group]
 
 
-def _moment(value: Any, seen: dict[int, datetime]) -> Any:
-    """Epoch seconds as a UTC datetime, one per distinct second (anything else as ``_utc`` reads it)."""
-    if type(value) is not int:
-        return _utc(value)
-    moment = seen.get(value)
-    if moment is None:
-        moment = seen[value] = from_epoch(value)
-    return moment
-
-
-def join_accounts(app: Mapping[str, list[dict]], stripe: Mapping[str, list[dict]], plans: PlanBook, *,
+def join_accounts(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *,
                   now: datetime) -> Accounts:
     """The app's organisations joined with Stripe by customer id, each with its billing period.
 
-    ``stripe``: ``customers`` and ``subscriptions`` (lists or iterators of dicts, as
-    ``fetch_stripe`` gives them), or ``stream_stripe``'s ``customer_ids`` and
-    ``subscription_rows`` (tuples); with ``customers_by_id`` (``stream_stripe``'s), customers may
-    be listed by id only, those no organisation points to being read whole through it.
+    ``app``: ``read_app``'s tables (or lists of dicts, optional keys left out). ``stripe``:
+    ``customers`` and ``subscriptions`` (lists or iterators of dicts, as ``fetch_stripe`` gives
+    them), or ``stream_stripe``'s ``customer_ids`` and ``subscription_rows`` (tuples); with
+    ``customers_by_id`` (``stream_stripe``'s), customers may be listed by id only, those no
+    organisation points to being read whole through it.
 
     Per organisation: its Stripe subscriptions (any status) and live ones, the app's
     subscriptions, the *primary* subscription (the live Stripe one that started last, else the
-    app's live one), the plan Stripe's price sells, and the period usage is counted over.
+    app's live one), the plan Stripe's price sells, and the period usage is counted over. Held as
+    columns: a subscription or an organisation's record is built when read.
     """
     with collector_paused():
         return _join(app, stripe, plans, now=_utc(now))
 
 
-def _join(app: Mapping[str, list[dict]], stripe: Mapping[str, Iterable[dict]], plans: PlanBook, *,
-          now: datetime) -> Accounts:
-    # Customer id -> whether Stripe has it, for every id an organisation points to; Stripe's
-    # customers are read once, as they stream: only the unlinked ones are kept whole.
-    organisations = app.get("organisations", [])
-    org_fields = list(_read(organisations, ("id", "name", "plan", "stripe_customer_id", "is_blocked")))
-    # (sets and comprehensions: a million customers on each side are C loops, not Python ones)
-    linked = {customer_id for _id, _name, _plan, customer_id, _blocked in org_fields if customer_id}
-    listed: set = set()  # every customer Stripe listed
+def _join(app: Mapping[str, Sequence], stripe: Mapping[str, Any], plans: PlanBook, *, now: datetime) -> Accounts:
+    orgs = Table.of_rows(AppOrganisation, app.get("organisations", []))
+    n = len(orgs)
+    org_ids = orgs.column("id")
+    customers = [c or None for c in orgs.values("stripe_customer_id")]
+    # Each customer id -> the first organisation pointing to it (the organisations join there).
+    # (built and read in one pass: setdefault answers the first position)
+    first_with: dict = {}
+    customer_group = np.fromiter(map(first_with.setdefault, customers, range(n)), dtype=np.int64, count=n)
+    if None in first_with:
+        del first_with[None]
+        customer_group[np.fromiter(map(operator.not_, customers), dtype=bool, count=n)] = -1
+
+    # Stripe's customers, read once as they stream: only the unlinked ones are kept whole.
+    listed = bytearray(n)  # by customer group: Stripe has the customer
     unlinked: dict[str, dict] = {}
-    if "customer_ids" in stripe:
-        ids = list(stripe["customer_ids"])
-        listed.update(ids)
-        unlinked = {customer_id: {"id": customer_id} for customer_id in ids if customer_id not in linked}
-        del ids
+    for customer_id in stripe.get("customer_ids", ()):
+        k = first_with.get(customer_id)
+        if k is None:
+            unlinked.setdefault(customer_id, {"id": customer_id})
+        else:
+            listed[k] = 1
     for customer in stripe.get("customers", ()):
-        listed.add(customer["id"])
-        if customer["id"] not in linked:
+        k = first_with.get(customer["id"])
+        if k is None:
             unlinked[customer["id"]] = customer
+        else:
+            listed[k] = 1
     whole = stripe.get("customers_by_id")
     if whole is not None and unlinked:
         found = {customer["id"]: customer for customer in whole(list(unlinked))}
         unlinked = {cid: found[cid] for cid in unlinked if cid in found}  # (one deleted meanwhile is gone)
-    price_ids: dict[tuple, tuple] = {}
-    stripe_subs = (_stripe_rows(stripe["subscription_rows"], plans) if "subscription_rows" in stripe
-                   else [_stripe_view(s, plans, price_ids) for s in stripe.get("subscriptions", ())])
-    subs_by_customer: dict[str, list[dict]] = {}
-    for sub in stripe_subs:
-        subs_by_customer.setdefault(sub.customer, []).append(sub)
-    # Organisation ids compare as text (an app's subscriptions may store them as text); as they
-    # are when both sides are integers (a million str() calls fewer).
-    app_subscriptions = app.get("subscriptions", [])
-    sub_orgs = [org_id for (org_id,) in _read(app_subscriptions, ("organisation_id",))]
-    same_keys = all(type(v) is int for v in sub_orgs) and all(type(f[0]) is int for f in org_fields)
-    app_subs_by_org: dict[Any, list[dict]] = {}
-    for org_id, sub in zip(sub_orgs, app_subscriptions):
-        app_subs_by_org.setdefault(org_id if same_keys else str(org_id), []).append(sub)
+    listed_groups = np.frombuffer(bytes(listed), dtype=np.uint8).astype(bool)
 
-    rows = []
-    unmapped = []
-    calendar_start, calendar_end = calendar_month(now)
-    # per app plan: (the plan as one string object, whether it is paid, its limit)
-    plan_facts: dict[Any, tuple] = {}
-    row = OrganisationAccount
-    for org_id, name, app_plan, customer_id, blocked in org_fields:
-        facts = plan_facts.get(app_plan)
-        if facts is None:
-            facts = plan_facts[app_plan] = (app_plan, plans.is_paid(app_plan), plans.limit(app_plan))
-        if blocked is not None and type(blocked) is not bool:  # (a mapped integer or text flag)
-            blocked = bool(blocked)
-        if customer_id:
-            exists = customer_id in listed
-            s_subs = subs_by_customer.get(customer_id, _NONE)
-            s_live = _live(s_subs, STRIPE_LIVE) if s_subs else _NONE
-        else:
-            customer_id = exists = None
-            s_subs = s_live = _NONE
-        a_subs = app_subs_by_org.get(org_id if same_keys else str(org_id), _NONE) if app_subs_by_org else _NONE
-        a_live = _live(a_subs, APP_ACCESS) if a_subs else _NONE
-        if s_live:
-            primary = s_live[0]
-            for sub in s_live:
-                if sub.plan is None:
-                    unmapped.append({"organisation_id": org_id, "stripe_customer_id": customer_id,
-                                     "subscription": sub.id, "status": sub.status,
-                                     "price_ids": ", ".join(sub.price_ids)})
-            if primary.current_period_start and primary.current_period_end:
-                period = primary.current_period_start, primary.current_period_end, PERIOD_STRIPE
-            else:
-                period = _app_period(a_live) or (calendar_start, calendar_end, PERIOD_CALENDAR)
-            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
-                            a_subs, a_live, primary.plan, primary.status, primary.id, *period, facts[2]))
-        else:
-            period = (_app_period(a_live) if a_live else None) or (calendar_start, calendar_end, PERIOD_CALENDAR)
-            rows.append(row(org_id, name, facts[0], facts[1], blocked, customer_id, exists, s_subs, s_live,
-                            a_subs, a_live, None, None, a_live[0]["stripe_subscription_id"] if a_live else None,
-                            *period, facts[2]))
-    orphan_subs = [s for s in stripe_subs if s.customer not in linked]
+    stripe_subs, sub_group = (_stripe_rows(stripe["subscription_rows"], plans, first_with) if "subscription_rows" in stripe
+                              else _stripe_dicts(stripe.get("subscriptions", ()), plans, first_with))
+    del first_with
+    stripe_live = np.fromiter((s in STRIPE_LIVE for s in stripe_subs.column("status")), dtype=bool,
+                              count=len(stripe_subs))
+    stripe_by_org = Subscriptions(stripe_subs, sub_group, stripe_live, n, "id")
+
+    app_subs = _app_subscriptions(app.get("subscriptions", []))
+    # Organisation ids compare as text (an app's subscriptions may store them as text); as they
+    # are when both sides are integers.
+    where = _Positions(org_ids)
+    app_group = where.of(app_subs.column("organisation_id")) if len(app_subs) else np.zeros(0, dtype=np.int64)
+    app_live = np.fromiter((s in APP_ACCESS for s in app_subs.column("status")), dtype=bool, count=len(app_subs))
+    app_by_org = Subscriptions(app_subs, app_group, app_live, n, "stripe_subscription_id")
+    org_app_group = where.of(org_ids) if n else np.zeros(0, dtype=np.int64)
+
+    # The period: the primary Stripe subscription's, else the app's live one's, else the calendar month.
+    sp = np.where(customer_group >= 0, stripe_by_org.primary[np.maximum(customer_group, 0)], -1)
+    ap = app_by_org.primary[org_app_group] if n else np.zeros(0, dtype=np.int64)
+    s_start, s_end = (_at(stripe_subs.column(k).us, sp) for k in ("current_period_start", "current_period_end"))
+    a_start, a_end = (_at(app_subs.column(k).us, ap) for k in ("current_period_start", "current_period_end"))
+    stripe_period = (s_start != NO_MOMENT) & (s_end != NO_MOMENT)
+    app_period = (a_start != NO_MOMENT) & (a_end != NO_MOMENT)
+    source = np.where(stripe_period, STRIPE_PERIOD, np.where(app_period, APP_PERIOD, CALENDAR)).astype(np.int8)
+    calendar_start, calendar_end = (epoch_us(m) for m in calendar_month(now))
+    starts = np.where(stripe_period, s_start, np.where(app_period, a_start, calendar_start))
+    ends = np.where(stripe_period, s_end, np.where(app_period, a_end, calendar_end))
+
+    has_customer = customer_group >= 0
+    exists = listed_groups[np.maximum(customer_group, 0)] & has_customer
+    # Whether both sides' primary subscriptions are the same one (what status_mismatch settles first).
+    both = np.flatnonzero((sp >= 0) & (ap >= 0))
+    same_primary = np.zeros(n, dtype=bool)
+    stripe_ids, app_sub_ids = stripe_subs.column("id"), app_subs.column("stripe_subscription_id")
+    if len(both):
+        # (the ids as objects for a moment: a million texts sliced one by one take a second)
+        app_texts, stripe_texts = plain(app_sub_ids), plain(stripe_ids)
+        same_primary[both] = np.fromiter(map(operator.eq, map(app_texts.__getitem__, ap[both].tolist()),
+                                             map(stripe_texts.__getitem__, sp[both].tolist())), dtype=bool, count=len(both))
+        del app_texts, stripe_texts
+    unmapped = _unmapped(customer_group, stripe_by_org, org_ids, customers)
+    plan_codes: dict = {}
+    plan_of = np.fromiter((plan_codes.setdefault(plan, len(plan_codes)) for plan in orgs.column("plan")),
+                          dtype=np.int32, count=n)
+    app_plans = list(plan_codes)
+    blocked = np.fromiter((0 if b is None else 2 if b else 1 for b in orgs.column("is_blocked")), dtype=np.int8, count=n)
+    columns = {
+        "organisation_id": org_ids,
+        "name": _texts(orgs.column("name")),
+        "app_plan": Labels(plan_of, app_plans),
+        "app_plan_paid": Labels(plan_of, [plans.is_paid(plan) for plan in app_plans]),
+        "is_blocked": Labels(blocked, (None, False, True)),
+        # (the texts of a million rows as one string: ~15 bytes a text instead of an object of ~65)
+        "stripe_customer_id": Texts.of(customers),
+        "customer_exists": Computed(n, lambda i: bool(exists[i]) if has_customer[i] else None),
+        "stripe_subscriptions": Computed(n, lambda i: stripe_by_org.of(int(customer_group[i]))),
+        "stripe_live": Computed(n, lambda i: stripe_by_org.live_of(int(customer_group[i]))),
+        "app_subscriptions": Computed(n, lambda i: app_by_org.of(int(org_app_group[i]))),
+        "app_live": Computed(n, lambda i: app_by_org.live_of(int(org_app_group[i]))),
+        "stripe_plan": Through(sp, stripe_subs.column("plan")),
+        "stripe_status": Through(sp, stripe_subs.column("status")),
+        "primary_subscription": Computed(n, lambda i: stripe_ids[int(sp[i])] if sp[i] >= 0
+                                         else app_sub_ids[int(ap[i])] if ap[i] >= 0 else None),
+        "period_start": Moments(starts),
+        "period_end": Moments(ends),
+        "period_source": Labels(source, PERIOD_SOURCES),
+        "usage_limit": Labels(plan_of, [plans.limit(plan) for plan in app_plans]),
+    }
+    del customers, orgs
+    table = OrganisationTable(columns, customer_group=customer_group, customer_listed=exists, app_group=org_app_group,
+                              same_primary=same_primary, stripe=stripe_by_org, app=app_by_org, stripe_primary=sp,
+                              app_primary=ap)
     return Accounts(
-        organisations=rows,
+        organisations=table,
         unlinked_customers=list(unlinked.values()),
-        orphan_subscriptions=orphan_subs,
+        orphan_subscriptions=stripe_subs.take(np.flatnonzero(sub_group < 0)),
         stripe_subscriptions=stripe_subs,
-        app_subscriptions=list(app_subscriptions),
+        app_subscriptions=app_subs,
         unmapped=unmapped,
         plans=plans,
         now=now,
-        stripe_customers=len(listed & linked) + len(unlinked),
+        stripe_customers=int(listed_groups.sum()) + len(unlinked),
     )
+
+
+def _texts(column):
+    """A text column as ``Texts`` (``read_app``'s already is; hand-built rows' is a list)."""
+    return column if isinstance(column, Texts) else Texts.of(plain(column))
+
+
+def _at(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """``values[positions]``, ``NO_MOMENT`` where a position is -1."""
+    if not len(values):
+        return np.full(len(positions), NO_MOMENT, dtype=np.int64)
+    return np.where(positions >= 0, values[np.maximum(positions, 0)], NO_MOMENT)
+
+
+def _unmapped(customer_group: np.ndarray, stripe_by_org: Subscriptions, org_ids: list, customers: list) -> list[dict]:
+    """Per organisation with live Stripe subscriptions, each live one on a price no rule maps."""
+    unmapped = np.fromiter((plan is None for plan in stripe_by_org.table.column("plan")), dtype=bool,
+                           count=len(stripe_by_org.table)) & stripe_by_org.live & (stripe_by_org.group >= 0)
+    unmapped_groups = np.unique(stripe_by_org.group[unmapped])
+    rows = []
+    for i in np.flatnonzero(np.isin(customer_group, unmapped_groups)).tolist():
+        for sub in stripe_by_org.live_of(int(customer_group[i])):
+            if sub.plan is None:
+                rows.append({"organisation_id": value_at(org_ids, i), "stripe_customer_id": customers[i],
+                             "subscription": sub.id, "status": sub.status, "price_ids": ", ".join(sub.price_ids)})
+    return rows
+
+
+def _app_subscriptions(rows: Sequence) -> Table:
+    """The app's subscriptions as a table whose periods are moments (``read_app``'s already are)."""
+    table = Table.of_rows(AppSubscription, rows)
+    columns = dict(table.columns)
+    for key in ("current_period_start", "current_period_end"):
+        if not isinstance(columns[key], Moments):
+            columns[key] = Moments(_epoch_us(plain(columns[key])))
+    return Table(AppSubscription, columns)
+
+
+def _stripe_dicts(subs: Iterable[Mapping[str, Any]], plans: PlanBook, first_with: Mapping[str, int]) -> tuple[Table, np.ndarray]:
+    """Stripe's subscriptions as dicts (``fetch_stripe``'s) as the join's table, and each one's
+    organisation (see ``_stripe_rows``)."""
+    seen: dict[tuple, tuple] = {}
+    one = {}.setdefault
+    ids, statuses, plan_of, price_ids, starts, ends, customers = ([] for _ in range(7))
+    for sub in subs:
+        plan, prices = plans.plan_for_subscription(sub)
+        prices = tuple(prices)
+        status = sub.get("status")
+        ids.append(sub["id"])
+        statuses.append(one(status, status))
+        plan_of.append(plan)
+        price_ids.append(seen.setdefault(prices, prices))
+        starts.append(sub.get("current_period_start"))
+        ends.append(sub.get("current_period_end"))
+        customers.append(_customer_of(sub))
+    group = np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=len(customers))
+    return Table(StripeSubscription, {
+        "id": Texts.of(ids), "status": statuses, "plan": plan_of, "price_ids": price_ids,
+        "current_period_start": Moments(_epoch_us(starts)), "current_period_end": Moments(_epoch_us(ends)),
+        "customer": Texts.of(customers)}), group
+
+
+def _stripe_rows(rows: Iterable[tuple], plans: PlanBook, first_with: Mapping[str, int]) -> tuple[Table, np.ndarray]:
+    """``stripe_api.list_subscription_rows``' tuples as the join's table, read a chunk at a time,
+    and each one's organisation (``first_with``: a customer id's first organisation; -1: none).
+    The plan is looked up once per distinct prices tuple (the rows share one per distinct prices)."""
+    def organisation_of(customers: tuple) -> np.ndarray:
+        return np.fromiter(map(first_with.get, customers, repeat(-1)), dtype=np.int64, count=len(customers))
+
+    ids, customers, group, statuses, starts, ends, prices_of = _read_columns(rows, [
+        (0, TEXTS), (1, TEXTS), (1, organisation_of), (2, SHARED), (3, MOMENTS), (4, MOMENTS), (5, LIST)])
+    seen: dict[int, tuple] = {}  # id(prices) -> (prices, plan, price ids): the reference keeps the id unique
+    plan_of, price_ids = [], []
+    for prices in prices_of:
+        known = seen.get(id(prices))
+        if known is None:
+            plan, ids_ = plans.plan_for_prices(prices)
+            known = (prices, plan, tuple(ids_))
+            if len(seen) < SHARED_PRICES_AT_MOST:  # (prices not shared are not kept)
+                seen[id(prices)] = known
+        plan_of.append(known[1])
+        price_ids.append(known[2])
+    del prices_of
+    return Table(StripeSubscription, {"id": ids, "status": statuses, "plan": plan_of, "price_ids": price_ids,
+                                      "current_period_start": starts, "current_period_end": ends,
+                                      "customer": customers}), group

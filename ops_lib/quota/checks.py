@@ -10,8 +10,12 @@ where the app's plan differs from what Stripe sells the customer, ``tier_mismatc
 """
 from __future__ import annotations
 
+import operator
 from datetime import datetime
+from functools import partial
 from typing import Any, Callable, Iterable
+
+import numpy as np
 
 from sqlalchemy.engine import Connection
 
@@ -19,8 +23,8 @@ from ..findings import Finding
 from ..findings import run_checks as _run_checks
 from ..schema_map import SchemaMap
 from .accounts import APP_ACCESS, STRIPE_LIVE, STRIPE_NO_ACCESS, STRIPE_PAYING, Accounts
-from ..bulk import columns
-from .scan import Duplicates, find_duplicates
+from .scan import Duplicates, find_duplicates, usage_table
+from .table import Table, holds, integers
 
 DEFAULT_NEAR_LIMIT_PCT = 80.0
 
@@ -36,13 +40,22 @@ def _period(row: dict) -> dict:
 # --------------------------------------------------------------------------- usage against limits
 
 
+def _limits(usage: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(used, limit, whether the plan has a limit: not None) as arrays."""
+    used, _ = integers(usage.column("used"))
+    limit, has_limit = integers(usage.column("usage_limit"))
+    return used, limit, has_limit
+
+
 def over_limit(usage: list[dict]) -> Finding:
     """Recomputed usage above the plan's hard limit: the app let usage through past the limit."""
+    usage = usage_table(usage)
+    used, limit, limited = _limits(usage)
+    over = np.flatnonzero(limited & (used > limit))  # (0 is a limit too: nothing may be used)
     rows = [
         {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
          "used": r["used"], "pct": r["pct"], "stored_counter": r["stored"], "is_blocked": r["is_blocked"], **_period(r)}
-        for r, (limit, used) in zip(usage, columns(usage, "usage_limit", "used"))  # (by column: a million rows)
-        if limit is not None and used > limit
+        for r in map(usage.__getitem__, over.tolist())
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
     return Finding.from_rows(
@@ -58,11 +71,14 @@ def over_limit(usage: list[dict]) -> Finding:
 
 def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT) -> Finding:
     """At or above ``threshold_pct`` of the limit and not over it: worth a heads-up (info)."""
+    usage = usage_table(usage)
+    used, limit, limited = _limits(usage)
+    # (in floats as Python compares them: an int64 converts to the same double)
+    near = limited & (limit != 0) & (used <= limit) & (used * 100.0 >= threshold_pct * limit.astype(np.float64))
     rows = [
         {"organisation_id": r["organisation_id"], "name": r["name"], "plan": r["plan"], "usage_limit": r["usage_limit"],
          "used": r["used"], "pct": r["pct"], **_period(r)}
-        for r, (limit, used) in zip(usage, columns(usage, "usage_limit", "used"))
-        if limit and used <= limit and used * 100.0 >= threshold_pct * limit
+        for r in map(usage.__getitem__, np.flatnonzero(near).tolist())
     ]
     rows.sort(key=lambda r: -(r["pct"] or 0))
     return Finding.from_rows(
@@ -74,16 +90,22 @@ def near_limit(usage: list[dict], threshold_pct: float = DEFAULT_NEAR_LIMIT_PCT)
     )
 
 
+def drifted_positions(usage: Table, tolerance: int = 0) -> np.ndarray:
+    """Where the stored counter differs from the recomputed usage by more than ``tolerance``
+    (no counter: recomputed usage above it)."""
+    used, _ = integers(usage.column("used"))
+    stored, has_counter = integers(usage.column("stored"))
+    return np.flatnonzero(np.where(has_counter, np.abs(stored - used) > tolerance, used > tolerance))
+
+
 def usage_counter_drift(usage: list[dict], tolerance: int = 0) -> Finding:
     """The app's stored counter differs from the usage recomputed from the events (both shown)."""
+    usage = usage_table(usage)
     rows = []
-    for r, (stored, used) in zip(usage, columns(usage, "stored", "used")):
+    for r in map(usage.__getitem__, drifted_positions(usage, tolerance).tolist()):
+        stored, used = r["stored"], r["used"]
         if stored is None:
-            if used <= tolerance:
-                continue
             what = "no counter for this period: the app counts from zero"
-        elif abs(stored - used) <= tolerance:
-            continue
         elif stored > used:
             what = "counter too high: the app blocks or bills for usage that did not happen"
         else:
@@ -110,15 +132,18 @@ def paying_user_blocked(accounts: Accounts, usage: list[dict]) -> Finding:
     """Stripe says active on a paid plan, yet the app blocks them or limits them as a free plan."""
     plans = accounts.plans
     orgs = accounts.organisations
-    paying = [org for org, (status, plan, blocked, app_plan_paid)
-              in zip(orgs, columns(orgs, "stripe_status", "stripe_plan", "is_blocked", "app_plan_paid"))
-              if status in STRIPE_PAYING and (blocked or app_plan_paid is False) and plans.is_paid(plan)]
+    paying = [orgs[i] for i in np.flatnonzero(
+        holds(orgs.column("stripe_status"), STRIPE_PAYING.__contains__)
+        & (holds(orgs.column("is_blocked"), bool) | holds(orgs.column("app_plan_paid"), partial(operator.is_, False)))
+        & holds(orgs.column("stripe_plan"), lambda plan: bool(plans.is_paid(plan)))).tolist()]
     ids = {str(org["organisation_id"]) for org in paying}
     # (usage rows carry the accounts' ids: matched as they are, by column; as text when their type differs)
     same = {org["organisation_id"] for org in paying}
-    used = {str(org_id): r for r, (org_id,) in zip(usage, columns(usage, "organisation_id")) if org_id in same}
+    usage = usage_table(usage)
+    usage_ids = usage.values("organisation_id")
+    used = {str(org_id): usage[k] for k, org_id in enumerate(usage_ids) if org_id in same}
     if len(used) < len(ids):
-        used = {key: r for r in usage if (key := str(r["organisation_id"])) in ids}
+        used = {key: usage[k] for k, org_id in enumerate(usage_ids) if (key := str(org_id)) in ids}
     rows = []
     for org in paying:
         u = used.get(str(org["organisation_id"]), {})
@@ -153,9 +178,10 @@ def tier_mismatch(accounts: Accounts) -> Finding:
     """The app's plan differs from the plan of the price Stripe bills (live subscriptions)."""
     rows = []
     orgs = accounts.organisations
-    for org, (stripe_live, stripe_plan, app_plan) in zip(orgs, columns(orgs, "stripe_live", "stripe_plan", "app_plan")):
-        if not stripe_live or stripe_plan is None or stripe_plan == app_plan:
-            continue
+    # (a plan from Stripe means a live subscription: its primary one's)
+    differ = [i for i, (stripe_plan, app_plan) in enumerate(zip(orgs.values("stripe_plan"), orgs.values("app_plan")))
+              if stripe_plan is not None and stripe_plan != app_plan]
+    for org in map(orgs.__getitem__, differ):
         primary = org["stripe_live"][0]
         app_sub = next((s for s in org["app_subscriptions"] if s.get("stripe_subscription_id") == primary["id"]), None)
         rows.append({"organisation_id": org["organisation_id"], "name": org["name"],
@@ -189,10 +215,7 @@ def status_mismatch(accounts: Accounts) -> Finding:
     """Access in the app against the subscription's status in Stripe, both directions."""
     rows = []
     orgs = accounts.organisations
-    live = [org for org, (app_live, stripe_live, app_subs, stripe_subs)
-            in zip(orgs, columns(orgs, "app_live", "stripe_live", "app_subscriptions", "stripe_subscriptions"))
-            if (app_live or stripe_live) and not _agree(app_live, stripe_live, app_subs, stripe_subs)]
-    for org in live:
+    for org in map(orgs.__getitem__, np.flatnonzero(_may_disagree(accounts)).tolist()):
         stripe_by_id = {s["id"]: s for s in org["stripe_subscriptions"]}
         app_by_id = {s.get("stripe_subscription_id"): s for s in org["app_subscriptions"]}
         for sub in org["app_live"]:
@@ -225,12 +248,17 @@ def status_mismatch(accounts: Accounts) -> Finding:
     )
 
 
-def _agree(app_live, stripe_live, app_subs, stripe_subs) -> bool:
-    """The common case, settled without a look at each subscription: one subscription on each
-    side, the same one, live on both (a live app status grants access; a live Stripe one is not a
-    no-access one)."""
-    return (len(app_subs) == 1 and len(stripe_subs) == 1 and len(app_live) == 1 and len(stripe_live) == 1
-            and app_live[0].get("stripe_subscription_id") == stripe_live[0]["id"])
+def _may_disagree(accounts: Accounts) -> np.ndarray:
+    """The organisations with a live subscription on either side, but for the common case, which
+    agrees without a look at each subscription: one subscription on each side, the same one, live
+    on both (a live app status grants access; a live Stripe one is not a no-access one)."""
+    orgs = accounts.organisations
+    stripe_subs, stripe_live = orgs.stripe_counts()
+    app_subs, app_live = orgs.app_counts()
+    simple = np.flatnonzero((stripe_subs == 1) & (app_subs == 1) & (stripe_live == 1) & (app_live == 1))
+    agree = np.zeros(len(orgs), dtype=bool)
+    agree[simple] = orgs.same_primary[simple]
+    return ((stripe_live > 0) | (app_live > 0)) & ~agree
 
 
 def _status_row(org: dict, subscription: str | None, app_status, stripe_status, direction: str) -> dict:
@@ -243,8 +271,9 @@ def _status_row(org: dict, subscription: str | None, app_status, stripe_status, 
 def missing_customer_mapping(accounts: Accounts) -> Finding:
     """Stripe customers no organisation points to, and organisations pointing to no customer."""
     rows = []
-    live_by_customer: dict[str, int] = {}
-    for status, customer in columns(accounts.stripe_subscriptions, "status", "customer"):
+    live_by_customer: dict[str, int] = {}  # (an unlinked customer's subscriptions are orphans: few)
+    orphans = accounts.orphan_subscriptions
+    for status, customer in zip(orphans.column("status"), orphans.column("customer")):
         if status in STRIPE_LIVE:
             live_by_customer[customer] = live_by_customer.get(customer, 0) + 1
     for customer in accounts.unlinked_customers:
@@ -252,11 +281,10 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
                      "email": customer.get("email"), "live_subscriptions": live_by_customer.get(customer["id"], 0),
                      "direction": "Stripe customer that no organisation points to"})
     orgs = accounts.organisations
-    for org, (customer_id, exists) in zip(orgs, columns(orgs, "stripe_customer_id", "customer_exists")):
-        if customer_id and exists is False:
-            rows.append({"stripe_customer_id": org["stripe_customer_id"], "organisation_id": org["organisation_id"],
-                         "email": None, "live_subscriptions": 0,
-                         "direction": "organisation whose Stripe customer does not exist"})
+    for org in map(orgs.__getitem__, np.flatnonzero((orgs.customer_group >= 0) & ~orgs.customer_listed).tolist()):
+        rows.append({"stripe_customer_id": org["stripe_customer_id"], "organisation_id": org["organisation_id"],
+                     "email": None, "live_subscriptions": 0,
+                     "direction": "organisation whose Stripe customer does not exist"})
     rows.sort(key=lambda r: r["stripe_customer_id"])
     return Finding.from_rows(
         "missing_customer_mapping", rows, severity="warning",
@@ -271,15 +299,22 @@ def missing_customer_mapping(accounts: Accounts) -> Finding:
 
 def multiple_active_subscriptions(accounts: Accounts) -> Finding:
     """A customer with more than one live subscription to a plan: usually billed twice."""
+    subs, orgs = accounts.stripe_subscriptions, accounts.organisations
+    stripe = orgs.stripe
+    plan_subs = stripe.live & np.fromiter((plan is not None for plan in subs.column("plan")), dtype=bool,
+                                          count=len(subs))
+    # (by organisation where the customer has one; a customer none points to, by id: few)
+    per_org = np.bincount(stripe.group[plan_subs & (stripe.group >= 0)], minlength=len(orgs))
+    maybe = plan_subs & ((stripe.group < 0) | (per_org[np.maximum(stripe.group, 0)] > 1))
     by_customer: dict[str, list[dict]] = {}
-    subs = accounts.stripe_subscriptions
-    for sub, (status, plan, customer) in zip(subs, columns(subs, "status", "plan", "customer")):
-        if status in STRIPE_LIVE and plan is not None:
-            by_customer.setdefault(customer, []).append(sub)
+    for n in np.flatnonzero(maybe).tolist():
+        sub = subs[n]
+        by_customer.setdefault(sub["customer"], []).append(sub)
     twice = {customer: subs for customer, subs in by_customer.items() if len(subs) > 1}
-    orgs = accounts.organisations
-    org_of = {customer: o for o, (customer,) in zip(orgs, columns(orgs, "stripe_customer_id"))
-              if customer and customer in twice}
+    # (the last organisation pointing to each such customer, as a dict built in order keeps it)
+    pointing = np.flatnonzero(np.isin(orgs.customer_group, stripe.group[maybe & (stripe.group >= 0)]))
+    org_of = {customer: orgs[i] for i in pointing.tolist()
+              if (customer := orgs.column("stripe_customer_id")[i]) in twice}
     rows = []
     for customer, subs in sorted(twice.items()):
         org = org_of.get(customer)

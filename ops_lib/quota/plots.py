@@ -9,11 +9,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+import numpy as np
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
 from ..figures import Figure, empty_figure, label
 from .accounts import Accounts
-from ..bulk import columns
+from .scan import usage_table
+from .table import integers
 
 _OK, _NEAR, _OVER = "#2e7d32", "#ef6c00", "#c62828"
 _STRIPE_COLOURS = {"paying": "#1565c0", "past due": "#f9a825", "no live subscription": "#9e9e9e",
@@ -34,16 +36,21 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
     the dashed line, a plan with more than ``MAX_DOTS_PER_PLAN`` organisations is drawn as a
     sample of them, and its label says so.
     """
-    by_plan: dict = {}  # plan -> [(organisation id, used, limit)] (read by column: a million rows)
-    unlimited: set = set()
-    for org_id, plan, used, limit in columns(usage, "organisation_id", "plan", "used", "usage_limit"):
-        if limit:
-            by_plan.setdefault(plan, []).append((org_id, used, limit))
-        else:
-            unlimited.add(plan)
+    usage = usage_table(usage)  # (read by column: a million organisations)
+    ids, plan_of = usage.column("organisation_id"), usage.values("plan")
+    used, _ = integers(usage.column("used"))
+    limit, has_limit = integers(usage.column("usage_limit"))
+    limited = has_limit & (limit != 0)
+    codes: dict = {}
+    code_of = np.fromiter((codes.setdefault(plan, len(codes)) for plan in plan_of), dtype=np.int64, count=len(plan_of))
+    plan_named = list(codes)
+    unlimited = {plan_named[c] for c in np.unique(code_of[~limited]).tolist()}
+    by_plan: dict = {}  # plan -> the positions of its organisations, in the order of their first one
+    for c in sorted(np.unique(code_of[limited]).tolist(), key=lambda c: int(np.argmax(limited & (code_of == c)))):
+        by_plan[plan_named[c]] = np.flatnonzero(limited & (code_of == c))
     if not by_plan:
         return empty_figure("No organisation is on a plan with a usage limit")
-    plans = sorted(by_plan, key=lambda p: min(limit for _, _, limit in by_plan[p]))
+    plans = sorted(by_plan, key=lambda p: int(limit[by_plan[p]].min()))
     jitter = random.Random(0)  # the same picture for the same data
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.add_subplot()
@@ -51,21 +58,22 @@ def usage_against_limit(usage: list[dict], *, near_limit_pct: float = 80.0) -> F
     tick_labels = []
     for x, plan in enumerate(plans):
         rows = by_plan[plan]
-        pcts = [100.0 * used / limit for _, used, limit in rows]
-        below = [i for i, y in enumerate(pcts) if y < near_limit_pct]
-        drawn = set(range(len(rows)))
+        pcts = 100.0 * used[rows] / limit[rows]
+        below = np.flatnonzero(pcts < near_limit_pct).tolist()
+        drawn = np.ones(len(rows), dtype=bool)
         if len(below) > MAX_DOTS_PER_PLAN:
-            drawn -= set(below) - set(jitter.sample(below, MAX_DOTS_PER_PLAN))
-        order = sorted(drawn)
+            drawn[below] = False
+            drawn[jitter.sample(below, MAX_DOTS_PER_PLAN)] = True
+        order = np.flatnonzero(drawn).tolist()
         xs = [x + jitter.uniform(-0.28, 0.28) for _ in order]
-        ys = [pcts[i] for i in order]
+        ys = pcts[order].tolist()
         colours = [_OVER if y > 100 else _NEAR if y >= near_limit_pct else _OK for y in ys]
         ax.scatter(xs, ys, c=colours, s=22, alpha=0.85, edgecolors="none")
         for xi, yi, i in zip(xs, ys, order):
             if yi >= near_limit_pct:
-                ax.annotate(f" {label(rows[i][0], limit=30)}", (xi, yi), fontsize=8, va="center")
+                ax.annotate(f" {label(ids[int(rows[i])], limit=30)}", (xi, yi), fontsize=8, va="center")
         top = max(top, *ys)
-        limits = sorted({limit for _, _, limit in rows})
+        limits = sorted(set(limit[rows].tolist()))
         sampled = f"\n{MAX_DOTS_PER_PLAN:,} of {len(below):,} under {near_limit_pct:g} % drawn" \
             if len(below) > MAX_DOTS_PER_PLAN else ""
         tick_labels.append(f"{label(plan, limit=30)}\nlimit {', '.join(f'{v:,}' for v in limits)}\n"
@@ -90,7 +98,8 @@ def customers_by_plan(accounts: Accounts) -> Figure:
     if not orgs:
         return empty_figure("No organisations")
     counts: dict[str, dict[str, int]] = {}
-    for (stripe_plan, app_plan, status), n in Counter(columns(orgs, "stripe_plan", "app_plan", "stripe_status")).items():
+    for (stripe_plan, app_plan, status), n in Counter(zip(
+            orgs.values("stripe_plan"), orgs.values("app_plan"), orgs.values("stripe_status"))).items():
         if stripe_plan is not None and stripe_plan != app_plan:
             kind = "plan differs"
         elif status in ("active", "trialing"):

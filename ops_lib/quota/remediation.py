@@ -22,10 +22,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ..audit import AuditLog
-from ..bulk import columns
 from ..errors import UnsafeAction
 from ..findings import Action, ActionLog, _plain
 from ..schema_map import SchemaMap
+from .checks import drifted_positions
+from .scan import usage_table
 
 ACTION = "reset_usage_counter"
 ACTOR = "opsbook"
@@ -35,11 +36,8 @@ DEFAULT_REASON = "stored usage counter differs from the usage recomputed from th
 
 def drifted(usage: list[dict], tolerance: int = 0) -> list[dict]:
     """The usage rows whose counter needs resetting (as ``usage_counter_drift`` reports them)."""
-    out = []
-    for row, (stored, used) in zip(usage, columns(usage, "stored", "used")):  # (by column: a million rows)
-        if (stored is None and used > tolerance) or (stored is not None and abs(stored - used) > tolerance):
-            out.append(row)
-    return out
+    usage = usage_table(usage)
+    return [usage[n] for n in drifted_positions(usage, tolerance).tolist()]
 
 
 def _action(row: dict, reason: str) -> Action:

@@ -19,8 +19,8 @@ from sqlalchemy.engine import Connection
 from ..findings import Metrics
 from ..schema_map import SchemaMap
 from .accounts import Accounts
-from ..bulk import columns
-from .scan import scan_usage
+from .scan import scan_usage, usage_table
+from .table import Computed, integers
 
 
 def recompute_usage(conn: Connection, schema: SchemaMap, accounts: Accounts) -> list[dict]:
@@ -33,19 +33,28 @@ def recompute_usage(conn: Connection, schema: SchemaMap, accounts: Accounts) -> 
 
 
 def usage_metrics(usage: list[dict]) -> Metrics:
-    units = events = with_counter = at_80 = 0
-    highest = None
-    for used, counted, stored, limit, pct in columns(usage, "used", "events", "stored", "usage_limit", "pct"):
-        units += used
-        events += counted
-        with_counter += stored is not None
-        if limit and pct is not None:
-            at_80 += pct >= 80
-            highest = pct if highest is None or pct > highest else highest
+    usage = usage_table(usage)
+    used, _ = integers(usage.column("used"))
+    limit, has_limit = integers(usage.column("usage_limit"))
+    limited = has_limit & (limit != 0)
+    at_80, highest = 0, None
+    if isinstance(usage.column("pct"), Computed):
+        # the shares as the rows compute them (``100.0 * used / limit``, the same doubles), rounded
+        # as Python rounds them where it matters: rounding keeps the order, so the highest is the
+        # highest share rounded, and only shares just under 80 % may round up to it
+        share = used[limited] * 100.0 / limit[limited]
+        if len(share):
+            at_80 = int((share >= 80.0).sum()) + sum(round(s, 1) >= 80 for s in share[(share >= 79.9) & (share < 80.0)].tolist())
+            highest = round(float(share.max()), 1)
+    else:
+        for pct, ok in zip(usage.values("pct"), limited.tolist()):
+            if ok and pct is not None:
+                at_80 += pct >= 80
+                highest = pct if highest is None or pct > highest else highest
     return Metrics(
-        usage_units_in_current_periods=units,
-        usage_events_in_current_periods=events,
-        organisations_with_a_counter=with_counter,
+        usage_units_in_current_periods=int(used.sum()),
+        usage_events_in_current_periods=int(integers(usage.column("events"))[0].sum()),
+        organisations_with_a_counter=int(integers(usage.column("stored"))[1].sum()),
         organisations_at_80_pct_of_limit_or_more=at_80,
         highest_pct_of_limit=highest,
     )
