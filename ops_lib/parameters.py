@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any, Sequence
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -55,6 +56,30 @@ class _Refused(ValueError):
     """The value has the right shape but cannot be used; the message says why."""
 
 
+def url_problem(url: str, schemes: Sequence[str], *, bare: bool = True) -> str | None:
+    """What makes ``url`` unusable as an address to call, in words (None: nothing): a scheme other
+    than ``schemes``, no host, a port that cannot exist; if ``bare``, also credentials, a query or
+    a fragment."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # (a port out of range, or not a number; an IPv6 address without its brackets)
+        return "its port is not a number from 1 to 65535" if ":" in url.split("//", 1)[-1] else "it cannot be parsed"
+    if parts.scheme not in schemes:
+        return f"it does not start with {' or '.join(f'{scheme}://' for scheme in schemes)}"
+    if not parts.hostname:
+        return "it names no host"
+    if port == 0:
+        return "port 0 is not a port a server listens on"
+    if not bare:
+        return None
+    if "@" in parts.netloc:
+        return "it holds credentials (user:password@): give them where the runbook says, never in a URL"
+    if parts.query or parts.fragment:
+        return "it has a query or fragment (?… or #…)"
+    return None
+
+
 @dataclass(frozen=True)
 class Param:
     name: str
@@ -69,6 +94,8 @@ class Param:
     pattern_hint: str = ""
     max_length: int | None = None  # characters of a str, or of each list item
     max_items: int | None = None  # items of a list
+    # a str (when not empty), or each list item, must be a URL of one of these schemes (``url_problem``)
+    url: Sequence[str] | None = None
 
     @property
     def lower(self) -> float:
@@ -174,6 +201,11 @@ class Param:
             if bad:
                 wanted = self.pattern_hint or f"of the form {self.pattern}"
                 raise ParameterError(f"{where}: {quote(bad[0])} is not {wanted}")
+        if self.url is not None:
+            for v in values:
+                why = url_problem(v, self.url) if v else None
+                if why:
+                    raise ParameterError(f"{where}: {quote(v)} is not a usable URL: {why} — {self.help}")
         if self.choices is not None:
             bad = [v for v in values if v not in self.choices]
             if bad:

@@ -30,7 +30,7 @@ from .parameters import Param, ParamSpec
 RUNBOOK_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 RUNNER_PARAMETERS = ("run_id",)  # set by the runner, not by whoever runs the runbook
 _TYPES = {bool: bool, int: int, float: float, str: str, list: list}
-_CONSTRAINTS = ("minimum", "maximum", "choices", "pattern", "pattern_hint", "max_length", "max_items")
+_CONSTRAINTS = ("minimum", "maximum", "choices", "pattern", "pattern_hint", "max_length", "max_items", "url")
 
 
 class RunbookDefinitionError(ConfigurationError):
@@ -155,7 +155,7 @@ def _param(notebook: Path, declared: dict, constraints: dict) -> Param:
     bad = set(constraints) - set(_CONSTRAINTS)
     if bad:
         raise RunbookDefinitionError(f"{notebook}: parameter {name} has unknown constraints {sorted(bad)}; known: {', '.join(_CONSTRAINTS)}")
-    given = {k: (tuple(v) if k == "choices" else v) for k, v in constraints.items()}
+    given = {k: (tuple(v) if k in ("choices", "url") else v) for k, v in constraints.items()}
     return Param(name, kind, default, str(declared.get("help") or ""), **given)
 
 

@@ -7,12 +7,14 @@ module itself never reaches for the demo.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from . import paths
 from .errors import ConfigurationError
+from .parameters import url_problem
 from .secrets import Masker, mask_url
 
 TARGET_VARIABLES = (
@@ -91,6 +93,8 @@ def from_env(env: Mapping[str, str] | None = None) -> Target:
             "no target is set — export DATABASE_URL (and STRIPE_API_KEY for the Stripe runbooks), "
             "or start the demo with `opsbook demo up`"
         )
+    _check_addresses(env)
+    _check_secrets(env)
     schema = env.get("OPSBOOK_SCHEMA")
     schema_path = _schema_path(schema) if schema else paths.params_dir() / "schema" / "reference.yaml"
     return Target(
@@ -102,6 +106,35 @@ def from_env(env: Mapping[str, str] | None = None) -> Target:
         schema_path=schema_path,
         is_demo=env.get("OPSBOOK_DEMO") == "1",
     )
+
+
+# Where each URL variable points, in words, for the fix.
+_ADDRESSES = {
+    "STRIPE_API_BASE": "Stripe's API (unset it for https://api.stripe.com; the demo's emulator is http://127.0.0.1:PORT)",
+    "OPSBOOK_WEBHOOK_URL": "the app's Stripe webhook endpoint, e.g. https://app.example.com/stripe/webhook",
+}
+# The secrets travel in HTTP headers: printable ASCII, no spaces (Stripe's keys and secrets are).
+_HEADER_SAFE = re.compile(r"[!-~]+")
+
+
+def _check_addresses(env: Mapping[str, str]) -> None:
+    """A URL variable that cannot be called is refused now, not mid-run with urllib's ValueError."""
+    for name, what in _ADDRESSES.items():
+        value = env.get(name)
+        why = url_problem(value, ("http", "https"), bare=False) if value else None
+        if why:
+            raise ConfigurationError(f"{name} is not a usable URL ({mask_url(value)}): {why} — set it to {what}")
+
+
+def _check_secrets(env: Mapping[str, str]) -> None:
+    for name in ("STRIPE_API_KEY", "STRIPE_WEBHOOK_SECRET"):
+        value = env.get(name)
+        if value and not _HEADER_SAFE.fullmatch(value):
+            # (never the value: one character of it is already too much)
+            raise ConfigurationError(
+                f"{name} holds a space, a line break or a character outside ASCII, which no Stripe key or "
+                f"secret has (opsbook's masked form, with its '…', is not the key) — export it exactly as "
+                f"the Stripe dashboard shows it")
 
 
 def _schema_path(value: str) -> Path:

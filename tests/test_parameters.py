@@ -161,3 +161,22 @@ def test_every_shipped_parameter_set_resolves_to_the_values_it_names(runbook):
             assert resolved[name] == runbook.params.get(name).coerce(value, str(path)), (path.name, name)
         untouched = set(resolved) - set(named)
         assert all(resolved[name] == runbook.params.get(name).default for name in untouched)
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("https://app.example.com/healthz", None),
+    ("http://[::1]:8080/x", None),
+    ("https://app.example.com:99999/", "its port is not a number from 1 to 65535"),
+    ("https://app.example.com:443x/", "its port is not a number from 1 to 65535"),
+    ("https://app.example.com:0/", "port 0"),
+    ("ftp://app.example.com/", "does not start with http:// or https://"),
+    ("https:///healthz", "names no host"),
+    ("https://user:pw@app.example.com/", "credentials"),
+    ("https://app.example.com/?token=1", "query or fragment"),
+])
+def test_a_url_parameter_is_refused_in_words_when_it_cannot_be_called(url, problem):
+    from ops_lib.parameters import url_problem
+    found = url_problem(url, ("http", "https"))
+    assert (found is None) if problem is None else (problem in found)
+    if problem in ("credentials", "query or fragment"):
+        assert url_problem(url, ("http", "https"), bare=False) is None  # (a target's URL may carry them)
