@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .errors import ConfigurationError, first_line, quote
+from .errors import ConfigurationError, DamagedRecord, first_line, quote
 from .findings import SEVERITIES, severity_rank
 from .literal import html_attr, html_text
 
@@ -168,8 +168,20 @@ class Archive:
         for row in self.runs():
             if row["run_id"] == run_id:
                 text = self.read_text(row["json"]) if row.get("json") else None
-                return row if text is None else json.loads(text)  # no JSON: still going, or lost
+                return row if text is None else _run_record(text, run_id, row["json"])  # no JSON: still going, or lost
         raise KeyError(run_id)
+
+
+def _run_record(text: str, run_id: str, relative: str) -> dict:
+    try:
+        record = json.loads(text)
+        why = None if isinstance(record, dict) and record.get("run_id", run_id) == run_id else "it is not this run's record"
+    except ValueError as error:
+        why = f"it is not JSON ({first_line(error)})"
+    if why:
+        raise DamagedRecord(f"the archived record of {run_id}, {relative}, is damaged: {why} — its notebook beside "
+                            f"it still shows the run; `opsbook history` lists the others")
+    return record
 
 
 class RemoteArchive(Archive):

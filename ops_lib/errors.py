@@ -94,6 +94,10 @@ class StripeAccessError(OpsbookError):
     """Stripe refused or failed a request (bad key, permissions, rate limit, outage)."""
 
 
+class DamagedRecord(OpsbookError, ValueError):
+    """An archived run's JSON cannot be read (cut short, edited, not a run's record)."""
+
+
 class DemoError(OpsbookError):
     """The embedded demo target could not be started or stopped."""
 

@@ -249,3 +249,20 @@ def test_run_all_runs_every_runbook_at_once_up_to_a_bound():
 
     assert parallel_runs(5) == 5, "more runs than cores: a run mostly waits"
     assert parallel_runs(50) == MAX_PARALLEL_RUNS and parallel_runs(0) == 1
+
+
+@pytest.mark.parametrize("damage", [b'{"run_id": "cut sh', b"[1, 2]", b'{"run_id": "another-run"}'])
+def test_a_damaged_run_record_is_one_line_for_show_and_diff_and_skipped_as_an_earlier_run(tmp_path, demo, damage):
+    assert opsbook("run", "slow_queries", "-f", "demo", out=tmp_path).returncode in (0, 1)
+    assert opsbook("run", "slow_queries", "-f", "demo", out=tmp_path).returncode in (0, 1)
+    first, second = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()
+                     if json.loads(line).get("status") != "running"]
+    (tmp_path / first["json"]).write_bytes(damage)
+    for args in (["show", first["run_id"]], ["diff", first["run_id"], second["run_id"]]):
+        done = opsbook(*args, out=tmp_path)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        [line] = done.stderr.strip().splitlines()
+        assert f"the archived record of {first['run_id']}" in line and "damaged" in line
+    # (diff against "the previous run" finds none rather than failing)
+    done = opsbook("diff", second["run_id"], out=tmp_path)
+    assert done.returncode == 3 and "no earlier finished run" in done.stderr, done.stderr
