@@ -72,3 +72,11 @@ def test_in_a_callers_transaction_the_cursor_is_closed_and_the_transaction_kept(
         transaction.rollback()
     engine.dispose()
     assert database18.execute("SELECT count(*) FROM t").scalar() == 0
+
+
+def test_a_work_mem_given_holds_for_the_cursors_query_and_not_after(checks_conn):
+    before = checks_conn.execute(sa.text("SHOW work_mem")).scalar()
+    assert before != "300MB"
+    assert list(db.select_tuples(checks_conn, "SELECT current_setting('work_mem')", work_mem="300MB")) == [("300MB",)]
+    assert checks_conn.execute(sa.text("SHOW work_mem")).scalar() == before
+    assert status(checks_conn) == extensions.TRANSACTION_STATUS_IDLE

@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from fractions import Fraction
-from typing import Mapping, Sequence
+from itertools import islice
+from typing import Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy.engine import Connection
 
@@ -39,32 +40,99 @@ _REQUIRED = ("stripe_charge_id", "amount", "currency", "paid_at")
 Payment = Record.of("Payment", _COLUMNS, "One of the app's payment rows, as ``app_payments`` reads it.")
 
 
-def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> Rows:
+def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> "Payments":
     """The app's payments paid in the period, or naming a charge or invoice of Stripe's period
-    (``Payment`` records, kept as the tuples read: half a million of them at a million customers).
-    The charges' and invoices' ids go as one array literal each (``array_literal``)."""
+    (``Payments``: half a million of them at a million customers, held as columns). The charges'
+    and invoices' ids go as one array literal each (``array_literal``)."""
     table = schema.table("payments")
     select = table.select_list(_COLUMNS, required=_REQUIRED)
     charge_ids, invoices = record_columns(data.charges, "id", "invoice")
+    # Stripe's ids as the app's rows will name them: each row's id is replaced by Stripe's equal
+    # string, already held by the charges (one copy, not one more per payment)
+    stripe_ids = _ids_of(charge_ids)
     where = [f"({table.col('paid_at')} >= :start AND {table.col('paid_at')} < :until)",
              f"{table.col('stripe_charge_id')} = ANY(CAST(:charges AS text[]))"]
-    params = {"start": data.period.start, "until": data.period.until, "charges": _ids(charge_ids)}
+    params = {"start": data.period.start, "until": data.period.until, "charges": array_literal(stripe_ids)}
     if table.has("stripe_invoice_id"):
+        invoice_ids = _ids_of(id_of(invoice) for invoice in invoices if invoice)
         where.append(f"{table.col('stripe_invoice_id')} = ANY(CAST(:invoices AS text[]))")
-        params["invoices"] = _ids(id_of(invoice) for invoice in invoices if invoice)
+        params["invoices"] = array_literal(invoice_ids)
+        stripe_ids.update(invoice_ids)
     sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
     with collector_paused():
-        return Rows(Payment, list(select_tuples(conn, sql, **params)))
+        return Payments.read(select_tuples(conn, sql, work_mem=SORT_WORK_MEM, **params), stripe_ids)
 
 
-def _ids(values) -> str:
-    """Stripe's ids as an array literal, each once; a NUL cannot be in a PostgreSQL text (nor
-    equal one), so an id holding one is left out rather than failing the statement."""
-    texts = dict.fromkeys(v if type(v) is str else str(v) for v in values if v is not None)
+# The server's memory for sorting the payments (half a million rows: ~100 MB; the default 4 MB
+# sorted them on disk)
+SORT_WORK_MEM = "256MB"
+
+
+def _ids_of(values) -> dict[str, str]:
+    """Stripe's ids, each once (a dict of each to itself: ``Payments.read`` shares them); a NUL
+    cannot be in a PostgreSQL text (nor equal one), so an id holding one is left out rather than
+    failing the statement."""
+    texts = {t: t for t in (v if type(v) is str else str(v) for v in values if v is not None)}
     if "\x00" in "".join(texts):
-        texts = {t: None for t in texts if "\x00" not in t}
-    return array_literal(texts)
+        texts = {t: t for t in texts if "\x00" not in t}
+    return texts
+
+
+class Payments(Sequence):
+    """The app's payments as columns, one list per ``_COLUMNS`` key, each payment a ``Payment``
+    when read alone. Half a million rows read as tuples held ~500 bytes each: the tuple, and a
+    string of its own per row for the currency, the status and the ids. Here the repeated values
+    (currencies, statuses, amounts) are one object each, and the ids Stripe's objects hold are
+    theirs."""
+
+    __slots__ = ("columns",)
+
+    def __init__(self, columns: list[list]):
+        self.columns = columns
+
+    @classmethod
+    def read(cls, rows: Iterable[tuple], known_ids: Mapping[str, str] | None = None) -> "Payments":
+        """The rows (``_COLUMNS``' values each), read a batch at a time; an id in ``known_ids``
+        is kept as its value there."""
+        known = known_ids or {}
+        repeated = [{} for _ in _COLUMNS]
+        columns: list[list] = [[] for _ in _COLUMNS]
+        shared = {"stripe_charge_id": known, "stripe_invoice_id": known, "currency": repeated[4],
+                  "status": repeated[5], "amount": repeated[3]}
+        rows = iter(rows)
+        while batch := list(islice(rows, _BATCH)):
+            for key, column, values in zip(_COLUMNS, columns, zip(*batch)):
+                same = shared.get(key)
+                if same is None:
+                    column.extend(values)
+                elif same is known:  # (an id Stripe does not hold stays the row's own)
+                    column.extend(map(known.get, values, values))
+                else:
+                    column.extend(map(same.setdefault, values, values))
+        return cls(columns)
+
+    def __len__(self) -> int:
+        return len(self.columns[0])
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Payments([column[index] for column in self.columns])
+        return Payment(*(column[index] for column in self.columns))
+
+    def __iter__(self) -> Iterator:
+        return map(Payment, *self.columns)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+    __hash__ = None  # (mutable-looking, like a list)
+
+    def __repr__(self) -> str:
+        return f"Payments({len(self)} rows)"
+
+
+_BATCH = 65_536
 
 
 _ts = to_epoch
@@ -76,7 +144,10 @@ def _exceeds(difference, tolerated: Fraction, whole: int) -> bool:
 
 
 def _payment_columns(payments: Sequence[Mapping]) -> list[list]:
-    """Per ``_COLUMNS`` key, each payment's ``get(key)``: by C from ``app_payments``' tuples."""
+    """Per ``_COLUMNS`` key, each payment's ``get(key)``: ``app_payments``' own columns, or by C
+    from ``Rows``' tuples."""
+    if isinstance(payments, Payments):
+        return payments.columns
     if isinstance(payments, Rows) and payments.record.__slots__ == _COLUMNS:
         return [list(values) for values in zip(*payments.tuples)] if payments.tuples else [[] for _ in _COLUMNS]
     return [[p.get(key) for p in payments] for key in _COLUMNS]
