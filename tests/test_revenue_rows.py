@@ -140,3 +140,26 @@ def test_a_form_that_cannot_describe_an_object_makes_no_row_rather_than_failing(
     assert make("not json") is None and make('{"id": 1}') is None and make("[1, 2]") is None
     expanding = stripe_mirror._row_maker(rows.FORMS["subscriptions"], [])
     assert expanding('{"id": "sub_1"}', None) is None and expanding("{}", "not json") is None
+
+
+def test_subscriptions_billing_the_same_prices_and_quantities_share_one_tuple_of_items():
+    """From rows and from objects alike: a subscription's priced items are one tuple for every
+    subscription billing the same prices and quantities (half a million subscriptions on a few
+    plans); an item whose price has no monthly amount keeps its id, and its subscription its own."""
+    account = SyntheticAccount(400, NOW, history_periods=0)
+    compactor = d.Compactor()
+    records = []
+    for obj in account.listing("subscriptions"):
+        row = row_of(*stored(obj, "subscriptions"), "subscriptions")
+        records.append(compactor.subscription(row if row is not None else served(*stored(obj, "subscriptions"),
+                                                                                  "subscriptions")))
+    by_bill: dict[tuple, set] = {}
+    for sub in records:
+        items = sub._items_data
+        bill = tuple((item["price"].get("id"), item.get("quantity"), "id" in item) for item in items)
+        by_bill.setdefault(bill, set()).add(id(items))
+    shared = [bill for bill, tuples in by_bill.items() if not any(named for *_, named in bill)]
+    assert shared and all(len(by_bill[bill]) == 1 for bill in shared)
+    assert len({id(sub._items_data) for sub in records}) < len(records) / 4
+    named = [sub for sub in records if any("id" in item for item in sub._items_data)]
+    assert named and len({id(sub._items_data) for sub in named}) == len(named)
