@@ -243,6 +243,7 @@ def select_tuples(conn: Connection, sql: str, *, work_mem: str | None = None, **
     try:
         conn.execute(sa.text(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}"), params)
         declared = True
+        params.clear()  # (the server has them: a large one, an array literal, is not held while the rows are read)
         while True:
             # (the DBAPI's own tuples: a SQLAlchemy Row around each would add 64 bytes a row)
             result = conn.exec_driver_sql(f"FETCH FORWARD {FETCH_ROWS} FROM {name}")

@@ -62,8 +62,10 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> "Paym
         stripe_ids.update(invoice_ids)
     sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
+    rows = select_tuples(conn, sql, work_mem=SORT_WORK_MEM, **params)
+    del params, charge_ids, invoices  # (the ids' literals go once the cursor is declared: ~30 MB at 1M)
     with collector_paused():
-        return Payments.read(select_tuples(conn, sql, work_mem=SORT_WORK_MEM, **params), stripe_ids)
+        return Payments.read(rows, stripe_ids)
 
 
 # The server's memory for sorting the payments: half a million rows sort in ~70 MB; with the
@@ -171,7 +173,6 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
     by_charge = {charge_id: i for i, charge_id in enumerate(app_charge) if charge_id}
     by_invoice = {invoice: i for i, (charge_id, invoice) in enumerate(zip(app_charge, app_invoice))
                   if not charge_id and invoice}
-    stripe_all = {c["id"]: c for c in data.charges}
     problems: dict[str, dict] = {}
 
     def report(key: str, charge: Mapping | None, index: int | None, problem: str) -> None:
@@ -209,7 +210,9 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
         elif app_status[i] is not None and str(app_status[i]).lower() not in PAID_STATUSES:
             report(charge["id"], charge, i, f"the app says {app_status[i]}")
 
-    compared: dict[str, int] = {}  # charge id -> the index of the app's payment compared with it below
+    # whether each payment was compared below with the charge its charge id names (a flag per
+    # payment: a dict of half a million charge ids was ~40 MB)
+    compared = bytearray(len(app_charge))
     charges = data.charges_in_period
     for charge, charge_id, status, invoice, currency, amount in zip(
             charges, *record_columns(charges, "id", "status", "invoice", "currency", "amount")):
@@ -223,15 +226,15 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
             report(charge["id"], charge, None, "missing in the app")
         else:
             compare(charge, i, currency if type(currency) is str else None, amount)
-            compared[charge_id] = i
+            compared[i] = 1
 
     # The period as aware datetimes at its whole seconds: ``contains(_ts(paid_at))`` for an aware
     # paid_at after 1970 (the seconds truncated), without an epoch per payment
     low, high = at(data.period.start_ts), at(data.period.until_ts)
     contains = data.period.contains
-    paid_invoices: set | None = None  # (the invoices a charge of Stripe's succeeded for: once asked)
-    for i, (charge_id, invoice, status, paid_at, currency) in enumerate(
-            zip(app_charge, app_invoice, app_status, app_paid, app_currency)):
+    # The app's payments of the period left to check: those compared above had the same outcome
+    left = []
+    for i, (charge_id, status, paid_at, currency) in enumerate(zip(app_charge, app_status, app_paid, app_currency)):
         status = str(status or "succeeded").lower()
         if status not in PAID_STATUSES:
             continue
@@ -242,6 +245,15 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
             continue
         if wanted and (currency or "").lower() not in wanted:
             continue
+        if not charge_id or not compared[i]:
+            left.append(i)
+    # Stripe's charges these name (the last listed of an id, as a dict of all of them kept it)
+    named = {app_charge[i] for i in left if app_charge[i]}
+    stripe_named = {charge_id: charge for charge, charge_id in zip(data.charges, record_columns(data.charges, "id")[0])
+                    if charge_id in named}
+    paid_invoices: set | None = None  # (the invoices a charge of Stripe's succeeded for: once asked)
+    for i in left:
+        charge_id, invoice = app_charge[i], app_invoice[i]
         if not charge_id:
             if paid_invoices is None:
                 paid_invoices = _paid_invoices(data.charges)
@@ -249,9 +261,9 @@ def reconcile(data: StripeData, payments: Sequence[Mapping], *, tolerance: float
                 report(f"(payment without a charge id, invoice {invoice})", None, i,
                        "not paid in Stripe: no succeeded charge for its invoice")
             continue
-        if charge_id in problems or compared.get(charge_id) == i:  # (the same comparison: the same outcome)
+        if charge_id in problems:
             continue
-        charge = stripe_all.get(charge_id)
+        charge = stripe_named.get(charge_id)
         if charge is None:
             report(charge_id, None, i, "not paid in Stripe: no such charge within a day of the period")
         elif charge.get("status") != "succeeded":
