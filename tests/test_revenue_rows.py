@@ -163,3 +163,34 @@ def test_subscriptions_billing_the_same_prices_and_quantities_share_one_tuple_of
     assert len({id(sub._items_data) for sub in records}) < len(records) / 4
     named = [sub for sub in records if any("id" in item for item in sub._items_data)]
     assert named and len({id(sub._items_data) for sub in named}) == len(named)
+
+
+def test_a_timestamp_repeated_between_objects_is_one_object_and_the_table_of_them_stays_bounded(monkeypatch):
+    """Two million objects at a million customers carry ~4M timestamps of ~1,400 distinct seconds:
+    each second one int, whichever object (from rows or objects) holds it; where timestamps hardly
+    repeat, the table of them starts over past ``MOMENTS_SHARED`` (an object's own stay one copy)."""
+    account = SyntheticAccount(200, NOW, history_periods=1)
+    compactor = d.Compactor()
+    records = []
+    for kind in ("subscriptions", "invoices", "charges", "balance_transactions"):
+        for obj in account.listing(kind):
+            row = row_of(*stored(obj, kind), kind)
+            records.append(project(compactor, kind)(row if row is not None else served(*stored(obj, kind), kind)))
+    held: dict[int, set] = {}
+    for record in records:
+        created = record.get("created")
+        if type(created) is int and created > 256:
+            held.setdefault(created, set()).add(id(created))
+    assert any(len(records_of) for records_of in held.values())
+    repeated = [moment for moment, objects in held.items() if len(objects) > 1]
+    assert not repeated, f"{len(repeated)} timestamps held as more than one int"
+
+    monkeypatch.setattr(d, "MOMENTS_SHARED", 10)
+    compactor = d.Compactor()
+    for obj in account.listing("invoices"):
+        invoice = compactor.invoice(json.loads(json.dumps(served(*stored(obj, "invoices"), "invoices"))))
+        periods = [line.get("period") or {} for line in invoice["lines"]["data"]]
+        own = {invoice["created"], invoice["status_transitions"]["paid_at"],
+               *(p.get("start") for p in periods), *(p.get("end") for p in periods)}
+        assert len(compactor._same) <= 10 + len(own)
+        assert all(p["start"] is invoice["created"] for p in periods if p.get("start") == invoice["created"])
