@@ -194,3 +194,34 @@ def test_a_timestamp_repeated_between_objects_is_one_object_and_the_table_of_the
                *(p.get("start") for p in periods), *(p.get("end") for p in periods)}
         assert len(compactor._same) <= 10 + len(own)
         assert all(p["start"] is invoice["created"] for p in periods if p.get("start") == invoice["created"])
+
+
+def test_equal_invoice_lines_and_paid_ats_are_one_record_each():
+    """One billing run's renewals bill the same price, amount, quantity and period: from rows and
+    from objects alike, each such line is one record (and each equal list of lines one tuple), the
+    invoices paid at the same second one ``status_transitions``; what differs stays apart."""
+    account = SyntheticAccount(400, NOW, history_periods=2)
+    compactor = d.Compactor()
+    invoices = []
+    for obj in account.listing("invoices"):
+        for made in (row_of(*stored(obj, "invoices"), "invoices"), served(*stored(obj, "invoices"), "invoices")):
+            if made is not None:
+                invoices.append(compactor.invoice(json.loads(json.dumps(made))))
+    lines_by_bill: dict[tuple, set] = {}
+    for invoice in invoices:
+        for line in invoice._lines_data:
+            period = line.get("period") or {}
+            bill = (line.get("type"), line.get("proration"), id(line.get("price")), line.get("amount"),
+                    line.get("quantity"), period.get("start"), period.get("end"))
+            lines_by_bill.setdefault(bill, set()).add(id(line))
+    assert len(lines_by_bill) > 10 and all(len(records) == 1 for records in lines_by_bill.values())
+    lists: dict[tuple, set] = {}
+    for invoice in invoices:
+        lists.setdefault(tuple(map(id, invoice._lines_data)), set()).add(id(invoice._lines_data))
+    assert all(len(tuples) == 1 for tuples in lists.values()) and len(lists) < len(invoices)
+    paid = {}
+    for invoice in invoices:
+        transitions = invoice._status_transitions
+        if type(transitions._paid_at) is int:
+            paid.setdefault(transitions._paid_at, set()).add(id(transitions))
+    assert paid and all(len(records) == 1 for records in paid.values())
