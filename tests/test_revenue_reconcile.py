@@ -155,3 +155,12 @@ def test_reconcile_finds_each_planted_disagreement_from_rows_and_from_dicts():
     assert payments.reconcile(data, payments.Payments.read(as_rows(app).tuples)) == from_dicts
     assert [r["charge"] for r in payments.reconcile(data, as_rows(app), tolerance=1_000)] == [
         r["charge"] for r in from_dicts if r["problem"] != "amount differs"]
+
+
+def test_payments_made_at_the_same_moment_hold_one_datetime():
+    """A billing run's payments share their second: one datetime for all of them, as read."""
+    def moment():
+        return datetime(2026, 11, 3, 12, tzinfo=timezone.utc)
+    found = payments.Payments.read([(n, f"ch_{n}", None, 100, "usd", "succeeded", moment()) for n in range(3)])
+    assert [p["paid_at"] for p in found] == [moment()] * 3
+    assert len({id(p["paid_at"]) for p in found}) == 1

@@ -87,8 +87,8 @@ class Payments(Sequence):
     """The app's payments as columns, one list per ``_COLUMNS`` key, each payment a ``Payment``
     when read alone. Half a million rows read as tuples held ~500 bytes each: the tuple, and a
     string of its own per row for the currency, the status and the ids. Here the repeated values
-    (currencies, statuses, amounts) are one object each, and the ids Stripe's objects hold are
-    theirs."""
+    (currencies, statuses, amounts, the moments payments were made at: a billing run's second)
+    are one object each, and the ids Stripe's objects hold are theirs."""
 
     __slots__ = ("columns",)
 
@@ -102,8 +102,9 @@ class Payments(Sequence):
         known = known_ids or {}
         repeated = [{} for _ in _COLUMNS]
         columns: list[list] = [[] for _ in _COLUMNS]
+        moments = repeated[6]
         shared = {"stripe_charge_id": known, "stripe_invoice_id": known, "currency": repeated[4],
-                  "status": repeated[5], "amount": repeated[3]}
+                  "status": repeated[5], "amount": repeated[3], "paid_at": moments}
         rows = iter(rows)
         while batch := list(islice(rows, _BATCH)):
             for key, column, values in zip(_COLUMNS, columns, zip(*batch)):
@@ -114,6 +115,8 @@ class Payments(Sequence):
                     column.extend(map(known.get, values, values))
                 else:
                     column.extend(map(same.setdefault, values, values))
+            if len(moments) > _BATCH:  # (where they hardly repeat, the table starts over)
+                moments.clear()
         return cls(columns)
 
     def __len__(self) -> int:
