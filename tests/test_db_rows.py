@@ -94,3 +94,19 @@ def test_a_parameter_is_not_held_while_the_rows_are_read(checks_conn):
     assert next(rows) == (1,)
     assert sys.getrefcount(ids) == held_by_us
     assert list(rows) == [(2,), (3,)]
+
+
+def test_rows_are_fetched_as_many_at_a_time_as_asked(checks_conn):
+    fetches = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("FETCH"):
+            fetches.append(statement.split()[2])
+
+    sa.event.listen(checks_conn, "before_cursor_execute", seen)
+    try:
+        rows = list(db.select_tuples(checks_conn, ROWS_SQL, count=10, fetch_rows=4))
+    finally:
+        sa.event.remove(checks_conn, "before_cursor_execute", seen)
+    assert rows == [(n, f"row {n}") for n in range(1, 11)]
+    assert fetches == ["4", "4", "4", "4"]  # (4 + 4 + 2, then none left)

@@ -62,7 +62,7 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> "Paym
         stripe_ids.update(invoice_ids)
     sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
-    rows = select_tuples(conn, sql, work_mem=SORT_WORK_MEM, **params)
+    rows = select_tuples(conn, sql, work_mem=SORT_WORK_MEM, fetch_rows=_BATCH, **params)
     del params, charge_ids, invoices  # (the ids' literals go once the cursor is declared: ~30 MB at 1M)
     with collector_paused():
         return Payments.read(rows, stripe_ids)
@@ -139,7 +139,8 @@ class Payments(Sequence):
         return f"Payments({len(self)} rows)"
 
 
-_BATCH = 65_536
+# (a payment's row is ~500 bytes as read, of which ~80 are kept: a small batch is a small transient)
+_BATCH = 8_192
 
 
 _ts = to_epoch
