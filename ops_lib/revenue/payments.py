@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from fractions import Fraction
-from itertools import islice
+from itertools import chain, islice
 from typing import Iterable, Iterator, Mapping, Sequence
 
 from sqlalchemy.engine import Connection
@@ -49,23 +49,24 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> "Paym
     table = schema.table("payments")
     select = table.select_list(_COLUMNS, required=_REQUIRED)
     charge_ids, invoices = record_columns(data.charges, "id", "invoice")
-    # Stripe's ids as the app's rows will name them: each row's id is replaced by Stripe's equal
-    # string, already held by the charges (one copy, not one more per payment)
-    stripe_ids = _ids_of(charge_ids)
+    invoice_ids = [id_of(invoice) for invoice in invoices if invoice] if table.has("stripe_invoice_id") else []
     where = [f"({table.col('paid_at')} >= :start AND {table.col('paid_at')} < :until)",
              f"{table.col('stripe_charge_id')} IN (SELECT unnest(CAST(:charges AS text[])))"]
-    params = {"start": data.period.start, "until": data.period.until, "charges": array_literal(stripe_ids)}
+    params = {"start": data.period.start, "until": data.period.until, "charges": _literal(charge_ids)}
     if table.has("stripe_invoice_id"):
-        invoice_ids = _ids_of(id_of(invoice) for invoice in invoices if invoice)
         where.append(f"{table.col('stripe_invoice_id')} IN (SELECT unnest(CAST(:invoices AS text[])))")
-        params["invoices"] = array_literal(invoice_ids)
-        stripe_ids.update(invoice_ids)
+        params["invoices"] = _literal(invoice_ids)
     sql = (f"SELECT {select} FROM {table.sql_table} WHERE {' OR '.join(where)} "
            f"ORDER BY {table.col('paid_at')}, {table.col('stripe_charge_id')}")
     rows = select_tuples(conn, sql, work_mem=SORT_WORK_MEM, fetch_rows=_BATCH, **params)
-    del params, charge_ids, invoices  # (the ids' literals go once the cursor is declared: ~30 MB at 1M)
+    del params
     with collector_paused():
-        return Payments.read(rows, stripe_ids)
+        first = list(islice(rows, 1))  # (the cursor declared: the server has the ids, their literals go)
+        # Stripe's ids as the app's rows will name them: each row's id is replaced by Stripe's equal
+        # string, already held by the charges (one copy, not one more per payment)
+        stripe_ids = {i: i for i in chain(charge_ids, invoice_ids) if type(i) is str}
+        del charge_ids, invoices, invoice_ids
+        return Payments.read(chain(first, rows), stripe_ids)
 
 
 # The server's memory for sorting the payments: half a million rows sort in ~70 MB; with the
@@ -73,14 +74,13 @@ def app_payments(conn: Connection, schema: SchemaMap, data: StripeData) -> "Paym
 SORT_WORK_MEM = "256MB"
 
 
-def _ids_of(values) -> dict[str, str]:
-    """Stripe's ids, each once (a dict of each to itself: ``Payments.read`` shares them); a NUL
-    cannot be in a PostgreSQL text (nor equal one), so an id holding one is left out rather than
-    failing the statement."""
-    texts = {t: t for t in (v if type(v) is str else str(v) for v in values if v is not None)}
+def _literal(values) -> str:
+    """Stripe's ids as an array literal; a NUL cannot be in a PostgreSQL text (nor equal one), so
+    an id holding one is left out rather than failing the statement."""
+    texts = [v if type(v) is str else str(v) for v in values if v is not None]
     if "\x00" in "".join(texts):
-        texts = {t: t for t in texts if "\x00" not in t}
-    return texts
+        texts = [t for t in texts if "\x00" not in t]
+    return array_literal(texts)
 
 
 class Payments(Sequence):
