@@ -219,14 +219,19 @@ FETCH_ROWS = 65_536
 _cursor_names = itertools.count()
 
 
-def select_tuples(conn: Connection, sql: str, **params: Any) -> Iterator[tuple]:
+def select_tuples(conn: Connection, sql: str, *, work_mem: str | None = None, fetch_rows: int | None = None,
+                  **params: Any) -> Iterator[tuple]:
     """The rows as plain tuples, no dict (or SQLAlchemy row mapping) per row, fetched
     ``FETCH_ROWS`` at a time from a server-side cursor: a plain query's answer is held whole by
     libpq before the first row is read, and a million organisations' answer (~350 MB) freed into
     malloc's heap stays there (Python's allocator does not reuse it): the kernel's peak.
 
     On the runbook's connection (autocommit, idle) the cursor lives in a transaction of its own,
-    ended when the rows are read or the reading stops; in a caller's transaction, in that one."""
+    ended when the rows are read or the reading stops; in a caller's transaction, in that one.
+    ``work_mem`` (e.g. ``"256MB"``): the server's memory for the query's sorts and hashes, set
+    for the cursor's own transaction only (a caller's transaction keeps its own setting).
+    ``fetch_rows``: the rows fetched at a time, for a reader that keeps a little of each row
+    (the transient is one fetch's rows; ``FETCH_ROWS`` by default)."""
     raw = conn.connection.dbapi_connection
     own = bool(getattr(raw, "autocommit", False)) and \
         raw.get_transaction_status() == extensions.TRANSACTION_STATUS_IDLE
@@ -235,18 +240,22 @@ def select_tuples(conn: Connection, sql: str, **params: Any) -> Iterator[tuple]:
         conn.exec_driver_sql("BEGIN")  # (the session's defaults: read-only for the checks)
         # every row is read: plan for the whole answer, not for the first tenth (a cursor's default)
         conn.exec_driver_sql("SET LOCAL cursor_tuple_fraction = 1")
+        if work_mem is not None:
+            conn.execute(sa.text("SELECT set_config('work_mem', :work_mem, true)"), {"work_mem": work_mem})
     declared = False
     try:
         conn.execute(sa.text(f"DECLARE {name} NO SCROLL CURSOR FOR {sql}"), params)
         declared = True
+        params.clear()  # (the server has them: a large one, an array literal, is not held while the rows are read)
         while True:
             # (the DBAPI's own tuples: a SQLAlchemy Row around each would add 64 bytes a row)
-            result = conn.exec_driver_sql(f"FETCH FORWARD {FETCH_ROWS} FROM {name}")
+            result = conn.exec_driver_sql(f"FETCH FORWARD {int(fetch_rows or FETCH_ROWS)} FROM {name}")
             chunk = result.cursor.fetchall()
             result.close()
             if not chunk:
                 break
             yield from chunk
+            del chunk  # (the next rows are fetched without these held)
     finally:
         # (read-only: rolling back loses nothing, and ends an aborted transaction too)
         if own:

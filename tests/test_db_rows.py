@@ -2,6 +2,8 @@
 leaving the connection as it found it however the reading ends."""
 from __future__ import annotations
 
+import sys
+
 import pytest
 import sqlalchemy as sa
 from psycopg2 import extensions
@@ -72,3 +74,39 @@ def test_in_a_callers_transaction_the_cursor_is_closed_and_the_transaction_kept(
         transaction.rollback()
     engine.dispose()
     assert database18.execute("SELECT count(*) FROM t").scalar() == 0
+
+
+def test_a_work_mem_given_holds_for_the_cursors_query_and_not_after(checks_conn):
+    before = checks_conn.execute(sa.text("SHOW work_mem")).scalar()
+    assert before != "300MB"
+    assert list(db.select_tuples(checks_conn, "SELECT current_setting('work_mem')", work_mem="300MB")) == [("300MB",)]
+    assert checks_conn.execute(sa.text("SHOW work_mem")).scalar() == before
+    assert status(checks_conn) == extensions.TRANSACTION_STATUS_IDLE
+
+
+def test_a_parameter_is_not_held_while_the_rows_are_read(checks_conn):
+    """A million Stripe ids go as one array literal (~30 MB): once the cursor is declared the server
+    has it, and the reader's memory is not kept for it while the rows stream."""
+    ids = "{" + ",".join(f'"ch_{n}"' for n in range(1000)) + "}"
+    held_by_us = sys.getrefcount(ids)
+    rows = db.select_tuples(checks_conn, "SELECT n FROM generate_series(1, :count) n "
+                                         "WHERE 'ch_1' IN (SELECT unnest(CAST(:ids AS text[])))", count=3, ids=ids)
+    assert next(rows) == (1,)
+    assert sys.getrefcount(ids) == held_by_us
+    assert list(rows) == [(2,), (3,)]
+
+
+def test_rows_are_fetched_as_many_at_a_time_as_asked(checks_conn):
+    fetches = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("FETCH"):
+            fetches.append(statement.split()[2])
+
+    sa.event.listen(checks_conn, "before_cursor_execute", seen)
+    try:
+        rows = list(db.select_tuples(checks_conn, ROWS_SQL, count=10, fetch_rows=4))
+    finally:
+        sa.event.remove(checks_conn, "before_cursor_execute", seen)
+    assert rows == [(n, f"row {n}") for n in range(1, 11)]
+    assert fetches == ["4", "4", "4", "4"]  # (4 + 4 + 2, then none left)

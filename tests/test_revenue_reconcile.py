@@ -42,6 +42,27 @@ def as_rows(dicts: list[dict]) -> Rows:
     return Rows(payments.Payment, [tuple(d.get(k) for k in payments.Payment.__slots__) for d in dicts])
 
 
+def test_app_payments_hold_stripes_own_ids_and_one_copy_of_each_currency_and_status(app_db):
+    """Half a million payments at a million customers: each id Stripe's charges already hold is
+    that same string (not one more per payment), each repeated currency and status one object."""
+    charges = [o.make_charge(amount=2_900, customer="cus_A", invoice=f"in_{n}",
+                             created=ts(datetime(2026, 11, 2 + n, tzinfo=timezone.utc))) for n in range(4)]
+    data = StripeData(period=NOV, history_months=1, currencies=(), charges=charges)
+    for charge in charges:
+        app_db.execute("INSERT INTO payments (organization_id, stripe_invoice_id, stripe_charge_id, amount, currency, status, "
+                       "paid_at) VALUES (:organisation_id, :stripe_invoice_id, :stripe_charge_id, :amount, :currency, "
+                       ":status, :paid_at)", **paid(charge))
+    engine = db.make_engine(app_db.url)
+    with db.connect(engine) as conn:
+        found = payments.app_payments(conn, MAPPING, data)
+    engine.dispose()
+    assert [p["stripe_charge_id"] for p in found] == [c["id"] for c in charges]
+    assert all(p["stripe_charge_id"] is c["id"] and p["stripe_invoice_id"] is c["invoice"]
+               for p, c in zip(found, charges))
+    assert len({id(p["currency"]) for p in found}) == len({id(p["status"]) for p in found}) == 1
+    assert payments.reconcile(data, found) == []
+
+
 @pytest.mark.parametrize("values", [HOSTILE, ["ch_1", "ch_2"], [], [5, "x"]])
 def test_an_array_literal_reaches_postgresql_as_the_values_it_was_made_of(database18, values):
     with database18.admin.connect() as conn:
@@ -71,7 +92,7 @@ def test_app_payments_are_found_by_the_period_and_by_the_charges_and_invoices_st
     with db.connect(engine) as conn:
         found = payments.app_payments(conn, MAPPING, data)
     engine.dispose()
-    assert isinstance(found, Rows)
+    assert isinstance(found, payments.Payments)
     assert sorted(p["stripe_charge_id"] or p["stripe_invoice_id"] for p in found) == sorted(
         [odd["id"], by_invoice["invoice"], plain["id"]])
     assert [r["charge"] for r in payments.reconcile(data, found)] == [nul["id"]]  # (missing in the app)
@@ -131,5 +152,15 @@ def test_reconcile_finds_each_planted_disagreement_from_rows_and_from_dicts():
     from_dicts = payments.reconcile(data, app)
     assert {r["charge"]: r["problem"] for r in from_dicts} == expected
     assert payments.reconcile(data, as_rows(app)) == from_dicts
+    assert payments.reconcile(data, payments.Payments.read(as_rows(app).tuples)) == from_dicts
     assert [r["charge"] for r in payments.reconcile(data, as_rows(app), tolerance=1_000)] == [
         r["charge"] for r in from_dicts if r["problem"] != "amount differs"]
+
+
+def test_payments_made_at_the_same_moment_hold_one_datetime():
+    """A billing run's payments share their second: one datetime for all of them, as read."""
+    def moment():
+        return datetime(2026, 11, 3, 12, tzinfo=timezone.utc)
+    found = payments.Payments.read([(n, f"ch_{n}", None, 100, "usd", "succeeded", moment()) for n in range(3)])
+    assert [p["paid_at"] for p in found] == [moment()] * 3
+    assert len({id(p["paid_at"]) for p in found}) == 1

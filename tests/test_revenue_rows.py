@@ -140,3 +140,88 @@ def test_a_form_that_cannot_describe_an_object_makes_no_row_rather_than_failing(
     assert make("not json") is None and make('{"id": 1}') is None and make("[1, 2]") is None
     expanding = stripe_mirror._row_maker(rows.FORMS["subscriptions"], [])
     assert expanding('{"id": "sub_1"}', None) is None and expanding("{}", "not json") is None
+
+
+def test_subscriptions_billing_the_same_prices_and_quantities_share_one_tuple_of_items():
+    """From rows and from objects alike: a subscription's priced items are one tuple for every
+    subscription billing the same prices and quantities (half a million subscriptions on a few
+    plans); an item whose price has no monthly amount keeps its id, and its subscription its own."""
+    account = SyntheticAccount(400, NOW, history_periods=0)
+    compactor = d.Compactor()
+    records = []
+    for obj in account.listing("subscriptions"):
+        row = row_of(*stored(obj, "subscriptions"), "subscriptions")
+        records.append(compactor.subscription(row if row is not None else served(*stored(obj, "subscriptions"),
+                                                                                  "subscriptions")))
+    by_bill: dict[tuple, set] = {}
+    for sub in records:
+        items = sub._items_data
+        bill = tuple((item["price"].get("id"), item.get("quantity"), "id" in item) for item in items)
+        by_bill.setdefault(bill, set()).add(id(items))
+    shared = [bill for bill, tuples in by_bill.items() if not any(named for *_, named in bill)]
+    assert shared and all(len(by_bill[bill]) == 1 for bill in shared)
+    assert len({id(sub._items_data) for sub in records}) < len(records) / 4
+    named = [sub for sub in records if any("id" in item for item in sub._items_data)]
+    assert named and len({id(sub._items_data) for sub in named}) == len(named)
+
+
+def test_a_timestamp_repeated_between_objects_is_one_object_and_the_table_of_them_stays_bounded(monkeypatch):
+    """Two million objects at a million customers carry ~4M timestamps of ~1,400 distinct seconds:
+    each second one int, whichever object (from rows or objects) holds it; where timestamps hardly
+    repeat, the table of them starts over past ``MOMENTS_SHARED`` (an object's own stay one copy)."""
+    account = SyntheticAccount(200, NOW, history_periods=1)
+    compactor = d.Compactor()
+    records = []
+    for kind in ("subscriptions", "invoices", "charges", "balance_transactions"):
+        for obj in account.listing(kind):
+            row = row_of(*stored(obj, kind), kind)
+            records.append(project(compactor, kind)(row if row is not None else served(*stored(obj, kind), kind)))
+    held: dict[int, set] = {}
+    for record in records:
+        created = record.get("created")
+        if type(created) is int and created > 256:
+            held.setdefault(created, set()).add(id(created))
+    assert any(len(records_of) for records_of in held.values())
+    repeated = [moment for moment, objects in held.items() if len(objects) > 1]
+    assert not repeated, f"{len(repeated)} timestamps held as more than one int"
+
+    monkeypatch.setattr(d, "MOMENTS_SHARED", 10)
+    compactor = d.Compactor()
+    for obj in account.listing("invoices"):
+        invoice = compactor.invoice(json.loads(json.dumps(served(*stored(obj, "invoices"), "invoices"))))
+        periods = [line.get("period") or {} for line in invoice["lines"]["data"]]
+        own = {invoice["created"], invoice["status_transitions"]["paid_at"],
+               *(p.get("start") for p in periods), *(p.get("end") for p in periods)}
+        assert len(compactor._same) <= 10 + len(own)
+        assert all(p["start"] is invoice["created"] for p in periods if p.get("start") == invoice["created"])
+
+
+def test_equal_invoice_lines_and_paid_ats_are_one_record_each():
+    """One billing run's renewals bill the same price, amount, quantity and period: from rows and
+    from objects alike, each such line is one record (and each equal list of lines one tuple), the
+    invoices paid at the same second one ``status_transitions``; what differs stays apart."""
+    account = SyntheticAccount(400, NOW, history_periods=2)
+    compactor = d.Compactor()
+    invoices = []
+    for obj in account.listing("invoices"):
+        for made in (row_of(*stored(obj, "invoices"), "invoices"), served(*stored(obj, "invoices"), "invoices")):
+            if made is not None:
+                invoices.append(compactor.invoice(json.loads(json.dumps(made))))
+    lines_by_bill: dict[tuple, set] = {}
+    for invoice in invoices:
+        for line in invoice._lines_data:
+            period = line.get("period") or {}
+            bill = (line.get("type"), line.get("proration"), id(line.get("price")), line.get("amount"),
+                    line.get("quantity"), period.get("start"), period.get("end"))
+            lines_by_bill.setdefault(bill, set()).add(id(line))
+    assert len(lines_by_bill) > 10 and all(len(records) == 1 for records in lines_by_bill.values())
+    lists: dict[tuple, set] = {}
+    for invoice in invoices:
+        lists.setdefault(tuple(map(id, invoice._lines_data)), set()).add(id(invoice._lines_data))
+    assert all(len(tuples) == 1 for tuples in lists.values()) and len(lists) < len(invoices)
+    paid = {}
+    for invoice in invoices:
+        transitions = invoice._status_transitions
+        if type(transitions._paid_at) is int:
+            paid.setdefault(transitions._paid_at, set()).add(id(transitions))
+    assert paid and all(len(records) == 1 for records in paid.values())

@@ -302,7 +302,8 @@ def _ref(ref):
 
 def reference_trim(kind: str, obj: dict) -> dict:
     """The dict ``data.Compactor`` kept of ``obj`` before it kept records (its code, as it was, but
-    for a subscription item's id: now kept only when its price has no monthly amount)."""
+    for a subscription item's id: now kept only when its price has no monthly amount; and a
+    balance transaction's id, no longer kept)."""
     if kind == "subscriptions":
         out = _pick(obj, ("id", "currency", "status", "created", "start_date", "current_period_start", "ended_at",
                           "canceled_at", "trial_start", "trial_end", "cancel_at_period_end", "pause_collection"))
@@ -352,7 +353,8 @@ def reference_trim(kind: str, obj: dict) -> dict:
         "charges": (("id", "created", "status", "amount", "currency", "failure_code", "failure_message"), ("customer", "invoice")),
         "refunds": (("id", "created", "status", "amount", "currency"), ("charge",)),
         "disputes": (("id", "created", "status", "amount", "currency"), ("charge",)),
-        "balance_transactions": (("id", "created", "type", "reporting_category", "amount", "fee", "net", "currency"), ("source",)),
+        # (a balance transaction's id: never read, not kept)
+        "balance_transactions": (("created", "type", "reporting_category", "amount", "fee", "net", "currency"), ("source",)),
     }[kind]
     out = _pick(obj, fields)
     for ref in refs:

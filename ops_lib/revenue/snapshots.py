@@ -135,12 +135,10 @@ class Facts:
         group = np.cumsum(np.r_[True, (owner[1:] != owner[:-1]) | (start[1:] != start[:-1]) | (made[1:] != made[:-1])]
                           if every else np.zeros(0, dtype=bool)) - 1
         # each (amount, currency) given its index once, in the order the segments first name it
-        amount_keys = list(zip(map(id, map(attrgetter("amount"), every)), map(attrgetter("currency"), every)))
-        amount_index = {key: amount_id(seg.amount, seg.currency)
-                        for key, seg in dict(zip(amount_keys, every)).items()}
+        # (a key tuple per segment held for all of them was ~50 MB at a million customers)
         self.seg = {"sub": owner, "start": start, "end": column("end", np.int64), "paid": column("paid", bool),
-                    "amount": np.fromiter(map(amount_index.__getitem__, amount_keys), dtype=np.int32,
-                                          count=len(every)),
+                    "amount": np.fromiter(map(amount_id, map(attrgetter("amount"), every),
+                                              map(attrgetter("currency"), every)), dtype=np.int32, count=len(every)),
                     "group": group.astype(np.int32)}
         self.currencies = list(currency_ids)
         self.amount_currency = np.array([currency_ids[cur] for _, cur in self.amounts], dtype=np.int64)
