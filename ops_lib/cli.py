@@ -172,7 +172,11 @@ def _located(out: str | None, relative: str) -> str:
 
 
 def cmd_run(args) -> int:
-    from . import runner
+    from . import db, runner
+
+    # (this process's own waits, the preflight's, say they are still waiting to a person at a terminal
+    # or with --log-output; a scheduler's log gets only the one line that ends them: they are bounded)
+    db.REPORT_PROGRESS = sys.stderr.isatty() or args.log_output
 
     if args.all == bool(args.runbook):
         raise InvalidInvocation("name one runbook, or --all (see `opsbook list`)")

@@ -63,6 +63,7 @@ def _quietly(call) -> None:
 
 
 PROGRESS_EVERY_S = 15.0
+REPORT_PROGRESS = True  # (a kernel's waits are reported: the cell shows it, and a headless run's log)
 
 
 def bounded_wait(conn) -> None:
@@ -78,7 +79,7 @@ def bounded_wait(conn) -> None:
             if state == extensions.POLL_OK:
                 return
             now = time.monotonic()
-            if now >= next_report:  # a long query says it is still running: in the cell, and in a headless log
+            if now >= next_report and REPORT_PROGRESS:  # a long query says it is still running
                 print(f"… waiting for the database: {now - started:.0f} s so far (gives up at {budget:.0f} s)",
                       file=sys.stderr, flush=True)
                 next_report += PROGRESS_EVERY_S

@@ -928,5 +928,8 @@ def test_a_long_query_says_it_is_still_running_while_it_waits(database, monkeypa
             assert len(lines) >= 2 and lines[0].startswith("… waiting for the database: 0 s so far (gives up at 25 s)")
             conn.execute(sa.text("SELECT 1"))
             assert "waiting for the database" not in capfd.readouterr().err, "a quick query says nothing"
+            monkeypatch.setattr(opsbook_db, "REPORT_PROGRESS", False)  # (the CLI's preflight, in a scheduler's log)
+            conn.execute(sa.text("SELECT pg_sleep(1.0)"))
+            assert "waiting for the database" not in capfd.readouterr().err
     finally:
         engine.dispose()
