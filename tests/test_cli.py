@@ -14,6 +14,8 @@ from ops_lib.demo.postgres import free_port
 from ops_lib.runner import exit_code_for
 from ops_lib.target import TARGET_VARIABLES
 
+from .demo_target import scratch_dir
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -251,18 +253,30 @@ def test_run_all_runs_every_runbook_at_once_up_to_a_bound():
     assert parallel_runs(50) == MAX_PARALLEL_RUNS and parallel_runs(0) == 1
 
 
+@pytest.fixture(scope="module")
+def two_runs(demo):
+    out = scratch_dir("two-runs")
+    for _ in range(2):
+        assert opsbook("run", "slow_queries", "-f", "demo", out=out).returncode in (0, 1)
+    finished = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()
+                if json.loads(line).get("status") != "running"]
+    return out, finished
+
+
 @pytest.mark.parametrize("damage", [b'{"run_id": "cut sh', b"[1, 2]", b'{"run_id": "another-run"}'])
-def test_a_damaged_run_record_is_one_line_for_show_and_diff_and_skipped_as_an_earlier_run(tmp_path, demo, damage):
-    assert opsbook("run", "slow_queries", "-f", "demo", out=tmp_path).returncode in (0, 1)
-    assert opsbook("run", "slow_queries", "-f", "demo", out=tmp_path).returncode in (0, 1)
-    first, second = [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()
-                     if json.loads(line).get("status") != "running"]
-    (tmp_path / first["json"]).write_bytes(damage)
-    for args in (["show", first["run_id"]], ["diff", first["run_id"], second["run_id"]]):
-        done = opsbook(*args, out=tmp_path)
-        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-        [line] = done.stderr.strip().splitlines()
-        assert f"the archived record of {first['run_id']}" in line and "damaged" in line
-    # (diff against "the previous run" finds none rather than failing)
-    done = opsbook("diff", second["run_id"], out=tmp_path)
-    assert done.returncode == 3 and "no earlier finished run" in done.stderr, done.stderr
+def test_a_damaged_run_record_is_one_line_for_show_and_diff_and_skipped_as_an_earlier_run(two_runs, damage):
+    out, (first, second) = two_runs
+    record = out / first["json"]
+    intact = record.read_bytes()
+    record.write_bytes(damage)
+    try:
+        for args in (["show", first["run_id"]], ["diff", first["run_id"], second["run_id"]]):
+            done = opsbook(*args, out=out)
+            assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+            [line] = done.stderr.strip().splitlines()
+            assert f"the archived record of {first['run_id']}" in line and "damaged" in line
+        # (diff against "the previous run" finds none rather than failing)
+        done = opsbook("diff", second["run_id"], out=out)
+        assert done.returncode == 3 and "no earlier finished run" in done.stderr, done.stderr
+    finally:
+        record.write_bytes(intact)
