@@ -94,6 +94,10 @@ class StripeAccessError(OpsbookError):
     """Stripe refused or failed a request (bad key, permissions, rate limit, outage)."""
 
 
+class ArchiveUnavailable(OpsbookError):
+    """The remote archive stopped answering after the run had started; its files are kept locally."""
+
+
 class DemoError(OpsbookError):
     """The embedded demo target could not be started or stopped."""
 
