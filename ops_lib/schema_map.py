@@ -79,6 +79,9 @@ class SchemaMap:
         entities: dict[str, tuple[TableMap, ...]] = {}
         for entity, spec in raw["entities"].items():
             specs = spec if isinstance(spec, list) else [spec]
+            if not specs:  # no table: every check of the entity would look at nothing and find nothing wrong
+                raise SchemaMappingError(f"{path}: entities.{entity} is an empty list — give it a table (table: and "
+                                         "columns:), or remove the entity")
             tables = []
             for item in specs:
                 if not isinstance(item, dict) or "table" not in item or not isinstance(item.get("columns", {}), dict):
