@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from sqlalchemy.engine import Connection
 
@@ -103,8 +103,25 @@ class SchemaMap:
     def table(self, entity: str) -> TableMap:
         return self.tables(entity)[0]
 
-    def validate(self, conn: Connection, entities: Iterable[str]) -> None:
-        """Every table and column the given entities name must exist; the first that does not is reported."""
+    def require_columns(self, needed: Mapping[str, Iterable[str]], reader: str, entities: Iterable[str]) -> None:
+        """Each of ``entities``' tables must map the columns ``reader`` reads of it (``needed``:
+        entity → logical columns); the first it does not is reported."""
+        for entity in entities:
+            for t in self.tables(entity):
+                for logical in needed.get(entity, ()):
+                    if logical not in t.columns:
+                        which = f" (table {t.table})" if len(self.entities[entity]) > 1 else ""
+                        raise SchemaMappingError(
+                            f"{self.path}: entities.{entity}{which} maps no column {logical!r}, which {reader} reads "
+                            f"— add it under entities.{entity}.columns"
+                        )
+
+    def validate(self, conn: Connection, entities: Iterable[str], *, needed: Mapping[str, Iterable[str]] | None = None,
+                 reader: str = "the runbook") -> None:
+        """The ``needed`` columns must be mapped, and every table and column the given entities name
+        must exist; the first that does not is reported."""
+        entities = list(entities)
+        self.require_columns(needed or {}, reader, entities)
         wanted = [t for entity in entities for t in self.tables(entity)]
         if not wanted:
             return
