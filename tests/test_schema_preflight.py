@@ -100,3 +100,70 @@ def test_a_mapping_with_only_the_declared_columns_runs_the_runbook_to_the_end(de
     mapping.write_text(yaml.safe_dump(document, sort_keys=False))
     record = runner.run(name, outputs=tmp_path / "out", env={**os.environ, "OPSBOOK_SCHEMA": str(mapping)}).record
     assert record["status"] in ("ok", "findings"), record.get("error")
+
+
+# --------------------------------------------------------------------------- privileges, not existence
+
+
+@pytest.fixture
+def monitor_only(app_db):
+    """A role with pg_monitor only, as production might first run opsbook: it may not read the app's tables."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from ops_lib.db import sqlalchemy_url
+
+    role, password = f"monitor_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    app_db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    app_db.execute(f"GRANT pg_monitor TO {role}")
+    engine = sa.create_engine(sqlalchemy_url(app_db.cluster.url(app_db.name, role, password)))
+    yield role, engine
+    engine.dispose()
+    app_db.execute(f"DROP OWNED BY {role} CASCADE")
+    app_db.execute(f"DROP ROLE {role}")
+
+
+def validate_as(engine, entities):
+    from ops_lib.schema_map import SchemaMap
+
+    with engine.connect() as conn, pytest.raises(SchemaMappingError) as raised:
+        SchemaMap.load(paths.params_dir() / REFERENCE).validate(conn, entities)
+    return str(raised.value)
+
+
+def test_a_table_the_role_may_not_read_is_reported_as_a_missing_grant_not_a_missing_table(monitor_only):
+    role, engine = monitor_only
+    message = validate_as(engine, ["webhook_events"])
+    assert "does not exist" not in message and "\n" not in message
+    assert f"the role {role} lacks SELECT on table webhook_events" in message
+    assert f'GRANT SELECT ON "public"."webhook_events" TO "{role}"' in message
+
+
+def test_a_mapped_column_the_role_may_not_read_is_named_with_the_grant(app_db, monitor_only):
+    role, engine = monitor_only
+    app_db.execute(f"GRANT SELECT (stripe_event_id, type, status) ON webhook_events TO {role}")
+    message = validate_as(engine, ["webhook_events"])
+    assert f"the role {role} lacks SELECT on column webhook_events.error" in message and "GRANT SELECT ON" in message
+
+
+def test_a_schema_the_role_may_not_use_is_named_with_the_grant(app_db, monitor_only):
+    role, engine = monitor_only
+    app_db.execute("CREATE SCHEMA billing; CREATE TABLE billing.payments (LIKE public.payments)")
+    app_db.execute(f"GRANT SELECT ON billing.payments TO {role}")
+    from ops_lib.schema_map import SchemaMap
+
+    schema = SchemaMap.load(paths.params_dir() / REFERENCE)
+    moved = SchemaMap(schema.path, {**schema.entities, "payments": tuple(
+        type(t)(t.entity, "billing.payments", t.columns) for t in schema.entities["payments"])})
+    with engine.connect() as conn, pytest.raises(SchemaMappingError, match=f'GRANT USAGE ON SCHEMA "billing" TO "{role}"'):
+        moved.validate(conn, ["payments"])
+
+
+def test_a_role_that_may_read_the_tables_passes(app_db, monitor_only):
+    from ops_lib.schema_map import SchemaMap
+
+    role, engine = monitor_only
+    app_db.execute(f"GRANT SELECT ON webhook_events, payments TO {role}")
+    with engine.connect() as conn:
+        SchemaMap.load(paths.params_dir() / REFERENCE).validate(conn, ["webhook_events", "payments"])
