@@ -167,3 +167,15 @@ def test_a_role_that_may_read_the_tables_passes(app_db, monitor_only):
     app_db.execute(f"GRANT SELECT ON webhook_events, payments TO {role}")
     with engine.connect() as conn:
         SchemaMap.load(paths.params_dir() / REFERENCE).validate(conn, ["webhook_events", "payments"])
+
+
+def test_a_run_as_a_role_without_select_is_refused_before_it_starts_with_the_grant(app_db, monitor_only, tmp_path):
+    from ops_lib.target import TARGET_VARIABLES
+
+    role, engine = monitor_only
+    env = {k: v for k, v in os.environ.items() if k not in TARGET_VARIABLES}
+    env["DATABASE_URL"] = engine.url.render_as_string(hide_password=False).replace("postgresql+psycopg2://", "postgresql://")
+    with pytest.raises(SchemaMappingError) as raised:
+        runner.run("webhook_failure", outputs=tmp_path / "out", env=env)
+    assert raised.value.exit_code == 3 and f"the role {role} lacks SELECT on table webhook_events" in str(raised.value)
+    assert not list((tmp_path / "out").rglob("*.ipynb")), "no notebook ran"
