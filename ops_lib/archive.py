@@ -12,16 +12,21 @@ import os
 import re
 import socket
 import tempfile
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import paths
-from .errors import ConfigurationError, DamagedRecord, first_line, quote
+from .errors import ArchiveUnavailable, ConfigurationError, DamagedRecord, first_line, quote
 from .findings import SEVERITIES, severity_rank
 from .literal import html_attr, html_text
 
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+# Client-side deadlines on the object store, whatever its client's own settings and retries do
+# (s3fs retries a timed-out request 5 times over botocore's own retries: minutes per call).
+WRITE_CHECK_S = 10.0  # the check before a run: an endpoint that does not answer is exit 3 in seconds
+REMOTE_CALL_S = 120.0  # each later call (a notebook's upload, a ledger line, the index)
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -220,8 +225,13 @@ class RemoteArchive(Archive):
             raise ConfigurationError(f"{origin} {quote(url)} is not usable: {first_line(err)}") from None
         archive = cls(url, fs, base)
         try:
-            fs.pipe_file(f"{archive.base}/.write-check", b"")
-            fs.rm_file(f"{archive.base}/.write-check")
+            _bounded(fs, WRITE_CHECK_S, "pipe_file", f"{archive.base}/.write-check", b"")
+            _bounded(fs, WRITE_CHECK_S, "rm_file", f"{archive.base}/.write-check")
+        except TimeoutError:
+            raise ConfigurationError(
+                f"{origin} {quote(url)} did not answer within {WRITE_CHECK_S:g} s — check the endpoint "
+                "(AWS_ENDPOINT_URL or the provider's), the network to it and the bucket"
+            ) from None
         except Exception as err:
             raise ConfigurationError(
                 f"{origin} {quote(url)} cannot be written ({first_line(err)}) — check the bucket and the credentials "
@@ -237,13 +247,24 @@ class RemoteArchive(Archive):
     def _remote(self, relative: str) -> str:
         return f"{self.base}/{relative}"
 
+    def _call(self, method: str, *args):
+        """One call on the store, bounded: a store gone silent mid-run ends the run (exit 2) with
+        the run's files still in the staging folder, instead of holding it for good."""
+        try:
+            return _bounded(self.fs, REMOTE_CALL_S, method, *args)
+        except TimeoutError:
+            raise ArchiveUnavailable(
+                f"the archive {quote(self.url)} did not answer within {REMOTE_CALL_S:g} s ({method}) — the run's files "
+                f"are kept in {self.root}; check the endpoint and the network to it"
+            ) from None
+
     def record(self, record: dict, *, write_json: bool = True) -> None:
         super().record(record, write_json=write_json)
         uploaded = []
         for key in ("notebook", "html", "json"):
             local = self.root / record[key] if record.get(key) else None
             if local is not None and local.is_file():
-                self.fs.put_file(str(local), self._remote(record[key]))
+                self._call("put_file", str(local), self._remote(record[key]))
                 uploaded.append(local)
         self._upload_audit(record["run_id"])
         for local in uploaded:  # the bucket is the archive; the worker's disk keeps nothing
@@ -254,27 +275,57 @@ class RemoteArchive(Archive):
         if audit.is_file():
             mine = [line for line in audit.read_text(encoding="utf-8").splitlines() if f'"{run_id}"' in line]
             if mine:
-                self.fs.pipe_file(self._remote(f"audit/{run_id}.jsonl"), ("\n".join(mine) + "\n").encode())
+                self._call("pipe_file", self._remote(f"audit/{run_id}.jsonl"), ("\n".join(mine) + "\n").encode())
 
     def _append(self, line: dict) -> None:
         final = 0 if line.get("status") == "running" else 1
-        self.fs.pipe_file(self._remote(f"ledger/{line['run_id']}.{final}.json"),
-                          json.dumps(line, sort_keys=False).encode("utf-8"))
-        self.fs.pipe_file(self._remote("index.html"), render_index(self.runs(), self.root).encode("utf-8"))
+        self._call("pipe_file", self._remote(f"ledger/{line['run_id']}.{final}.json"),
+                   json.dumps(line, sort_keys=False).encode("utf-8"))
+        self._call("pipe_file", self._remote("index.html"), render_index(self.runs(), self.root).encode("utf-8"))
 
     def runs(self, runbook: str | None = None) -> list[dict]:
         try:
-            names = sorted(self.fs.glob(self._remote("ledger/*.json")))
+            names = sorted(self._call("glob", self._remote("ledger/*.json")))
         except FileNotFoundError:
             names = []
-        blobs = self.fs.cat(names) if names else {}
+        blobs = self._call("cat", names) if names else {}
         return self._merge(((i, blobs[name]) for i, name in enumerate(names, start=1)), runbook)
 
     def read_text(self, relative: str) -> str | None:
         try:
-            return self.fs.cat_file(self._remote(relative)).decode("utf-8")
+            return self._call("cat_file", self._remote(relative)).decode("utf-8")
         except FileNotFoundError:
             return None
+
+
+def _bounded(fs, seconds: float, method: str, *args):
+    """``fs.<method>(*args)``, or TimeoutError after ``seconds``. An async filesystem (s3fs,
+    gcsfs) runs the coroutine with a deadline that cancels it; any other runs on a daemon thread
+    that is left behind, so that it cannot hold the process at exit."""
+    if getattr(fs, "async_impl", False) and hasattr(fs, f"_{method}"):
+        from fsspec.asyn import sync
+        from fsspec.exceptions import FSTimeoutError
+
+        try:
+            return sync(fs.loop, getattr(fs, f"_{method}"), *args, timeout=seconds)
+        except FSTimeoutError:
+            raise TimeoutError(method) from None
+    outcome: dict = {}
+
+    def call():
+        try:
+            outcome["value"] = getattr(fs, method)(*args)
+        except BaseException as err:  # handed to the caller's thread
+            outcome["error"] = err
+
+    worker = threading.Thread(target=call, name=f"opsbook-archive-{method}", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise TimeoutError(method)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome.get("value")
 
 
 RUN_SCHEMA = Path(__file__).with_name("run.schema.json")

@@ -98,6 +98,10 @@ class DamagedRecord(OpsbookError, ValueError):
     """An archived run's JSON cannot be read (cut short, edited, not a run's record)."""
 
 
+class ArchiveUnavailable(OpsbookError):
+    """The remote archive stopped answering after the run had started; its files are kept locally."""
+
+
 class DemoError(OpsbookError):
     """The embedded demo target could not be started or stopped."""
 

@@ -5,7 +5,8 @@ default (whose type is the parameter's type) and, in the line's comment, its hel
 way papermill reads it (``papermill.inspect_notebook``). Beside them, in that cell's metadata,
 ``opsbook.constraints`` bounds them (minimum, maximum, choices, pattern). The notebook's metadata
 ``opsbook`` says what a run needs before its kernel starts: title and question, the schema
-mapping entities it reads, the one Stripe read its key must be allowed (``stripe_probe``), and a
+mapping entities it reads and the columns of each its code reads unconditionally (``columns``:
+entity → logical names; a mapping without one is refused before the run), the one Stripe read its key must be allowed (``stripe_probe``), and a
 check of its parameters against the target (``preflight``: ``module:function``).
 
 The folders: those named by ``OPSBOOK_RUNBOOKS`` (``:``-separated, like ``PATH``; the first that
@@ -19,7 +20,7 @@ import importlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class Runbook:
     shipped: bool = True
     entities: tuple[str, ...] = ()  # schema-mapping entities it reads; checked before the run
     optional_entities: tuple[str, ...] = ()  # read when the mapping names them; then checked too
+    columns: dict[str, tuple[str, ...]] = field(default_factory=dict, hash=False)  # entity → the columns its code reads
     stripe_probe: str | None = None  # one cheap read the runbook's key must be allowed
     preflight: str | None = None  # "module:function(params, target)": raises InvalidInvocation
 
@@ -106,6 +108,11 @@ def _read(notebook: Path, params_dir: Path, shipped: bool) -> Runbook:
     constraints = (tagged[0].get("metadata", {}).get("opsbook", {}).get("constraints", {}) if tagged else {}) or {}
     params = ParamSpec(tuple(_param(notebook, declared, constraints.get(declared["name"], {}))
                              for declared in _declared(notebook) if declared["name"] not in RUNNER_PARAMETERS))
+    columns = meta.get("columns") or {}
+    if not isinstance(columns, dict) or not all(
+            isinstance(cols, list) and all(isinstance(c, str) for c in cols) for cols in columns.values()):
+        raise RunbookDefinitionError(f"{notebook}: its metadata opsbook.columns must map each entity to a list of "
+                                     "column names")
     unknown = set(constraints) - {p.name for p in params}
     if unknown:
         raise RunbookDefinitionError(f"{notebook}: constraints for {', '.join(sorted(unknown))}, which its parameters cell does not declare")
@@ -119,6 +126,7 @@ def _read(notebook: Path, params_dir: Path, shipped: bool) -> Runbook:
         shipped=shipped,
         entities=tuple(meta.get("entities", ())),
         optional_entities=tuple(meta.get("optional_entities", ())),
+        columns={str(entity): tuple(cols) for entity, cols in columns.items()},
         stripe_probe=meta.get("stripe_probe"),
         preflight=meta.get("preflight"),
     )
@@ -227,6 +235,17 @@ def check_quota_audit(params: dict, target) -> None:
     from .quota.plans import read_plans_file
 
     read_plans_file(params["plans_file"])
+    if params["plan_limits"] == "database":
+        # (quota.plans.load_plans reads the table only when it maps code and usage_limit)
+        from .errors import SchemaMappingError
+        from .schema_map import SchemaMap
+
+        schema = SchemaMap.load(target.schema_path)
+        plans = schema.entities.get("plans") or ()
+        if not plans:
+            raise SchemaMappingError(f"plan_limits=database needs a plans entity in {schema.path} — add entities.plans "
+                                     "(the app's plan table), or use plan_limits=params")
+        schema.require_columns({"plans": ("code", "usage_limit")}, "plan_limits=database", ["plans"])
 
 
 # --------------------------------------------------------------------------------------------

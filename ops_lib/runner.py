@@ -82,7 +82,7 @@ def preflight(runbook: runbooks.Runbook, target: target_mod.Target, run_id: str)
             if runbook.entities or runbook.optional_entities:
                 schema = SchemaMap.load(target.schema_path)
                 optional = [e for e in runbook.optional_entities if e in schema.entities]
-                schema.validate(conn, [*runbook.entities, *optional])
+                schema.validate(conn, [*runbook.entities, *optional], needed=runbook.columns, reader=runbook.name)
     finally:
         engine.dispose()
     if runbook.uses_stripe:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from sqlalchemy.engine import Connection
 
@@ -79,6 +79,9 @@ class SchemaMap:
         entities: dict[str, tuple[TableMap, ...]] = {}
         for entity, spec in raw["entities"].items():
             specs = spec if isinstance(spec, list) else [spec]
+            if not specs:  # no table: every check of the entity would look at nothing and find nothing wrong
+                raise SchemaMappingError(f"{path}: entities.{entity} is an empty list — give it a table (table: and "
+                                         "columns:), or remove the entity")
             tables = []
             for item in specs:
                 if not isinstance(item, dict) or "table" not in item or not isinstance(item.get("columns", {}), dict):
@@ -100,24 +103,54 @@ class SchemaMap:
     def table(self, entity: str) -> TableMap:
         return self.tables(entity)[0]
 
-    def validate(self, conn: Connection, entities: Iterable[str]) -> None:
-        """Every table and column the given entities name must exist; the first that does not is reported."""
+    def require_columns(self, needed: Mapping[str, Iterable[str]], reader: str, entities: Iterable[str]) -> None:
+        """Each of ``entities``' tables must map the columns ``reader`` reads of it (``needed``:
+        entity → logical columns); the first it does not is reported."""
+        for entity in entities:
+            for t in self.tables(entity):
+                for logical in needed.get(entity, ()):
+                    if logical not in t.columns:
+                        which = f" (table {t.table})" if len(self.entities[entity]) > 1 else ""
+                        raise SchemaMappingError(
+                            f"{self.path}: entities.{entity}{which} maps no column {logical!r}, which {reader} reads "
+                            f"— add it under entities.{entity}.columns"
+                        )
+
+    def validate(self, conn: Connection, entities: Iterable[str], *, needed: Mapping[str, Iterable[str]] | None = None,
+                 reader: str = "the runbook") -> None:
+        """The ``needed`` columns must be mapped, and every table and column the given entities name
+        must exist; the first that does not is reported."""
+        entities = list(entities)
+        self.require_columns(needed or {}, reader, entities)
         wanted = [t for entity in entities for t in self.tables(entity)]
         if not wanted:
             return
+        # The catalog, not information_schema: information_schema hides the tables this role may not
+        # read, and a missing GRANT would read as a missing table.
         rows = select_all(
             conn,
             """
-            SELECT c.table_schema, c.table_name, c.column_name
-            FROM information_schema.columns c
-            WHERE (c.table_schema, c.table_name) IN (SELECT unnest(CAST(:schemas AS text[])), unnest(CAST(:names AS text[])))
+            SELECT n.nspname AS table_schema, c.relname AS table_name, a.attname AS column_name,
+                   has_schema_privilege(n.oid, 'USAGE') AS schema_usable,
+                   a.attnum IS NOT NULL AND has_column_privilege(c.oid, a.attnum, 'SELECT') AS column_readable
+            FROM pg_catalog.pg_class c
+            JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')
+              AND (n.nspname, c.relname) IN (SELECT unnest(CAST(:schemas AS text[])), unnest(CAST(:names AS text[])))
             """,
             schemas=[t.schema_and_name[0] for t in wanted],
             names=[t.schema_and_name[1] for t in wanted],
         )
-        present: dict[tuple[str, str], set[str]] = {}
+        present: dict[tuple[str, str], dict[str, bool]] = {}
+        usable: dict[tuple[str, str], bool] = {}
+        role = select_all(conn, "SELECT current_user AS role")[0]["role"]  # (for the GRANT to give)
         for row in rows:
-            present.setdefault((row["table_schema"], row["table_name"]), set()).add(row["column_name"])
+            key = (row["table_schema"], row["table_name"])
+            usable[key] = row["schema_usable"]
+            columns = present.setdefault(key, {})
+            if row["column_name"] is not None:
+                columns[row["column_name"]] = row["column_readable"]
         for t in wanted:
             columns = present.get(t.schema_and_name)
             if columns is None:
@@ -130,3 +163,20 @@ class SchemaMap:
                         f"{self.path}: entities.{t.entity}.columns.{logical} names column {t.table}.{actual}, "
                         "which does not exist — fix the mapping"
                     )
+            schema_name = t.schema_and_name[0]
+            if not usable[t.schema_and_name]:
+                raise SchemaMappingError(
+                    f"the role {role} may not use schema {schema_name}, which holds {t.table} (entities.{t.entity}) "
+                    f"— GRANT USAGE ON SCHEMA {quote_ident(schema_name)} TO {quote_ident(role)}"
+                )
+            unreadable = [actual for actual in t.columns.values() if not columns[actual]]
+            if not any(columns[actual] for actual in t.columns.values()) if t.columns else not any(columns.values()):
+                raise SchemaMappingError(
+                    f"the role {role} lacks SELECT on table {t.table} (entities.{t.entity}) "
+                    f"— GRANT SELECT ON {t.sql_table} TO {quote_ident(role)}"
+                )
+            if unreadable:
+                raise SchemaMappingError(
+                    f"the role {role} lacks SELECT on column {t.table}.{unreadable[0]} (entities.{t.entity}) "
+                    f"— GRANT SELECT ON {t.sql_table} TO {quote_ident(role)}"
+                )

@@ -12,6 +12,8 @@ import pytest
 
 from ops_lib.demo.postgres import free_port
 
+from .faulty_http import faulty_server  # noqa: F401  (a fixture)
+
 
 BUCKET = "opsbook-runs"
 
@@ -78,3 +80,41 @@ def test_a_remote_archive_that_cannot_be_used_is_exit_3_before_anything_runs(s3,
     assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0] and "testing" not in lines[0]
+
+
+def test_an_archive_endpoint_that_never_answers_is_exit_3_within_seconds_naming_the_url(s3, faulty_server):
+    import time
+
+    silent = faulty_server("hang")
+    url = "s3://review-bucket/runs"
+    started = time.monotonic()
+    done = opsbook("run", "slow_queries", "--out", url, env={**s3, "AWS_ENDPOINT_URL": silent.url})
+    assert done.returncode == 3, done.stderr
+    assert time.monotonic() - started < 30
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and url in lines[0] and "did not answer" in lines[0] and "endpoint" in lines[0]
+
+
+def test_an_archive_that_goes_silent_after_the_write_check_ends_the_archiving_in_bounded_time(
+        s3, faulty_server, monkeypatch, tmp_path):
+    import time
+
+    import s3fs
+
+    from ops_lib import archive as archive_mod
+    from ops_lib.errors import ArchiveUnavailable
+
+    monkeypatch.setenv("OPSBOOK_HOME", str(tmp_path))
+    for name, value in s3.items():
+        monkeypatch.setenv(name, value)
+    archive = archive_mod.RemoteArchive.open_url(f"s3://{BUCKET}/goes-silent", "--out")
+    # The same archive, its store now an endpoint that accepts and never answers.
+    archive.fs = s3fs.S3FileSystem(endpoint_url=faulty_server("hang").url, key="testing", secret="testing",
+                                   skip_instance_cache=True)
+    monkeypatch.setattr(archive_mod, "REMOTE_CALL_S", 2.0)
+    started = time.monotonic()
+    with pytest.raises(ArchiveUnavailable, match="did not answer within 2 s") as raised:
+        archive.record_running({"run_id": "slow_queries-20261201T000000Z-abcdef", "runbook": "slow_queries",
+                                "status": "running", "started_at": "2026-12-01T00:00:00Z"})
+    assert time.monotonic() - started < 10
+    assert f"s3://{BUCKET}/goes-silent" in str(raised.value) and "\n" not in str(raised.value)

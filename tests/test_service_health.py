@@ -19,7 +19,7 @@ from ops_lib.health import certificates, database, endpoint, migrations, stripe_
 from ops_lib.schema_map import SchemaMap
 from ops_lib.stripe_emulator import new_state, start_emulator, stop_emulator, write_state
 
-from .faulty_http import serving
+from .faulty_http import faulty_server, serving  # noqa: F401  (faulty_server: a fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 MAPPING = SchemaMap.load(REPO / "params" / "schema" / "reference.yaml")
@@ -154,6 +154,29 @@ def test_migrations_not_applied(database18):
         engine.dispose()
 
 
+def test_the_health_check_gives_up_after_its_timeout_on_an_answer_that_drips(faulty_server):
+    import time
+
+    dripping = faulty_server("drip", drip_interval=0.05)  # the whole answer would take ~55 s
+    started = time.monotonic()
+    down = endpoint.health_endpoint_down(f"{dripping.url}/health", timeout_s=1)
+    assert time.monotonic() - started < 4, "health_timeout_seconds bounds the request, not each read"
+    assert down.severity == "critical" and "within 1 s" in down.title
+
+
+def test_a_dripping_health_endpoint_is_a_critical_finding_and_the_later_checks_still_run(demo, tmp_path,
+                                                                                         faulty_server):
+    dripping = faulty_server("drip", drip_interval=1.0)
+    result = runner.run("service_health", overrides=[("health_url", f"{dripping.url}/health"),
+                                                     ("health_timeout_seconds", 2)], outputs=tmp_path, timeout=40)
+    record = result.record
+    assert record["status"] == "findings", record.get("error")
+    assert set(CHECKS) <= {c["check"] for c in record["checks"]}, "every check after it ran"
+    found = {f["check"]: f for f in record["findings"]}
+    assert found["health_endpoint_down"]["severity"] == "critical"
+    assert record["duration_s"] < 40
+
+
 # --------------------------------------------------------------------------- Stripe
 
 
@@ -196,6 +219,69 @@ def _tls_server(tmp_path: Path, name: str, days: int):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"https://localhost:{server.server_address[1]}/healthz", cert
+
+
+class _SlowTLSServer:
+    """A TLS server (a self-signed certificate: it does not verify) that waits ``delay`` seconds
+    before each handshake; every connection on a thread of its own."""
+
+    def __init__(self, tmp_path: Path, delay: float):
+        import socket
+
+        cert, key = tmp_path / "slow.pem", tmp_path / "slow.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                        str(cert), "-days", "400", "-subj", "/CN=localhost"], check=True, capture_output=True)
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.delay = delay
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.port = self.listener.getsockname()[1]
+        self.closing = threading.Event()
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self):
+        while not self.closing.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            thread = threading.Thread(target=self._handshake, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _handshake(self, conn):
+        with conn:
+            if self.closing.wait(self.delay):
+                return
+            try:
+                conn.settimeout(5)
+                with self.context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+            except OSError:
+                pass  # (the client refusing the certificate, or giving up: expected here)
+
+    def close(self):
+        self.closing.set()
+        for thread in self.threads:
+            thread.join(6)
+        self.listener.close()
+
+
+def test_a_certificate_check_takes_no_longer_than_its_timeout_in_all(tmp_path):
+    import time
+
+    # Each handshake alone is within the timeout; the certificate does not verify, so the check
+    # connects twice (the second time to read its date): 2 × 1.5 s without a budget for both.
+    server = _SlowTLSServer(tmp_path, delay=1.5)
+    try:
+        started = time.monotonic()
+        found = certificates.certificate_expiring([f"https://127.0.0.1:{server.port}/"], timeout_s=2)
+        assert time.monotonic() - started < 2.7, "timeout_s bounds the whole check of a URL"
+        assert found.severity == "critical" and "within 2 s" in found.rows[0]["problem"]
+    finally:
+        server.close()
 
 
 def test_certificate_expiring_on_real_tls_servers(tmp_path):

@@ -59,3 +59,48 @@ def test_the_demo_app_refuses_an_unsigned_delivery(demo, tmp_path):
     assert endpoint_accepts_unsigned(None, enabled=True).finding.severity == "ok"
     gone = endpoint_accepts_unsigned("http://127.0.0.1:9/hook", enabled=True, timeout_s=2)
     assert gone.finding.severity == "info"
+
+
+class _DrippingStatusLine:
+    """An endpoint that sends its status line one byte every 0.2 s (a minute in all): each read
+    gets a byte well within any per-read timeout."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/stripe/webhook"
+        self.closing = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            answer = b"HTTP/1.1 200 OK" + b" " * 300 + b"\r\nContent-Length: 0\r\n\r\n"
+            for i in range(len(answer)):
+                if self.closing.wait(0.2):
+                    return
+                try:
+                    conn.sendall(answer[i:i + 1])
+                except OSError:
+                    return
+
+    def close(self):
+        self.closing.set()
+        self.listener.close()
+        self.thread.join(5)
+
+
+def test_the_probe_gives_up_after_its_timeout_on_an_endpoint_that_drips(tmp_path):
+    import time
+
+    server = _DrippingStatusLine()
+    try:
+        started = time.monotonic()
+        probe = endpoint_accepts_unsigned(server.url, enabled=True, run_id="run-3", timeout_s=1)
+        assert time.monotonic() - started < 4, "timeout_s bounds the request, not each read"
+        assert probe.finding.severity == "info" and "did not answer" in probe.finding.title
+    finally:
+        server.close()

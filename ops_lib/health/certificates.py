@@ -1,8 +1,11 @@
 """TLS certificates of the configured https URLs: days until they expire, and whether they verify."""
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
+import threading
+import time
 from datetime import datetime, timezone
 from typing import Iterable
 from urllib.parse import urlsplit
@@ -26,22 +29,46 @@ def https_urls(*urls: str | None, extra: Iterable[str] = ()) -> list[str]:
 
 
 def _expiry(host: str, port: int, timeout_s: float, cafile: str | None) -> tuple[datetime | None, str | None]:
-    """(notAfter, verification problem or None)."""
+    """(notAfter, verification problem or None), both handshakes within ``timeout_s`` together."""
+    deadline = time.monotonic() + timeout_s
     context = ssl.create_default_context(cafile=cafile)
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as sock:
-            with context.wrap_socket(sock, server_hostname=host) as tls:
-                cert = tls.getpeercert()
+        cert = _peer_certificate(host, port, context, deadline, timeout_s, binary=False)
         return datetime.fromtimestamp(ssl.cert_time_to_seconds(cert["notAfter"]), timezone.utc), None
     except ssl.SSLCertVerificationError as err:
         problem = f"does not verify: {err.verify_message or err}"
     # Not verified: read the certificate anyway, for its date.
     context = ssl.create_default_context()
     context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
-    with socket.create_connection((host, port), timeout=timeout_s) as sock:
-        with context.wrap_socket(sock, server_hostname=host) as tls:
-            der = tls.getpeercert(binary_form=True)
-    return _not_after(der), problem
+    return _not_after(_peer_certificate(host, port, context, deadline, timeout_s, binary=True)), problem
+
+
+def _peer_certificate(host: str, port: int, context: ssl.SSLContext, deadline: float, timeout_s: float, *,
+                      binary: bool):
+    """The server's certificate, by ``deadline`` at the latest. A socket timeout bounds each read,
+    not the handshake: a server that sends a byte now and then would hold the check for as long
+    as it likes, so the socket is shut down when the time is up."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise TimeoutError(f"no TLS handshake within {timeout_s:g} s")
+    with socket.create_connection((host, port), timeout=remaining) as sock:
+        alarm = threading.Timer(max(deadline - time.monotonic(), 0.0), _shut, (sock,))
+        alarm.daemon = True
+        alarm.start()
+        try:
+            with context.wrap_socket(sock, server_hostname=host) as tls:
+                return tls.getpeercert(binary_form=binary)
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no TLS handshake within {timeout_s:g} s") from None
+            raise
+        finally:
+            alarm.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _not_after(der: bytes | None) -> datetime | None:

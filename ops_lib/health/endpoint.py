@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import time
-import urllib.error
-import urllib.request
+from urllib.parse import urlsplit
 
+from ..errors import first_line
 from ..findings import Finding
+from ..stripe_api import LOOPBACK_HOSTS, BoundedTransport, NetworkFailure
 from ..webhooks.checks import _display_url
 
 URL_VARIABLE = "OPSBOOK_HEALTH_URL"
@@ -20,8 +21,15 @@ def health_url(parameter: str | None, env: dict | None = None) -> str | None:
     return (parameter or "").strip() or (env.get(URL_VARIABLE) or "").strip() or None
 
 
+def _transport(url: str, timeout_s: float) -> BoundedTransport:
+    # timeout_s bounds the whole request (a per-read timeout lets a server that drips its answer
+    # hold the check for ever); an app on this machine is never sent through a proxy.
+    local = (urlsplit(url).hostname or "").lower() in LOOPBACK_HOSTS
+    return BoundedTransport(min(5.0, timeout_s), timeout_s, trust_env=not local)
+
+
 def health_endpoint_down(url: str | None, *, timeout_s: float = 5.0, slow_ms: float = 2_000.0) -> Finding:
-    """GET the health URL: an error, a non-2xx answer or no answer within ``timeout_s`` is critical;
+    """GET the health URL: an error, a non-2xx answer or no whole answer within ``timeout_s`` is critical;
     a 2xx slower than ``slow_ms`` is a warning. Without a URL, says it did not check."""
     check = "health_endpoint_down"
     if not url:
@@ -30,17 +38,17 @@ def health_endpoint_down(url: str | None, *, timeout_s: float = 5.0, slow_ms: fl
     shown = _display_url(url)
     started = time.monotonic()
     status, error, body = None, None, ""
+    transport = _transport(url, timeout_s)
     try:
-        request = urllib.request.Request(url, headers={"User-Agent": "opsbook service_health"})
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            status = response.status
-            body = response.read(MAX_BODY).decode("utf-8", "replace")
-    except urllib.error.HTTPError as err:
-        status = err.code
-        body = err.read(MAX_BODY).decode("utf-8", "replace") if err.fp else ""
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        reason = getattr(err, "reason", err)
-        error = f"{type(reason).__name__}: {reason}"
+        answer = transport.send("GET", url, deadline=started + timeout_s,
+                                headers={"User-Agent": "opsbook service_health"}, max_body=MAX_BODY)
+        status, body = answer.status, answer.body.decode("utf-8", "replace")
+    except NetworkFailure as err:
+        error = f"{err.detail}: {first_line(err.__cause__)}" if err.kind == "error" and err.__cause__ else err.detail
+        if err.kind in ("no_answer", "stalled"):
+            error = f"no complete answer within {timeout_s:g} s ({error})"
+    finally:
+        transport.close()
     elapsed_ms = round((time.monotonic() - started) * 1000, 1)
     row = {"url": shown, "status": status, "elapsed_ms": elapsed_ms, "error": error, "answer": body[:500] or None}
     if error is not None or status is None or not 200 <= status < 300:

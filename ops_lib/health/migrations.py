@@ -29,13 +29,15 @@ def migrations_not_applied(conn: Connection, schema: SchemaMap, *, expected: Seq
     started = f"m.{table.col('started_at')}" if table.has("started_at") else "NULL"
     logs = f"left(m.{table.col('logs')}, {LOG_CHARS})" if table.has("logs") else "NULL"
     not_rolled_back = f"m.{table.col('rolled_back_at')} IS NULL" if table.has("rolled_back_at") else "true"
+    # (PostgreSQL refuses a constant in ORDER BY: without started_at, by name alone)
+    order = f"{started} NULLS LAST, m.{name}" if table.has("started_at") else f"m.{name}"
     unfinished = select_all(
         conn,
         f"SELECT m.{name} AS migration, {started} AS started_at, {logs} AS logs "
         f"FROM {table.sql_table} m WHERE m.{finished} IS NULL AND {not_rolled_back} "
         # a failed migration applied again later under the same name is resolved
         f"AND NOT EXISTS (SELECT 1 FROM {table.sql_table} d WHERE d.{name} = m.{name} AND d.{finished} IS NOT NULL) "
-        f"ORDER BY {started} NULLS LAST, m.{name}",
+        f"ORDER BY {order}",
     )
     rows = [{**r, "problem": "started, never finished (failed)"} for r in unfinished]
     if expected:

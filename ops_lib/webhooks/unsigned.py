@@ -9,12 +9,13 @@ body — an event of a type no app handles, with an id that names the run — wi
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
+import time
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from ..audit import AuditLog
 from ..findings import Action, ActionLog, Finding
+from ..stripe_api import LOOPBACK_HOSTS, BoundedTransport, NetworkFailure
 from .checks import URL_VARIABLE, _display_url
 
 ACTION = "probe_unsigned_delivery"
@@ -43,16 +44,19 @@ def endpoint_accepts_unsigned(url: str | None, *, enabled: bool = False, run_id:
     if not enabled:
         return Probe(Finding(check, "ok", "Not probed (probe_endpoint=False): the plan below shows the one request it "
                                           "would send"), ActionLog([action]))
-    request = urllib.request.Request(url, data=probe_body(run_id), method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "opsbook probe"})
     status, error = None, None
+    # timeout_s bounds the whole request: a per-read timeout lets an endpoint that drips its
+    # answer hold the run; an app on this machine is never sent through a proxy.
+    local = (urlsplit(url).hostname or "").lower() in LOOPBACK_HOSTS
+    transport = BoundedTransport(min(5.0, timeout_s), timeout_s, trust_env=not local)
     try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            status = response.status
-    except urllib.error.HTTPError as err:
-        status = err.code
-    except (urllib.error.URLError, OSError) as err:
-        error = f"{type(getattr(err, 'reason', err)).__name__}: {getattr(err, 'reason', err)}"
+        status = transport.send("POST", url, deadline=time.monotonic() + timeout_s, body=probe_body(run_id),
+                                headers={"Content-Type": "application/json", "User-Agent": "opsbook probe"},
+                                max_body=1).status
+    except NetworkFailure as err:
+        error = err.detail
+    finally:
+        transport.close()
     action.applied = True
     action.outcome = f"answered HTTP {status}" if status is not None else f"unreachable: {error}"
     if audit is not None:
