@@ -52,6 +52,7 @@ from sqlalchemy.engine import Connection
 
 from ..db import sqlalchemy_url
 from ..errors import EXIT_INVALID
+from ..stripe_emulator.server import QuietHangUps
 from ..webhooks.signature import HEADER, SignatureError, verify
 
 ENDPOINT_PATH = "/stripe/webhook"
@@ -368,15 +369,10 @@ def make_app_handler(database_url: str, secrets: Sequence[str],
     return StripeWebhookHandler
 
 
-class WebhookServer(ThreadingHTTPServer):
+class WebhookServer(QuietHangUps, ThreadingHTTPServer):
     # Stripe delivers concurrently; the default backlog of 5 makes extra connections wait
     # for a SYN retry (a second or more).
     request_queue_size = 64
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # (a sender that hung up or gave up mid-answer: no traceback on the demo's log)
-        super().handle_error(request, client_address)
 
 
 def endpoint_url(server: ThreadingHTTPServer) -> str:

@@ -284,7 +284,17 @@ class _Handler(BaseHTTPRequestHandler):
             sys.stderr.write(f"stripe-emulator: {format % args}\n")
 
 
-class EmulatorServer(ThreadingHTTPServer):
+class QuietHangUps:
+    """A socketserver mixin: a client that hung up or gave up mid-answer is its own business (no
+    traceback on the server's stderr); any other error in a handler is printed as before."""
+
+    def handle_error(self, request, client_address) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
+
+
+class EmulatorServer(QuietHangUps, ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, emulator: Emulator, host: str = "127.0.0.1", port: int = 0,
@@ -292,11 +302,6 @@ class EmulatorServer(ThreadingHTTPServer):
         self.emulator = emulator
         self.verbose = verbose
         super().__init__((host, port), _Handler)
-
-    def handle_error(self, request, client_address) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # (a client that hung up or gave up mid-answer: not the emulator's fault, no traceback)
-        super().handle_error(request, client_address)
 
     @property
     def base_url(self) -> str:
